@@ -1,0 +1,60 @@
+# Two commands do all set-up on a fresh Debian 12 machine (root, or a user with sudo):
+#   make demo   runs the main job          make test   runs every check CI runs
+# Both install what they need (Debian packages, .venv, the test delegate library)
+# and skip each step whose inputs have not changed.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMPS := .stamps
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+FAKE_LIB := build/libfake_edgetpu.so
+
+# Debian packages the tests and the demo use. Keep in step with docs/development.md.
+APT_PACKAGES := mosquitto umockdev gir1.2-umockdev-1.0 libumockdev0 gcc libc6-dev make \
+	python3-venv systemd openssl ca-certificates
+
+.PHONY: help demo test lint typecheck pytest clean
+
+help:
+	@echo "make demo   run the end-to-end demo (installs what it needs)"
+	@echo "make test   ruff check, ruff format --check, mypy --strict, pytest (installs what it needs)"
+
+$(STAMPS)/apt: Makefile
+	@missing=$$(for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${db:Status-Status}\n' $$p 2>/dev/null | grep -qx installed || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@mkdir -p $(STAMPS) && touch $@
+
+$(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
+	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@touch $@
+
+$(FAKE_LIB): tests/native/fake_edgetpu.c $(STAMPS)/apt
+	@mkdir -p build
+	gcc -shared -fPIC -O2 -Wall -Wextra -Werror -pthread -o $@ $< -ldl
+
+lint: $(STAMPS)/venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMPS)/venv
+	$(BIN)/mypy --strict edgetpud plugins/edgetpud_plugins
+
+pytest: $(STAMPS)/venv $(FAKE_LIB)
+	umockdev-wrapper $(BIN)/pytest
+
+test: lint typecheck pytest
+
+demo: $(STAMPS)/venv
+	$(BIN)/edgetpud check-config etc/edgetpud/edgetpud.toml
+
+clean:
+	rm -rf build $(STAMPS) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,5 @@
+import sys
+
+from edgetpud.cli import main
+
+sys.exit(main())

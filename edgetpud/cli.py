@@ -1,0 +1,111 @@
+"""Command line: `edgetpud <verb> ...` (also `python -m edgetpud`).
+
+Each verb's work lives in `edgetpud/commands/<verb>.py`, imported only when the
+verb runs, so `edgetpud check-config` never loads pyudev, paho or TFLite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from edgetpud import __version__
+from edgetpud.config import DEFAULT_PATH
+
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edgetpud",
+        description="Keeps TensorFlow Lite models served on Coral Edge TPUs, over MQTT.",
+        epilog="Docs: /usr/share/doc/edgetpud or docs/ in the source tree.",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity on stderr (overrides daemon.log_level)",
+    )
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+
+    def config_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
+        p.add_argument(
+            "--config",
+            "-c",
+            default=None if required else str(DEFAULT_PATH),
+            required=required,
+            metavar="PATH",
+            help=f"config file (default {DEFAULT_PATH})" if not required else "config file",
+        )
+
+    p = sub.add_parser("run", help="run the service in the foreground (what systemd starts)")
+    config_arg(p)
+
+    p = sub.add_parser("check-config", help="validate a config file; exit 0 valid, 1 invalid, 2 unreadable")
+    p.add_argument("path", metavar="PATH", nargs="?", default=str(DEFAULT_PATH))
+
+    p = sub.add_parser("devices", help="show every Edge TPU udev sees, with verdicts and reasons")
+    p.add_argument("--json", action="store_true", help="print device records (schema edgetpud.devices/1)")
+    config_arg(p)
+
+    p = sub.add_parser("plan", help="show where each model would run, and why")
+    config_arg(p)
+    p.add_argument(
+        "--devices",
+        metavar="FILE",
+        help="device records as printed by `edgetpud devices --json` (default: the devices present now)",
+    )
+
+    p = sub.add_parser("infer", help="one-shot inference on images; JSON per image on stdout")
+    p.add_argument("--model", required=True, metavar="PATH", help=".tflite model")
+    p.add_argument("--labels", metavar="PATH", help="label file")
+    p.add_argument(
+        "--device",
+        default="cpu",
+        metavar="ID",
+        help='"cpu" (default), "usb", "pci", or a device identity such as usb:2-3.1',
+    )
+    p.add_argument("--top-k", type=int, default=3, metavar="N", help="classes to print (default 3)")
+    p.add_argument(
+        "--library",
+        default="libedgetpu.so.1",
+        metavar="LIB",
+        help="Edge TPU runtime library (default libedgetpu.so.1)",
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+
+    p = sub.add_parser("status", help="print the daemon's retained health as a table")
+    config_arg(p)
+    p.add_argument("--fleet", action="store_true", help="every node under the topic prefix")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker")
+
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), format=LOG_FORMAT, stream=sys.stderr, force=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level or "info")
+    if args.verb == "version":
+        print(f"edgetpud {__version__}")
+        return 0
+    module = importlib.import_module(f"edgetpud.commands.{args.verb.replace('-', '_')}")
+    try:
+        code: int = module.main(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

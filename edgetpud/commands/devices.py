@@ -1,0 +1,11 @@
+"""`edgetpud devices`: not built yet."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(args: argparse.Namespace) -> int:
+    print("edgetpud devices is not implemented in this version yet", file=sys.stderr)
+    return 2

@@ -1,0 +1,11 @@
+"""`edgetpud plan`: not built yet."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(args: argparse.Namespace) -> int:
+    print("edgetpud plan is not implemented in this version yet", file=sys.stderr)
+    return 2

@@ -1,0 +1,11 @@
+"""`edgetpud status`: not built yet."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(args: argparse.Namespace) -> int:
+    print("edgetpud status is not implemented in this version yet", file=sys.stderr)
+    return 2

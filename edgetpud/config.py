@@ -1,0 +1,472 @@
+"""The TOML configuration: frozen dataclasses, validated all at once.
+
+`load(path)` returns a `Config` or raises `ConfigError` carrying every problem
+with its dotted key path (`models.birds.priority: must be an integer ...`), or
+`ConfigUnreadableError` when the file cannot be read or parsed at all.
+Every field's one-line description doubles as the generated reference in
+docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import stat
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from edgetpud import plugins
+from edgetpud.errors import ConfigError, ConfigIssue, ConfigUnreadableError, PluginError
+from edgetpud.schema import Context, did_you_mean, join, load_table, option, show
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python < 3.11
+    import tomli as tomllib
+
+DEFAULT_PATH = Path("/etc/edgetpud/edgetpud.toml")
+TOPIC_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+PORT_PATH = re.compile(r"^\d+-\d+(\.\d+)*$")
+
+
+def topic_segment(value: str) -> str | None:
+    """Problem text if `value` cannot be one MQTT topic level, else None."""
+    if value == "" or TOPIC_SEGMENT.match(value):
+        return None
+    return (
+        f"{show(value)} cannot be used in an MQTT topic: use 1-64 letters, digits, "
+        '"_", "-" or "." (no "/", "+", "#" or spaces), starting with a letter or digit'
+    )
+
+
+def topic_prefix(value: str) -> str | None:
+    parts = value.split("/")
+    if any(not p or topic_segment(p) for p in parts):
+        return (
+            f'{show(value)} is not a usable topic prefix: use levels of letters, digits, "_", '
+            '"-" or "." separated by single "/", with no wildcards and no leading or trailing "/"'
+        )
+    return None
+
+
+def device_selector(value: str) -> str | None:
+    if value in ("any", "pci", "usb", "cpu"):
+        return None
+    if value.startswith("usb:") and PORT_PATH.match(value[4:]):
+        return None
+    if value.startswith("pci:") and len(value) > 4:
+        return None
+    return (
+        f'must be "any", "pci", "usb", "cpu" or a device identity such as "usb:2-3.1" or '
+        f'"pci:0000:03:00.0" (see `edgetpud devices`), got {show(value)}'
+    )
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    node_id: str = option(
+        "Name of this box in MQTT topics and health; empty means the hostname.",
+        "",
+        check=topic_segment,
+    )
+    state_dir: Path = option(
+        "Where learned facts (bad ports) are kept across restarts.",
+        Path("/var/lib/edgetpud"),
+        kind="path",
+    )
+    health_interval: float = option(
+        "How often the retained health snapshot is republished.",
+        10.0,
+        kind="duration",
+        minimum=0.1,
+        maximum=3600,
+    )
+    stall_timeout: float = option(
+        "An invoke running longer than this marks its worker hung and its device suspect.",
+        5.0,
+        kind="duration",
+        minimum=0.01,
+        maximum=600,
+    )
+    drain_timeout: float = option(
+        "On stop or model restart, how long in-flight requests may take to finish.",
+        5.0,
+        kind="duration",
+        minimum=0,
+        maximum=600,
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = option(
+        "Log verbosity on stderr (journald captures it).", "info"
+    )
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str = option("Broker host name or address.", "localhost")
+    port: int = option("Broker port (1883 plain, 8883 TLS by convention).", 1883, minimum=1, maximum=65535)
+    transport: Literal["tcp", "websockets"] = option("How to reach the broker.", "tcp")
+    protocol: Literal["3.1.1", "5"] = option(
+        "MQTT protocol version; 5 enables response topics and correlation data.", "5"
+    )
+    client_id: str = option("MQTT client id; empty means edgetpud-<node_id>.", "")
+    topic_prefix: str = option(
+        "First topic levels; topics are <topic_prefix>/<node_id>/...", "edgetpud", check=topic_prefix
+    )
+    qos: int = option("QoS for results and events (0, 1 or 2).", 1, minimum=0, maximum=2)
+    keepalive: float = option("MQTT keepalive interval.", 60.0, kind="duration", minimum=5, maximum=3600)
+    backlog_limit: int = option(
+        "Results kept while the broker is unreachable; beyond it the oldest are dropped and counted.",
+        10000,
+        minimum=0,
+        maximum=10_000_000,
+    )
+    max_request_bytes: int = option(
+        "Largest accepted request payload; larger requests get an error reply.",
+        8 * 1024 * 1024,
+        minimum=64,
+        maximum=256 * 1024 * 1024,
+    )
+    username: str = option("User name for the broker; empty for none.", "")
+    password_file: Path | None = option(
+        "File holding the broker password (mode 0600); never put the password in this file.",
+        None,
+        kind="file",
+    )
+    tls: bool = option("Connect with TLS.", False)
+    ca_file: Path | None = option("CA certificate(s) to verify the broker; unset uses the system store.", None, kind="file")
+    cert_file: Path | None = option("Client certificate for TLS client authentication.", None, kind="file")
+    key_file: Path | None = option("Private key of the client certificate.", None, kind="file")
+    tls_insecure: bool = option(
+        "Skip verifying the broker's host name (only for testing; never in production).", False
+    )
+    homeassistant: bool = option("Publish Home Assistant MQTT discovery for devices and models.", False)
+    homeassistant_prefix: str = option(
+        "Home Assistant's discovery prefix.", "homeassistant", check=topic_prefix
+    )
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    library: str = option(
+        "The Edge TPU runtime library (libedgetpu) to load the delegate from: a name or a path.",
+        "libedgetpu.so.1",
+    )
+    runtime: Literal["auto", "tflite_runtime", "ai_edge_litert"] = option(
+        "Which TFLite runtime to use; auto prefers tflite_runtime, then ai_edge_litert.", "auto"
+    )
+    cpu_fallback: bool = option(
+        "Run a model's cpu_model on the CPU when no Edge TPU is available for it.", True
+    )
+    cpu_threads: int = option("Threads per CPU-fallback interpreter.", 2, minimum=1, maximum=64)
+
+
+@dataclass(frozen=True)
+class DevicesConfig:
+    allow: tuple[str, ...] = option(
+        'Port-path globs of USB ports that may be used (e.g. ["2-*"]); PCIe identities match too.',
+        ("*",),
+    )
+    deny: tuple[str, ...] = option("Port-path globs never to use; deny wins over allow.", ())
+    secondary_ports: Literal["warn", "reject", "allow"] = option(
+        "What to do with an accelerator on a secondary port of a cascaded hub.", "warn"
+    )
+    usb2: Literal["accept", "reject"] = option(
+        "Accelerators on a USB 2 link run 2-4x slower; accept them (degraded) or reject them.",
+        "accept",
+    )
+    performance: Literal["std", "max"] = option(
+        "Edge TPU clock: max is faster but needs 900 mA per USB port and runs hotter.", "std"
+    )
+    firmware_debounce: float = option(
+        "How long a USB accelerator may vanish while loading its firmware before it counts as unplugged.",
+        5.0,
+        kind="duration",
+        minimum=0,
+        maximum=60,
+    )
+    quarantine_after: int = option(
+        "Consecutive invoke errors on one device before it is quarantined.", 5, minimum=1, maximum=1000
+    )
+    quarantine_backoff: float = option(
+        "How long a quarantined device rests before it is tried again (doubles each time).",
+        30.0,
+        kind="duration",
+        minimum=0.1,
+        maximum=86400,
+    )
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    group: str = option(
+        "Shared-subscription group for fleet requests; empty turns the fleet topic off.",
+        "",
+        check=topic_segment,
+    )
+
+
+@dataclass(frozen=True)
+class PluginTable:
+    """A `source` or `postprocess` sub-table: the plugin's name and its validated options."""
+
+    type: str
+    options: Any = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model: Path = option("The .tflite model (an _edgetpu.tflite build for the Edge TPU).", kind="file")
+    cpu_model: Path | None = option(
+        "A CPU build of the same model, used when no Edge TPU is available.", None, kind="file"
+    )
+    labels: Path | None = option("Label file, one label per line, with or without leading ids.", None, kind="file")
+    device: str = option(
+        'Where it may run: "any", "pci", "usb", "cpu", or one device identity.', "any", check=device_selector
+    )
+    priority: int = option("Higher priority models are placed first.", 50, minimum=0, maximum=100)
+    replicas: int = option("How many devices should serve this model at once.", 1, minimum=1, maximum=16)
+    performance: Literal["", "std", "max"] = option(
+        "Clock for this model's Edge TPU; empty uses devices.performance.", ""
+    )
+    queue_size: int = option("Requests that may wait for this model.", 32, minimum=1, maximum=100000)
+    overflow: Literal["block", "drop_oldest", "latest"] = option(
+        "When the queue is full: block the source (MQTT requests get a busy reply), "
+        "drop the oldest request, or keep only the latest.",
+        "block",
+    )
+    enabled: bool = option("Set false to keep the table but not run the model.", True)
+    source: PluginTable = option("Where requests come from ([models.<name>.source]).", PluginTable("mqtt"))
+    postprocess: PluginTable = option(
+        "What the output means ([models.<name>.postprocess]).", PluginTable("raw")
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    devices: DevicesConfig = field(default_factory=DevicesConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
+    models: dict[str, ModelConfig] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def node_id(self) -> str:
+        return self.daemon.node_id
+
+    @property
+    def client_id(self) -> str:
+        return self.mqtt.client_id or f"edgetpud-{self.daemon.node_id}"
+
+
+SECTIONS: dict[str, type[Any]] = {
+    "daemon": DaemonConfig,
+    "mqtt": MqttConfig,
+    "runtime": RuntimeConfig,
+    "devices": DevicesConfig,
+    "fleet": FleetConfig,
+}
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file, or raise ConfigUnreadableError saying why (with line and column)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigUnreadableError(
+            f"{path}: no such file; create it from the example in /etc/edgetpud or pass --config"
+        ) from None
+    except IsADirectoryError:
+        raise ConfigUnreadableError(f"{path}: is a folder, not a config file") from None
+    except PermissionError:
+        raise ConfigUnreadableError(
+            f"{path}: permission denied; the file must be readable by the user running edgetpud"
+        ) from None
+    except OSError as exc:
+        raise ConfigUnreadableError(f"{path}: cannot be read: {exc.strerror}") from None
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigUnreadableError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigUnreadableError(f"{path}: not valid TOML: {exc}") from None
+
+
+def load(path: str | Path, *, registry: plugins.Registry | None = None) -> Config:
+    """Read and validate a config file; raises ConfigError or ConfigUnreadableError."""
+    path = Path(path)
+    data = read_toml(path)
+    _check_not_writable_by_others(path)
+    return parse(data, base_dir=path.resolve().parent, source=str(path), registry=registry)
+
+
+def parse(
+    data: dict[str, Any],
+    *,
+    base_dir: Path | None = None,
+    source: str = "",
+    registry: plugins.Registry | None = None,
+) -> Config:
+    """Validate already-parsed TOML data; relative paths are taken from `base_dir`."""
+    ctx = Context(base_dir=base_dir or Path.cwd())
+    reg = registry or plugins.registry()
+    sections: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in SECTIONS:
+            sections[key] = load_table(SECTIONS[key], value, key, ctx)
+        elif key != "models":
+            ctx.error(key, "unknown section" + did_you_mean(key, [*SECTIONS, "models"]))
+    models = _load_models(data.get("models", {}), ctx, reg)
+    for name, cls in SECTIONS.items():
+        sections.setdefault(name, cls())
+    mqtt: MqttConfig | None = sections["mqtt"]
+    if mqtt is not None:
+        _check_mqtt(mqtt, ctx)
+    if ctx.issues:
+        raise ConfigError(ctx.issues, source)
+    daemon: DaemonConfig = sections["daemon"]
+    if not daemon.node_id:
+        daemon = replace(daemon, node_id=default_node_id())
+    return Config(
+        daemon=daemon,
+        mqtt=sections["mqtt"],
+        runtime=sections["runtime"],
+        devices=sections["devices"],
+        fleet=sections["fleet"],
+        models=models,
+        path=Path(source) if source else None,
+    )
+
+
+def default_node_id() -> str:
+    """The hostname, reduced to characters usable in one MQTT topic level."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname().split(".")[0]).strip("-.")
+    return name[:64] or "edgetpud"
+
+
+def _load_models(data: Any, ctx: Context, reg: plugins.Registry) -> dict[str, ModelConfig]:
+    if not isinstance(data, dict):
+        ctx.error("models", f"must be a table of [models.<name>] tables, got {show(data)}")
+        return {}
+    models: dict[str, ModelConfig] = {}
+    for name, table in data.items():
+        path = f"models.{name}"
+        problem = topic_segment(name) if name else "a model needs a name"
+        if problem:
+            ctx.error(path, f"the model name {problem.split(' ', 1)[1]}")
+            continue
+        if not isinstance(table, dict):
+            ctx.error(path, f"must be a table, got {show(table)}")
+            continue
+        extra = {
+            kind: _load_plugin_table(kind, table.get(kind), join(path, kind), ctx, reg)
+            for kind in ("source", "postprocess")
+        }
+        model = load_table(ModelConfig, table, path, ctx, extra=extra)
+        if model is None:
+            continue
+        _check_model(model, path, ctx)
+        models[name] = model
+    return models
+
+
+def _load_plugin_table(
+    kind: str, data: Any, path: str, ctx: Context, reg: plugins.Registry
+) -> PluginTable:
+    default = "mqtt" if kind == "source" else "raw"
+    if data is None:
+        data = {"type": default}
+    if not isinstance(data, dict):
+        ctx.error(path, f"must be a table with at least a type key, got {show(data)}")
+        return PluginTable(default)
+    type_name = data.get("type", default)
+    if not isinstance(type_name, str):
+        ctx.error(join(path, "type"), f"must be a string naming a {kind} plugin, got {show(type_name)}")
+        return PluginTable(default)
+    try:
+        cls = reg.get(kind, type_name)
+    except PluginError as exc:
+        ctx.error(join(path, "type"), str(exc))
+        return PluginTable(type_name)
+    try:
+        cls.check_environment()
+    except PluginError as exc:
+        ctx.error(path, str(exc))
+        return PluginTable(type_name)
+    options = load_table(cls.Config, data, path, ctx, ignore=frozenset({"type"}))
+    return PluginTable(type_name, options)
+
+
+def _check_model(model: ModelConfig, path: str, ctx: Context) -> None:
+    if model.cpu_model is not None and model.cpu_model.name.endswith("_edgetpu.tflite"):
+        ctx.error(
+            join(path, "cpu_model"),
+            f"{model.cpu_model.name} is an Edge TPU build and cannot run on the CPU; "
+            "name the model's plain .tflite build here",
+        )
+    if model.device == "cpu" and model.model.name.endswith("_edgetpu.tflite") and model.cpu_model is None:
+        ctx.error(
+            join(path, "device"),
+            '"cpu" was asked but model is an Edge TPU build; set cpu_model to its CPU build',
+        )
+
+
+def _check_mqtt(mqtt: MqttConfig, ctx: Context) -> None:
+    if not mqtt.tls:
+        for key in ("ca_file", "cert_file", "key_file"):
+            if getattr(mqtt, key) is not None:
+                ctx.error(f"mqtt.{key}", "is set but mqtt.tls is false; set tls = true to use it")
+        if mqtt.tls_insecure:
+            ctx.error("mqtt.tls_insecure", "only makes sense with tls = true")
+    if mqtt.key_file is not None and mqtt.cert_file is None:
+        ctx.error("mqtt.key_file", "is set without mqtt.cert_file; give the client certificate too")
+    if mqtt.password_file is not None:
+        if not mqtt.username:
+            ctx.error("mqtt.password_file", "is set but mqtt.username is empty; set the user name")
+        _check_secret_file(mqtt.password_file, "mqtt.password_file", ctx)
+    if mqtt.key_file is not None:
+        _check_secret_file(mqtt.key_file, "mqtt.key_file", ctx)
+
+
+def _check_secret_file(path: Path, key: str, ctx: Context) -> None:
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        ctx.error(key, f"{path} cannot be read: {exc.strerror}")
+        return
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        ctx.error(
+            key,
+            f"{path} is readable or writable by group/others (mode {stat.S_IMODE(mode):04o}); "
+            f"run: chmod 600 {path}",
+        )
+
+
+def _check_not_writable_by_others(path: Path) -> None:
+    """A config (or its folder) others can write lets them run code as us: refuse it."""
+    for p in (path, path.resolve().parent):
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        sticky = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX
+        if st.st_mode & stat.S_IWOTH and not sticky:
+            raise ConfigError(
+                [
+                    ConfigIssue(
+                        "",
+                        f"{p} is writable by every user (mode {stat.S_IMODE(st.st_mode):04o}); "
+                        f"anyone could change what edgetpud runs. Run: chmod o-w {p}",
+                    )
+                ],
+                str(path),
+            )
+
+
+def env_config_path() -> Path:
+    """The config path from $EDGETPUD_CONFIG, else the packaged default."""
+    return Path(os.environ.get("EDGETPUD_CONFIG", str(DEFAULT_PATH)))

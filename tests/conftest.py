@@ -1,0 +1,38 @@
+"""Fixtures every test may use. Per-area fixtures live in tests/support/ modules."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_MODELS = Path(os.environ.get("EDGETPUD_SHARED_MODELS", ROOT.parent / "shared" / "models"))
+FAKE_LIB = ROOT / "build" / "libfake_edgetpu.so"
+
+
+@pytest.fixture
+def models_dir() -> Path:
+    """../shared/models: real Coral models, labels and images (CI always has it)."""
+    if not (SHARED_MODELS / "mobilenet_v1_0.25_128_quant.tflite").is_file():
+        pytest.skip(f"real Coral models not found at {SHARED_MODELS} (set EDGETPUD_SHARED_MODELS)")
+    return SHARED_MODELS
+
+
+@pytest.fixture
+def fake_lib() -> Path:
+    """The test Edge TPU runtime library built by `make test` from tests/native/fake_edgetpu.c."""
+    if not FAKE_LIB.is_file():
+        pytest.fail(f"{FAKE_LIB} is missing: run `make {FAKE_LIB.relative_to(ROOT)}` (make test builds it)")
+    return FAKE_LIB
+
+
+@pytest.fixture(autouse=True)
+def _isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Point every state path at tmp_path so no test touches /var/lib/edgetpud."""
+    state = tmp_path / "state"
+    state.mkdir()
+    monkeypatch.setenv("EDGETPUD_STATE_DIR", str(state))
+    yield state
