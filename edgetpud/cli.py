@@ -45,11 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the service in the foreground (what systemd starts)")
     config_arg(p)
 
-    p = sub.add_parser("check-config", help="validate a config file; exit 0 valid, 1 invalid, 2 unreadable")
+    p = sub.add_parser(
+        "check-config", help="validate a config file; exit 0 valid, 1 invalid, 2 unreadable"
+    )
     p.add_argument("path", metavar="PATH", nargs="?", default=str(DEFAULT_PATH))
 
     p = sub.add_parser("devices", help="show every Edge TPU udev sees, with verdicts and reasons")
-    p.add_argument("--json", action="store_true", help="print device records (schema edgetpud.devices/1)")
+    p.add_argument(
+        "--json", action="store_true", help="print device records (schema edgetpud.devices/1)"
+    )
     config_arg(p)
 
     p = sub.add_parser("plan", help="show where each model would run, and why")
@@ -88,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), format=LOG_FORMAT, stream=sys.stderr, force=True)
+    logging.basicConfig(
+        level=getattr(logging, level.upper()), format=LOG_FORMAT, stream=sys.stderr, force=True
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -32,7 +32,7 @@ TOPIC_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 PORT_PATH = re.compile(r"^\d+-\d+(\.\d+)*$")
 
 
-def topic_segment(value: str) -> str | None:
+def check_topic_segment(value: str) -> str | None:
     """Problem text if `value` cannot be one MQTT topic level, else None."""
     if value == "" or TOPIC_SEGMENT.match(value):
         return None
@@ -42,9 +42,9 @@ def topic_segment(value: str) -> str | None:
     )
 
 
-def topic_prefix(value: str) -> str | None:
+def check_topic_prefix(value: str) -> str | None:
     parts = value.split("/")
-    if any(not p or topic_segment(p) for p in parts):
+    if any(not p or check_topic_segment(p) for p in parts):
         return (
             f'{show(value)} is not a usable topic prefix: use levels of letters, digits, "_", '
             '"-" or "." separated by single "/", with no wildcards and no leading or trailing "/"'
@@ -52,7 +52,7 @@ def topic_prefix(value: str) -> str | None:
     return None
 
 
-def device_selector(value: str) -> str | None:
+def check_device_selector(value: str) -> str | None:
     if value in ("any", "pci", "usb", "cpu"):
         return None
     if value.startswith("usb:") and PORT_PATH.match(value[4:]):
@@ -70,7 +70,7 @@ class DaemonConfig:
     node_id: str = option(
         "Name of this box in MQTT topics and health; empty means the hostname.",
         "",
-        check=topic_segment,
+        check=check_topic_segment,
     )
     state_dir: Path = option(
         "Where learned facts (bad ports) are kept across restarts.",
@@ -106,17 +106,23 @@ class DaemonConfig:
 @dataclass(frozen=True)
 class MqttConfig:
     host: str = option("Broker host name or address.", "localhost")
-    port: int = option("Broker port (1883 plain, 8883 TLS by convention).", 1883, minimum=1, maximum=65535)
+    port: int = option(
+        "Broker port (1883 plain, 8883 TLS by convention).", 1883, minimum=1, maximum=65535
+    )
     transport: Literal["tcp", "websockets"] = option("How to reach the broker.", "tcp")
     protocol: Literal["3.1.1", "5"] = option(
         "MQTT protocol version; 5 enables response topics and correlation data.", "5"
     )
     client_id: str = option("MQTT client id; empty means edgetpud-<node_id>.", "")
     topic_prefix: str = option(
-        "First topic levels; topics are <topic_prefix>/<node_id>/...", "edgetpud", check=topic_prefix
+        "First topic levels; topics are <topic_prefix>/<node_id>/...",
+        "edgetpud",
+        check=check_topic_prefix,
     )
     qos: int = option("QoS for results and events (0, 1 or 2).", 1, minimum=0, maximum=2)
-    keepalive: float = option("MQTT keepalive interval.", 60.0, kind="duration", minimum=5, maximum=3600)
+    keepalive: float = option(
+        "MQTT keepalive interval.", 60.0, kind="duration", minimum=5, maximum=3600
+    )
     backlog_limit: int = option(
         "Results kept while the broker is unreachable; beyond it the oldest are dropped and counted.",
         10000,
@@ -136,15 +142,21 @@ class MqttConfig:
         kind="file",
     )
     tls: bool = option("Connect with TLS.", False)
-    ca_file: Path | None = option("CA certificate(s) to verify the broker; unset uses the system store.", None, kind="file")
-    cert_file: Path | None = option("Client certificate for TLS client authentication.", None, kind="file")
+    ca_file: Path | None = option(
+        "CA certificate(s) to verify the broker; unset uses the system store.", None, kind="file"
+    )
+    cert_file: Path | None = option(
+        "Client certificate for TLS client authentication.", None, kind="file"
+    )
     key_file: Path | None = option("Private key of the client certificate.", None, kind="file")
     tls_insecure: bool = option(
         "Skip verifying the broker's host name (only for testing; never in production).", False
     )
-    homeassistant: bool = option("Publish Home Assistant MQTT discovery for devices and models.", False)
+    homeassistant: bool = option(
+        "Publish Home Assistant MQTT discovery for devices and models.", False
+    )
     homeassistant_prefix: str = option(
-        "Home Assistant's discovery prefix.", "homeassistant", check=topic_prefix
+        "Home Assistant's discovery prefix.", "homeassistant", check=check_topic_prefix
     )
 
 
@@ -188,7 +200,10 @@ class DevicesConfig:
         maximum=60,
     )
     quarantine_after: int = option(
-        "Consecutive invoke errors on one device before it is quarantined.", 5, minimum=1, maximum=1000
+        "Consecutive invoke errors on one device before it is quarantined.",
+        5,
+        minimum=1,
+        maximum=1000,
     )
     quarantine_backoff: float = option(
         "How long a quarantined device rests before it is tried again (doubles each time).",
@@ -204,7 +219,7 @@ class FleetConfig:
     group: str = option(
         "Shared-subscription group for fleet requests; empty turns the fleet topic off.",
         "",
-        check=topic_segment,
+        check=check_topic_segment,
     )
 
 
@@ -218,27 +233,39 @@ class PluginTable:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    model: Path = option("The .tflite model (an _edgetpu.tflite build for the Edge TPU).", kind="file")
+    model: Path = option(
+        "The .tflite model (an _edgetpu.tflite build for the Edge TPU).", kind="file"
+    )
     cpu_model: Path | None = option(
         "A CPU build of the same model, used when no Edge TPU is available.", None, kind="file"
     )
-    labels: Path | None = option("Label file, one label per line, with or without leading ids.", None, kind="file")
+    labels: Path | None = option(
+        "Label file, one label per line, with or without leading ids.", None, kind="file"
+    )
     device: str = option(
-        'Where it may run: "any", "pci", "usb", "cpu", or one device identity.', "any", check=device_selector
+        'Where it may run: "any", "pci", "usb", "cpu", or one device identity.',
+        "any",
+        check=check_device_selector,
     )
     priority: int = option("Higher priority models are placed first.", 50, minimum=0, maximum=100)
-    replicas: int = option("How many devices should serve this model at once.", 1, minimum=1, maximum=16)
+    replicas: int = option(
+        "How many devices should serve this model at once.", 1, minimum=1, maximum=16
+    )
     performance: Literal["", "std", "max"] = option(
         "Clock for this model's Edge TPU; empty uses devices.performance.", ""
     )
-    queue_size: int = option("Requests that may wait for this model.", 32, minimum=1, maximum=100000)
+    queue_size: int = option(
+        "Requests that may wait for this model.", 32, minimum=1, maximum=100000
+    )
     overflow: Literal["block", "drop_oldest", "latest"] = option(
         "When the queue is full: block the source (MQTT requests get a busy reply), "
         "drop the oldest request, or keep only the latest.",
         "block",
     )
     enabled: bool = option("Set false to keep the table but not run the model.", True)
-    source: PluginTable = option("Where requests come from ([models.<name>.source]).", PluginTable("mqtt"))
+    source: PluginTable = option(
+        "Where requests come from ([models.<name>.source]).", PluginTable("mqtt")
+    )
     postprocess: PluginTable = option(
         "What the output means ([models.<name>.postprocess]).", PluginTable("raw")
     )
@@ -355,7 +382,7 @@ def _load_models(data: Any, ctx: Context, reg: plugins.Registry) -> dict[str, Mo
     models: dict[str, ModelConfig] = {}
     for name, table in data.items():
         path = f"models.{name}"
-        problem = topic_segment(name) if name else "a model needs a name"
+        problem = check_topic_segment(name) if name else "a model needs a name"
         if problem:
             ctx.error(path, f"the model name {problem.split(' ', 1)[1]}")
             continue
@@ -385,7 +412,9 @@ def _load_plugin_table(
         return PluginTable(default)
     type_name = data.get("type", default)
     if not isinstance(type_name, str):
-        ctx.error(join(path, "type"), f"must be a string naming a {kind} plugin, got {show(type_name)}")
+        ctx.error(
+            join(path, "type"), f"must be a string naming a {kind} plugin, got {show(type_name)}"
+        )
         return PluginTable(default)
     try:
         cls = reg.get(kind, type_name)
@@ -408,7 +437,11 @@ def _check_model(model: ModelConfig, path: str, ctx: Context) -> None:
             f"{model.cpu_model.name} is an Edge TPU build and cannot run on the CPU; "
             "name the model's plain .tflite build here",
         )
-    if model.device == "cpu" and model.model.name.endswith("_edgetpu.tflite") and model.cpu_model is None:
+    if (
+        model.device == "cpu"
+        and model.model.name.endswith("_edgetpu.tflite")
+        and model.cpu_model is None
+    ):
         ctx.error(
             join(path, "device"),
             '"cpu" was asked but model is an Edge TPU build; set cpu_model to its CPU build',

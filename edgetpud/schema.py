@@ -198,7 +198,9 @@ def convert(hint: Any, md: Mapping[str, Any], value: Any, path: str, ctx: Contex
         choices = typing.get_args(hint)
         if value not in choices or isinstance(value, bool):
             listed = ", ".join(show(c) for c in choices)
-            hint_text = did_you_mean(value, [str(c) for c in choices]) if isinstance(value, str) else ""
+            hint_text = (
+                did_you_mean(value, [str(c) for c in choices]) if isinstance(value, str) else ""
+            )
             ctx.error(path, f"must be one of {listed}, got {show(value)}{hint_text}")
             return _INVALID
         return _checked(value, md, path, ctx)

@@ -25,7 +25,9 @@ def models_dir() -> Path:
 def fake_lib() -> Path:
     """The test Edge TPU runtime library built by `make test` from tests/native/fake_edgetpu.c."""
     if not FAKE_LIB.is_file():
-        pytest.fail(f"{FAKE_LIB} is missing: run `make {FAKE_LIB.relative_to(ROOT)}` (make test builds it)")
+        pytest.fail(
+            f"{FAKE_LIB} is missing: run `make {FAKE_LIB.relative_to(ROOT)}` (make test builds it)"
+        )
     return FAKE_LIB
 
 
