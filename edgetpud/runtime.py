@@ -1,0 +1,403 @@
+"""TensorFlow Lite interpreters on an Edge TPU or the CPU.
+
+The only module that imports the TFLite runtime: `tflite_runtime` (Coral's build,
+needs numpy<2) or `ai_edge_litert` (Google's LiteRT); both expose the same
+`Interpreter` / `load_delegate` API. `open_session` resolves a device identity to
+the delegate's `usb:N` / `pci:N` string right before loading the delegate (the
+index order is libedgetpu's enumeration order, which changes with hotplug and
+firmware loads) and sorts every failure into an error the caller can act on:
+
+- `RuntimeMissing`: the Edge TPU runtime library (libedgetpu) cannot be loaded;
+- `DeviceUnavailable`: the device is not listed, or refused the context; it
+  carries the identity and the port so the devices layer can learn bad ports;
+- `PrepareFailed`: the delegate was loaded but could not take the model;
+- `ModelError`: the model file itself is unusable, or cannot run where asked.
+
+A `Session` is one interpreter owned by one thread (a worker).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy.typing as npt
+
+from edgetpud.errors import DeviceError, ModelError
+from edgetpud.modelfile import ModelInfo, TensorSpec, inspect_model
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("tflite_runtime", "ai_edge_litert")
+_RUNTIME_MODULES = {
+    "tflite_runtime": "tflite_runtime.interpreter",
+    "ai_edge_litert": "ai_edge_litert.interpreter",
+}
+_INSTALL_HINT = (
+    "install one: `apt install python3-tflite-runtime` (Coral's Debian repository), "
+    "`pip install tflite-runtime` (Python 3.8-3.11, numpy<2) "
+    "or `pip install ai-edge-litert` (Python 3.10 and newer)"
+)
+# DevicesConfig.performance / ModelConfig.performance → libedgetpu's Performance option.
+PERFORMANCE = {"std": "High", "max": "Max", "low": "Low", "medium": "Medium", "high": "High"}
+# Delegate device strings that need no identity lookup: "", "usb", "pci", ":N", "usb:N", "pci:N".
+_GENERIC_KINDS = ("", "usb", "pci")
+
+
+class RuntimeMissing(DeviceError):
+    """The Edge TPU runtime library could not be loaded at all."""
+
+    def __init__(self, library: str, detail: str) -> None:
+        self.library = library
+        super().__init__(
+            f"cannot load the Edge TPU runtime {library} ({detail}): install it with "
+            "`apt install libedgetpu1-std` (or libedgetpu1-max) from Coral's repository, "
+            "or set runtime.library to its path"
+        )
+
+
+class DeviceUnavailable(DeviceError):
+    """The Edge TPU is not listed by the runtime, or refused to open a context."""
+
+    def __init__(self, identity: str, port: str, detail: str) -> None:
+        self.identity = identity
+        self.port = port
+        self.detail = detail
+        super().__init__(
+            f"Edge TPU {identity} could not be opened ({detail}); check `edgetpud devices`: "
+            "it may have been unplugged, be busy in another process, lack power, or sit "
+            f"on a hub port ({port}) that cannot hold an Edge TPU context"
+        )
+
+
+class PrepareFailed(DeviceError):
+    """The delegate loaded but could not prepare the model on the device."""
+
+    def __init__(self, identity: str, model: Path, detail: str) -> None:
+        self.identity = identity
+        self.model = model
+        super().__init__(
+            f"Edge TPU {identity} could not prepare {model.name} ({detail}): check that "
+            "the model was compiled by an edgetpu_compiler no newer than the installed "
+            "libedgetpu, and that the device is healthy (`edgetpud devices`)"
+        )
+
+
+class InvokeError(ModelError):
+    """One inference failed; the session stays usable and closable."""
+
+
+@dataclass(frozen=True)
+class _Runtime:
+    name: str
+    interpreter: Callable[..., Any]
+    load_delegate: Callable[..., Any]
+
+
+_loaded: dict[str, _Runtime] = {}
+
+
+def _import_runtime(prefer: str) -> _Runtime:
+    if prefer not in ("auto", *RUNTIMES):
+        raise ModelError(f"unknown TFLite runtime {prefer!r}: use auto, {', '.join(RUNTIMES)}")
+    candidates = RUNTIMES if prefer == "auto" else (prefer,)
+    failures = []
+    for name in candidates:
+        if name in _loaded:
+            return _loaded[name]
+        try:
+            module = importlib.import_module(_RUNTIME_MODULES[name])
+        except ImportError as exc:
+            failures.append(f"{name}: {exc}")
+            continue
+        runtime = _Runtime(name, module.Interpreter, module.load_delegate)
+        _loaded[name] = runtime
+        log.debug("TFLite runtime: %s from %s", name, getattr(module, "__file__", "?"))
+        return runtime
+    wanted = "tflite_runtime nor ai_edge_litert is" if prefer == "auto" else f"{prefer} is not"
+    raise ModelError(f"neither {wanted} importable ({'; '.join(failures)}); {_INSTALL_HINT}")
+
+
+def runtime_name(prefer: str = "auto") -> str:
+    """The TFLite runtime that `open_session` uses: "tflite_runtime" or "ai_edge_litert"."""
+    return _import_runtime(prefer).name
+
+
+class Session:
+    """One interpreter on one device (an Edge TPU identity or "cpu"), used from one thread."""
+
+    def __init__(
+        self,
+        info: ModelInfo,
+        device: str,
+        interpreter: Any,
+        delegate: Any,
+        *,
+        runtime: str,
+        delegate_device: str = "",
+    ) -> None:
+        self.info = info
+        self.device = device
+        self.runtime = runtime
+        self.delegate_device = delegate_device  # "usb:N" / "pci:N" used at open; "" on CPU
+        self.last_invoke_ms = 0.0
+        self.invocations = 0
+        self._interpreter: Any = interpreter
+        self._delegate: Any = delegate
+        self._inputs = [d["index"] for d in interpreter.get_input_details()]
+        self._outputs = [d["index"] for d in interpreter.get_output_details()]
+        self._lock = threading.Lock()
+        self._busy = False
+        self._close_pending = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<Session {self.info.path.name} on {self.device} ({self.runtime}, {state})>"
+
+    @property
+    def closed(self) -> bool:
+        return self._interpreter is None
+
+    @property
+    def input_specs(self) -> tuple[TensorSpec, ...]:
+        return self.info.inputs
+
+    @property
+    def output_specs(self) -> tuple[TensorSpec, ...]:
+        return self.info.outputs
+
+    def invoke(self, inputs: Sequence[npt.NDArray[Any]]) -> list[npt.NDArray[Any]]:
+        """Run one inference; returns copies of the output tensors.
+
+        Raises ModelError when the inputs do not fit the model, InvokeError when
+        the runtime reports a failure (the session stays usable).
+        """
+        interpreter = self._interpreter
+        if interpreter is None:
+            raise ModelError(f"{self!r} is closed: open a new session to run the model")
+        if len(inputs) != len(self._inputs):
+            raise ModelError(
+                f"{self.info.path.name} takes {len(self._inputs)} input(s), got {len(inputs)}"
+            )
+        for spec, index, array in zip(self.info.inputs, self._inputs, inputs):
+            try:
+                interpreter.set_tensor(index, array)
+            except ValueError as exc:
+                raise ModelError(
+                    f"input {spec.name!r} of {self.info.path.name} wants {spec.dtype} "
+                    f"{list(spec.shape)}, got {array.dtype} {list(array.shape)}: {exc}"
+                ) from None
+        with self._lock:
+            self._busy = True
+        try:
+            started = time.perf_counter()
+            try:
+                interpreter.invoke()
+            except RuntimeError as exc:
+                raise InvokeError(
+                    f"inference of {self.info.path.name} on {self.device} failed: "
+                    f"{_first_line(exc)}; the next request is tried as usual, and repeated "
+                    "failures mark the device suspect"
+                ) from None
+            self.last_invoke_ms = (time.perf_counter() - started) * 1000.0
+            self.invocations += 1
+            return [interpreter.get_tensor(index).copy() for index in self._outputs]
+        finally:
+            with self._lock:
+                self._busy = False
+                release = self._close_pending
+            if release:
+                self._release()
+
+    def close(self) -> None:
+        """Release the interpreter, then the delegate. Idempotent.
+
+        Called while another thread is inside `invoke` (a hung worker being
+        abandoned), it defers the release until that invoke returns, so memory the
+        runtime is still using is never freed under it.
+        """
+        with self._lock:
+            if self._busy:
+                self._close_pending = True
+                log.warning("%r: closing while an inference runs; released when it returns", self)
+                return
+        self._release()
+
+    def _release(self) -> None:
+        with self._lock:
+            interpreter, self._interpreter = self._interpreter, None
+            delegate, self._delegate = self._delegate, None
+            self._close_pending = False
+        if interpreter is not None:
+            log.debug("closing %s on %s", self.info.path.name, self.device)
+        # Drop the interpreter first: it uses the delegate until it is destroyed.
+        del interpreter
+        del delegate
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_session(
+    model: Path,
+    device: str,
+    *,
+    library: str = "libedgetpu.so.1",
+    performance: str = "std",
+    cpu_threads: int = 2,
+    prefer: str = "auto",
+    info: ModelInfo | None = None,
+) -> Session:
+    """Load `model` on `device` ("cpu", an identity such as "usb:2-3.1", or "usb"/"pci").
+
+    The interpreter's tensors are allocated here, so a model that only fails at
+    allocation (a truncated file, an unresolved custom op) fails now, not at the
+    first request.
+    """
+    model = Path(model)
+    info = info or inspect_model(model)
+    runtime = _import_runtime(prefer)
+    if device == "cpu":
+        return _open_cpu(model, info, runtime, cpu_threads)
+    return _open_edgetpu(model, info, runtime, device, library=library, performance=performance)
+
+
+def _open_cpu(model: Path, info: ModelInfo, runtime: _Runtime, cpu_threads: int) -> Session:
+    if info.edgetpu:
+        raise ModelError(
+            f"{model.name} is compiled for the Edge TPU and cannot run on the CPU: set the "
+            "model's cpu_model to its plain .tflite build (the file edgetpu_compiler was "
+            "given), or run it on an Edge TPU"
+        )
+    try:
+        interpreter = runtime.interpreter(model_path=str(model), num_threads=cpu_threads)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise _model_failure(model, "the CPU", exc) from None
+    log.info("opened %s on the CPU (%s, %d threads)", model.name, runtime.name, cpu_threads)
+    return Session(info, "cpu", interpreter, None, runtime=runtime.name)
+
+
+def _open_edgetpu(
+    model: Path, info: ModelInfo, runtime: _Runtime, device: str, *, library: str, performance: str
+) -> Session:
+    delegate_device = _delegate_device(device, library)
+    port = device.partition(":")[2] if ":" in device else device
+    options = {"device": delegate_device}
+    if delegate_device.rpartition(":")[2].isdigit():
+        level = PERFORMANCE.get(performance.lower())
+        if level is None:
+            raise ModelError(f"unknown Edge TPU performance {performance!r}: use std or max")
+        options["Performance"] = level
+    if not info.edgetpu:
+        log.warning(
+            "%s is not compiled for the Edge TPU: it runs on the CPU even with %s open",
+            model.name,
+            device,
+        )
+    try:
+        delegate = runtime.load_delegate(library, options)
+    except OSError as exc:
+        raise RuntimeMissing(library, _first_line(exc)) from None
+    except ValueError as exc:
+        detail = _delegate_detail(exc)
+        if _library_absent(detail):
+            raise RuntimeMissing(library, detail) from None
+        raise DeviceUnavailable(device, port, f"{delegate_device}: {detail}") from None
+    try:
+        interpreter = runtime.interpreter(model_path=str(model), experimental_delegates=[delegate])
+    except ValueError as exc:
+        del delegate
+        if _file_problem(exc):
+            raise _model_failure(model, device, exc) from None
+        raise PrepareFailed(device, model, _first_line(exc)) from None
+    except RuntimeError as exc:
+        del delegate
+        raise PrepareFailed(device, model, _first_line(exc)) from None
+    try:
+        interpreter.allocate_tensors()
+    except RuntimeError as exc:
+        del interpreter, delegate
+        if info.edgetpu and "custom op" in str(exc):
+            raise PrepareFailed(device, model, _first_line(exc)) from None
+        raise _model_failure(model, device, exc) from None
+    log.info(
+        "opened %s on %s as %s (%s, %s)",
+        model.name,
+        device,
+        delegate_device,
+        runtime.name,
+        options.get("Performance", "default clock"),
+    )
+    return Session(
+        info, device, interpreter, delegate, runtime=runtime.name, delegate_device=delegate_device
+    )
+
+
+def _delegate_device(device: str, library: str) -> str:
+    """The delegate's `device` option for a device identity, resolved now."""
+    kind, _, rest = device.partition(":")
+    if device in _GENERIC_KINDS or (kind in ("", *_GENERIC_KINDS) and rest.isdigit()):
+        return device  # already a delegate string: "usb", "pci:0", ":1"
+    if kind not in ("usb", "pci") or not rest:
+        raise DeviceError(
+            f"unknown device {device!r}: use cpu, usb, pci, or an identity from "
+            "`edgetpud devices` such as usb:2-3.1 or pci:0000:03:00.0"
+        )
+    # Imported here: it loads the runtime library through ctypes, which CPU-only use never needs.
+    edgetpu_c = importlib.import_module("edgetpud.edgetpu_c")
+    try:
+        resolved: str = edgetpu_c.delegate_device_string(device, library)
+    except OSError as exc:
+        raise RuntimeMissing(library, _first_line(exc)) from None
+    except (DeviceUnavailable, RuntimeMissing):
+        raise
+    except DeviceError as exc:
+        raise DeviceUnavailable(device, rest, _first_line(exc)) from None
+    log.debug("%s is %s in %s's enumeration", device, resolved, library)
+    return resolved
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _delegate_detail(exc: ValueError) -> str:
+    """The plugin's own message from load_delegate's "Failed to load delegate from X\\n<msg>"."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    rest = [line for line in lines if not line.startswith("Failed to load delegate from")]
+    return "; ".join(rest) or (lines[0] if lines else "delegate refused")
+
+
+def _library_absent(detail: str) -> bool:
+    # Some runtimes wrap dlopen failures in ValueError instead of letting OSError through.
+    return "cannot open shared object" in detail or "No such file" in detail
+
+
+def _file_problem(exc: BaseException) -> bool:
+    text = str(exc)
+    return any(s in text for s in ("Could not open", "model identifier", "not a valid", "Model"))
+
+
+def _model_failure(model: Path, where: str, exc: BaseException) -> ModelError:
+    detail = _first_line(exc)
+    if "custom op" in detail:
+        return ModelError(
+            f"{model.name} cannot run on {where}: {detail} The model needs an operator this "
+            "runtime does not have; run an Edge TPU build on an Edge TPU, or use a model "
+            "built from standard TFLite operators"
+        )
+    return ModelError(
+        f"{model.name} could not be loaded on {where} ({detail}): the file is probably "
+        "truncated or corrupt; copy it again and compare its size or checksum"
+    )
