@@ -46,3 +46,7 @@ class ModelError(EdgetpudError):
 
 class PluginError(EdgetpudError):
     """A plugin could not be loaded, configured, or lacks something it needs."""
+
+
+class RequestError(EdgetpudError):
+    """One request cannot be processed (bad image, wrong tensor size): answer it, not a device fault."""

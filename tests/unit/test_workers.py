@@ -1,0 +1,309 @@
+"""ModelQueue overflow policies and Worker lifecycle, without the TFLite runtime.
+
+Sessions here are scripted stand-ins (tests/support/workers.py): the pure unit
+suite runs in the Debian package build, where no runtime exists. The same
+behaviours through the real runtime and the fake Edge TPU library are in
+tests/integration/test_workers_runtime.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from edgetpud.errors import ModelError, RequestError
+from edgetpud.messages import Request
+from edgetpud.workers import ModelQueue, Worker
+from tests.support.workers import (
+    Collector,
+    ScriptedSession,
+    array_pre,
+    first_item,
+    wait_until,
+)
+
+
+def req(payload: Any = 1, **kw: Any) -> Request:
+    return Request(model="m", payload=payload, kind="array", **kw)
+
+
+def make_worker(
+    queue: ModelQueue,
+    sink: Collector,
+    session: ScriptedSession | None = None,
+    *,
+    device: str = "usb:0",
+    stall_timeout: float = 5.0,
+    open_error: Exception | None = None,
+    pre: Any = array_pre,
+) -> Worker:
+    def open_session() -> ScriptedSession:
+        if open_error is not None:
+            raise open_error
+        return session or ScriptedSession(device)
+
+    return Worker(
+        "m",
+        device,
+        queue,
+        open_session,
+        pre,
+        first_item,
+        sink.on_result,
+        sink.on_report,
+        stall_timeout=stall_timeout,
+    )
+
+
+# -- ModelQueue -------------------------------------------------------------------------------
+
+
+def test_queue_is_fifo_and_get_times_out_empty() -> None:
+    q = ModelQueue("m", 10, "block")
+    a, b = req(), req()
+    assert q.put(a) and q.put(b)
+    assert q.depth == 2
+    assert q.get(1.0) is a
+    assert q.get(1.0) is b
+    assert q.get(0.01) is None
+
+
+def test_block_refuses_when_full_until_room_is_made() -> None:
+    q = ModelQueue("m", 2, "block")
+    assert q.put(req()) and q.put(req())
+    assert q.put(req(), timeout=0.05) is False
+    assert q.depth == 2 and q.dropped == 0
+
+    late = req()
+    results: list[bool] = []
+    putter = threading.Thread(target=lambda: results.append(q.put(late, timeout=30)))
+    putter.start()
+    q.get(1.0)
+    putter.join(30)
+    assert results == [True]
+    assert q.drain()[-1] is late
+
+
+def test_drop_oldest_keeps_the_newest_and_counts_drops() -> None:
+    q = ModelQueue("m", 3, "drop_oldest")
+    sent = [req(i) for i in range(5)]
+    for r in sent:
+        assert q.put(r)
+    assert [r.payload for r in q.drain()] == [2, 3, 4]
+    assert q.dropped == 2
+
+
+def test_latest_keeps_only_the_newest_request() -> None:
+    q = ModelQueue("m", 8, "latest")
+    for i in range(4):
+        assert q.put(req(i))
+    assert q.depth == 1
+    assert q.dropped == 3
+    got = q.get(1.0)
+    assert got is not None and got.payload == 3
+
+
+def test_requeued_requests_go_first_ignore_size_and_are_never_dropped() -> None:
+    q = ModelQueue("m", 1, "latest")
+    q.put(req("new"))
+    back = [req("back1"), req("back2")]
+    for r in back:
+        q.requeue(r)
+    q.put(req("newer"))  # drops "new", never the requeued ones
+    assert [r.payload for r in q.drain()] == ["back1", "back2", "newer"]
+    assert q.dropped == 1
+
+
+def test_set_limits_changes_policy_and_rejects_nonsense() -> None:
+    q = ModelQueue("m", 1, "block")
+    q.put(req(0))
+    q.set_limits(1, "drop_oldest")
+    assert q.put(req(1), timeout=0)
+    assert [r.payload for r in q.drain()] == [1]
+    with pytest.raises(ValueError, match="overflow policy"):
+        q.set_limits(1, "newest")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least 1"):
+        q.set_limits(0, "block")
+
+
+# -- Worker -------------------------------------------------------------------------------------
+
+
+def test_worker_answers_each_request_with_a_timing_breakdown() -> None:
+    baseline = threading.active_count()
+    q = ModelQueue("m", 100, "block")
+    sink = Collector()
+    w = make_worker(q, sink)
+    assert w.name == "worker:m@usb:0"
+    w.start()
+    sent = [req(i) for i in range(20)]
+    for r in sent:
+        q.put(r)
+    wait_until(lambda: len(sink.results) == 20, what="20 results")
+    for r in sent:
+        result = sink.by_id(r.id)
+        assert result.ok and result.output == r.payload + 1
+        assert result.device == "usb:0"
+        assert result.timing is not None and result.timing.queue_ms >= 0
+    stats = w.stats()
+    assert stats.processed == 20 and stats.errors == 0 and not stats.in_flight
+    assert stats.p50_ms <= stats.p99_ms
+    assert stats.heartbeat > 0
+    assert w.stop(time.monotonic() + 30) == []
+    wait_until(lambda: threading.active_count() == baseline, what="worker thread to end")
+    assert sink.kinds() == ["opened", "stopped"]
+
+
+def test_invoke_error_answers_the_request_and_the_worker_carries_on() -> None:
+    q = ModelQueue("m", 100, "block")
+    sink = Collector()
+    w = make_worker(q, sink)
+    w.start()
+    bad1, bad2, good = req("error"), req("error"), req(41)
+    for r in (bad1, bad2, good):
+        q.put(r)
+    wait_until(lambda: len(sink.results) == 3, what="3 results")
+    assert "failed to invoke" in sink.by_id(bad1.id).error
+    assert "usb:0" in sink.by_id(bad1.id).error
+    assert sink.by_id(good.id).output == 42
+    errors = [r for r in sink.reports if r.kind == "invoke_error"]
+    assert [r.consecutive_errors for r in errors] == [1, 2]
+    assert isinstance(errors[0].exc, RuntimeError)
+    assert "recovered" in sink.kinds()
+    assert w.stats().consecutive_errors == 0 and w.stats().errors == 2
+    w.stop(time.monotonic() + 30)
+
+
+def test_bad_request_is_answered_and_is_not_a_device_fault() -> None:
+    def picky(request: Request, info: Any) -> list[Any]:
+        if request.payload == "garbage":
+            raise RequestError("cannot decode the image; send JPEG, PNG or BMP")
+        return array_pre(request, info)
+
+    q = ModelQueue("m", 100, "block")
+    sink = Collector()
+    w = make_worker(q, sink, pre=picky)
+    w.start()
+    bad, good = req("garbage"), req(1)
+    q.put(bad)
+    q.put(good)
+    wait_until(lambda: len(sink.results) == 2, what="2 results")
+    assert "cannot decode" in sink.by_id(bad.id).error
+    assert sink.by_id(good.id).ok
+    assert "invoke_error" not in sink.kinds()
+    assert w.stats().consecutive_errors == 0
+    w.stop(time.monotonic() + 30)
+
+
+def test_model_error_at_open_is_reported_and_takes_no_work() -> None:
+    q = ModelQueue("m", 100, "block")
+    q.put(req(1))
+    sink = Collector()
+    w = make_worker(q, sink, open_error=ModelError("m.tflite is not a TFLite model"))
+    w.start()
+    wait_until(lambda: not w.alive, what="worker to give up")
+    assert sink.kinds() == ["open_failed"]
+    assert "not a TFLite model" in sink.reports[0].error
+    assert w.state == "failed"
+    assert q.depth == 1  # the request waits for a worker that can serve it
+    assert w.stop(time.monotonic() + 1) == []
+
+
+def test_stop_lets_the_in_flight_request_finish() -> None:
+    q = ModelQueue("m", 100, "block")
+    session = ScriptedSession()
+    sink = Collector()
+    w = make_worker(q, sink, session)
+    w.start()
+    slow, waiting = req("hang"), req(2)
+    q.put(slow)
+    assert session.hanging.wait(30)
+    q.put(waiting)
+    threading.Timer(0.2, session.release.set).start()
+    assert w.stop(time.monotonic() + 30) == []
+    assert sink.ids()[slow.id] == 1  # drained: answered, not dropped
+    assert sink.ids()[waiting.id] == 0 and q.drain() == [waiting]  # never taken
+    assert session.closed.is_set()
+    assert sink.kinds()[-1] == "stopped"
+
+
+def test_stop_past_the_deadline_hands_the_request_back_once() -> None:
+    baseline = threading.active_count()
+    q = ModelQueue("m", 100, "block")
+    session = ScriptedSession()
+    sink = Collector()
+    w = make_worker(q, sink, session)
+    w.start()
+    stuck = req("hang")
+    q.put(stuck)
+    assert session.hanging.wait(30)
+    assert w.stop(time.monotonic() + 0.05) == [stuck]
+    session.release.set()
+    wait_until(lambda: threading.active_count() == baseline, what="abandoned thread to end")
+    assert sink.ids()[stuck.id] == 0  # its late result was discarded, not a duplicate
+    assert session.closed.is_set()
+
+
+def test_hung_worker_loses_no_request_and_answers_none_twice() -> None:
+    baseline = threading.active_count()
+    q = ModelQueue("m", 100, "block")
+    hung_session = ScriptedSession("usb:0")
+    sink = Collector()
+    hung = make_worker(q, sink, hung_session, device="usb:0", stall_timeout=0.2)
+    hung.start()
+    victim = req("hang")
+    q.put(victim)
+    assert hung_session.hanging.wait(30)
+    rest = [req(i) for i in range(10)]
+    for r in rest:
+        q.put(r)
+
+    assert not hung.check_stall(time.monotonic())  # not yet past stall_timeout
+    wait_until(lambda: hung.check_stall(time.monotonic()), what="stall detection")
+    assert not hung.check_stall(time.monotonic())  # only once
+    assert hung.hung and hung.stats().state == "stalled"
+    stalled = [r for r in sink.reports if r.kind == "stalled"]
+    assert len(stalled) == 1 and "usb:0" in stalled[0].error
+
+    # A second worker on a healthy device picks up everything, the victim first.
+    good_session = ScriptedSession("usb:1", healthy=True)
+    good = make_worker(q, sink, good_session, device="usb:1")
+    good.start()
+    wait_until(lambda: len(sink.results) == 11, what="every request answered")
+    redo = sink.by_id(victim.id)
+    assert redo.device == "usb:1" and redo.request.attempts == 1
+
+    # The hung invoke finally returns: its result is discarded.
+    hung_session.release.set()
+    assert hung.stop(time.monotonic() + 30) == []
+    good.stop(time.monotonic() + 30)
+    wait_until(lambda: threading.active_count() == baseline, what="threads back to baseline")
+    ids = sink.ids()
+    assert all(ids[r.id] == 1 for r in [victim, *rest])
+    assert sum(ids.values()) == 11
+
+
+def test_a_request_that_hangs_every_device_is_answered_in_the_end() -> None:
+    q = ModelQueue("m", 100, "block")
+    sink = Collector()
+    sessions = []
+    poison = req("hang")
+    q.put(poison)
+    workers = []
+    for n in range(3):
+        session = ScriptedSession(f"usb:{n}")
+        sessions.append(session)
+        w = make_worker(q, sink, session, device=f"usb:{n}", stall_timeout=0.1)
+        workers.append(w)
+        w.start()
+        assert session.hanging.wait(30)
+        wait_until(lambda: workers[-1].check_stall(time.monotonic()), what="stall detection")
+    assert sink.ids()[poison.id] == 1
+    assert "3 attempts" in sink.by_id(poison.id).error
+    for session in sessions:
+        session.release.set()
+    for w in workers:
+        w.stop(time.monotonic() + 30)
