@@ -31,8 +31,9 @@ from typing import Any, Literal, Protocol
 
 import numpy.typing as npt
 
-from edgetpud.errors import EdgetpudError, RequestError
+from edgetpud.errors import EdgetpudError, ModelError, RequestError
 from edgetpud.messages import Request, Result, Timing
+from edgetpud.runtime import InvokeError
 
 log = logging.getLogger(__name__)
 
@@ -464,14 +465,18 @@ class Worker:
         except Exception as exc:
             self._invoke_started = 0.0
             t2 = perf()
+            # A ModelError other than InvokeError means these inputs do not fit the model
+            # (a preprocessor's bug or a bad tensor request), not that the device failed.
+            fault = isinstance(exc, InvokeError) or not isinstance(exc, ModelError)
+            error = f"invoke failed on {self.device}: " if fault else "bad request: "
             return self._finish(
                 Result(
                     req,
                     self.device,
-                    error=f"invoke failed on {self.device}: {_describe(exc)}",
+                    error=error + _describe(exc),
                     timing=Timing(queue_ms, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0, 0.0),
                 ),
-                device_fault=True,
+                device_fault=fault,
                 exc=exc,
             )
         self._invoke_started = 0.0

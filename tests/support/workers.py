@@ -17,7 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from edgetpud.errors import ModelError
 from edgetpud.messages import Request, Result
+from edgetpud.runtime import InvokeError
 from edgetpud.workers import WorkerReport
 
 DEADLINE = 30.0  # generous: other engineers' tests share this 2-core machine
@@ -69,7 +71,8 @@ class FakeInfo:
 
 
 class ScriptedSession:
-    """invoke(inputs) returns [inputs[0] + 1]; payload "error" raises, and payload "hang"
+    """invoke(inputs) returns [inputs[0] + 1]; payload "error" raises InvokeError, "misfit"
+    raises ModelError (inputs that do not fit the model), and payload "hang"
     blocks until `release` is set (like an Edge TPU that stops answering) unless the
     session is `healthy`, which echoes it."""
 
@@ -88,7 +91,9 @@ class ScriptedSession:
         self.invokes += 1
         value = inputs[0]
         if value.dtype.kind == "U" and str(value) == "error":
-            raise RuntimeError("Node number 0 (edgetpu-custom-op) failed to invoke.")
+            raise InvokeError("inference of fake.tflite failed: Node number 0 failed to invoke")
+        if value.dtype.kind == "U" and str(value) == "misfit":
+            raise ModelError("input 'x' of fake.tflite wants uint8 [1, 3], got <U6 []")
         if value.dtype.kind == "U" and self.healthy:
             return [value]
         if value.dtype.kind == "U" and str(value) == "hang":

@@ -16,6 +16,7 @@ import pytest
 
 from edgetpud.errors import ModelError, RequestError
 from edgetpud.messages import Request
+from edgetpud.runtime import InvokeError
 from edgetpud.workers import ModelQueue, Worker
 from tests.support.workers import (
     Collector,
@@ -171,7 +172,7 @@ def test_invoke_error_answers_the_request_and_the_worker_carries_on() -> None:
     assert sink.by_id(good.id).output == 42
     errors = [r for r in sink.reports if r.kind == "invoke_error"]
     assert [r.consecutive_errors for r in errors] == [1, 2]
-    assert isinstance(errors[0].exc, RuntimeError)
+    assert isinstance(errors[0].exc, InvokeError)
     assert "recovered" in sink.kinds()
     assert w.stats().consecutive_errors == 0 and w.stats().errors == 2
     w.stop(time.monotonic() + 30)
@@ -187,11 +188,12 @@ def test_bad_request_is_answered_and_is_not_a_device_fault() -> None:
     sink = Collector()
     w = make_worker(q, sink, pre=picky)
     w.start()
-    bad, good = req("garbage"), req(1)
-    q.put(bad)
-    q.put(good)
-    wait_until(lambda: len(sink.results) == 2, what="2 results")
+    bad, misfit, good = req("garbage"), req("misfit"), req(1)
+    for r in (bad, misfit, good):
+        q.put(r)
+    wait_until(lambda: len(sink.results) == 3, what="3 results")
     assert "cannot decode" in sink.by_id(bad.id).error
+    assert sink.by_id(misfit.id).error.startswith("bad request: ")
     assert sink.by_id(good.id).ok
     assert "invoke_error" not in sink.kinds()
     assert w.stats().consecutive_errors == 0
