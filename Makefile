@@ -14,8 +14,13 @@ FAKE_LIB := build/libfake_edgetpu.so
 # Debian packages the tests and the demo use. Keep in step with docs/development.md.
 APT_PACKAGES := mosquitto umockdev gir1.2-umockdev-1.0 libumockdev0 gcc libc6-dev make \
 	python3-venv systemd openssl ca-certificates
+# Building and checking the Debian package (make deb, tests/package), and its runtime
+# Depends so `apt-get install ./edgetpud_*.deb` needs nothing else.
+APT_PACKAGES += debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
+	lintian man-db python3-pytest python3-hypothesis python3-numpy python3-pyudev \
+	python3-paho-mqtt python3-sdnotify python3-pil python3-flatbuffers mosquitto-clients
 
-.PHONY: help demo test lint typecheck pytest clean
+.PHONY: help demo test lint typecheck pytest clean deb
 
 help:
 	@echo "make demo   run the end-to-end demo (installs what it needs)"
@@ -53,8 +58,25 @@ pytest: $(STAMPS)/venv $(FAKE_LIB)
 
 test: lint typecheck pytest
 
+# MODELS=DIR adds Coral's MobileNet and DIR's .bmp images, e.g. make demo MODELS=../shared/models
 demo: $(STAMPS)/venv
 	$(BIN)/edgetpud check-config etc/edgetpud/edgetpud.toml
+	$(BIN)/python demo/run_demo.py $(if $(MODELS),--models $(MODELS))
 
 clean:
 	rm -rf build $(STAMPS) .mypy_cache .pytest_cache .ruff_cache
+
+# The Debian package, built from a copy of the tree in build/deb (artefacts stay out of the
+# repo) with Debian's PATH so pybuild uses Debian's python3, then checked by lintian.
+DEB_DIR := build/deb
+deb: $(STAMPS)/apt
+	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/src
+	git ls-files -z --cached --others --exclude-standard \
+		| while IFS= read -r -d '' f; do [ -e "$$f" ] && printf '%s\0' "$$f"; done \
+		| tar -c --null --no-recursion -T - | tar -x -C $(DEB_DIR)/src
+	cd $(DEB_DIR)/src && env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/nonexistent \
+		LC_ALL=C.UTF-8 DEB_BUILD_OPTIONS="$$DEB_BUILD_OPTIONS" dpkg-buildpackage -us -uc -b
+	cd $(DEB_DIR) && env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 \
+		lintian --info --display-info --pedantic edgetpud_*.changes | tee lintian.log
+	@! grep -q '^E: ' $(DEB_DIR)/lintian.log
+	@ls $(DEB_DIR)/*.deb
