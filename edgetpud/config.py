@@ -229,6 +229,7 @@ class PluginTable:
 
     type: str
     options: Any = None
+    error: str = ""  # lenient_plugins: why the plugin is unusable (options is then None)
 
 
 @dataclass(frozen=True)
@@ -323,12 +324,23 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigUnreadableError(f"{path}: not valid TOML: {exc}") from None
 
 
-def load(path: str | Path, *, registry: plugins.Registry | None = None) -> Config:
+def load(
+    path: str | Path,
+    *,
+    registry: plugins.Registry | None = None,
+    lenient_plugins: bool = False,
+) -> Config:
     """Read and validate a config file; raises ConfigError or ConfigUnreadableError."""
     path = Path(path)
     data = read_toml(path)
     _check_not_writable_by_others(path)
-    return parse(data, base_dir=path.resolve().parent, source=str(path), registry=registry)
+    return parse(
+        data,
+        base_dir=path.resolve().parent,
+        source=str(path),
+        registry=registry,
+        lenient_plugins=lenient_plugins,
+    )
 
 
 def parse(
@@ -337,6 +349,7 @@ def parse(
     base_dir: Path | None = None,
     source: str = "",
     registry: plugins.Registry | None = None,
+    lenient_plugins: bool = False,
 ) -> Config:
     """Validate already-parsed TOML data; relative paths are taken from `base_dir`."""
     ctx = Context(base_dir=base_dir or Path.cwd())
@@ -347,7 +360,7 @@ def parse(
             sections[key] = load_table(SECTIONS[key], value, key, ctx)
         elif key != "models":
             ctx.error(key, "unknown section" + did_you_mean(key, [*SECTIONS, "models"]))
-    models = _load_models(data.get("models", {}), ctx, reg)
+    models = _load_models(data.get("models", {}), ctx, reg, lenient_plugins)
     for name, cls in SECTIONS.items():
         sections.setdefault(name, cls())
     mqtt: MqttConfig | None = sections["mqtt"]
@@ -375,7 +388,9 @@ def default_node_id() -> str:
     return name[:64] or "edgetpud"
 
 
-def _load_models(data: Any, ctx: Context, reg: plugins.Registry) -> dict[str, ModelConfig]:
+def _load_models(
+    data: Any, ctx: Context, reg: plugins.Registry, lenient_plugins: bool = False
+) -> dict[str, ModelConfig]:
     if not isinstance(data, dict):
         ctx.error("models", f"must be a table of [models.<name>] tables, got {show(data)}")
         return {}
@@ -390,7 +405,9 @@ def _load_models(data: Any, ctx: Context, reg: plugins.Registry) -> dict[str, Mo
             ctx.error(path, f"must be a table, got {show(table)}")
             continue
         extra = {
-            kind: _load_plugin_table(kind, table.get(kind), join(path, kind), ctx, reg)
+            kind: _load_plugin_table(
+                kind, table.get(kind), join(path, kind), ctx, reg, lenient_plugins
+            )
             for kind in ("source", "postprocess")
         }
         model = load_table(ModelConfig, table, path, ctx, extra=extra)
@@ -401,9 +418,21 @@ def _load_models(data: Any, ctx: Context, reg: plugins.Registry) -> dict[str, Mo
     return models
 
 
-def _load_plugin_table(
-    kind: str, data: Any, path: str, ctx: Context, reg: plugins.Registry
+def _load_plugin_table(  # noqa: PLR0917
+    kind: str,
+    data: Any,
+    path: str,
+    ctx: Context,
+    reg: plugins.Registry,
+    lenient_plugins: bool,
 ) -> PluginTable:
+    """Validate one plugin sub-table.
+
+    With `lenient_plugins` (the running daemon), a plugin that is not installed,
+    failed to load or lacks its environment does not fail the config: the table
+    comes back with `options=None` and `error` set, so only that model is
+    disabled. Errors in the plugin's own options always fail the config.
+    """
     default = "mqtt" if kind == "source" else "raw"
     if data is None:
         data = {"type": default}
@@ -419,11 +448,18 @@ def _load_plugin_table(
     try:
         cls = reg.get(kind, type_name)
     except PluginError as exc:
+        if lenient_plugins:
+            if type_name not in reg.statuses:
+                reg.mark(type_name, "load_error", str(exc))
+            return PluginTable(type_name, None, f"{join(path, 'type')}: {exc}")
         ctx.error(join(path, "type"), str(exc))
         return PluginTable(type_name)
     try:
         cls.check_environment()
     except PluginError as exc:
+        if lenient_plugins:
+            reg.mark(type_name, "environment_error", str(exc))
+            return PluginTable(type_name, None, f"{path}: {exc}")
         ctx.error(path, str(exc))
         return PluginTable(type_name)
     options = load_table(cls.Config, data, path, ctx, ignore=frozenset({"type"}))
