@@ -1,0 +1,62 @@
+"""systemd notification (sd_notify) without depending on libsystemd.
+
+Speaks the datagram protocol directly: `NOTIFY_SOCKET` names a Unix socket
+(a path, or an abstract name starting with "@"). Outside systemd it is a no-op.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+log = logging.getLogger(__name__)
+
+
+class Notifier:
+    """Send READY/RELOADING/STOPPING/STATUS/WATCHDOG to systemd, if it is listening."""
+
+    def __init__(self, address: str | None = None) -> None:
+        address = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
+        self._address = "\0" + address[1:] if address.startswith("@") else address
+        self._sock: socket.socket | None = None
+        if self._address:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        usec = os.environ.get("WATCHDOG_USEC", "")
+        pid = os.environ.get("WATCHDOG_PID", "")
+        mine = not pid or pid == str(os.getpid())
+        self.watchdog_interval = int(usec) / 1e6 if usec.isdigit() and mine else 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self._sock is not None
+
+    def send(self, *fields: str) -> None:
+        if self._sock is None:
+            return
+        try:
+            self._sock.sendto("\n".join(fields).encode(), self._address)
+        except OSError as exc:  # systemd gone or socket full: never fatal
+            log.debug("sd_notify failed: %s", exc)
+
+    def ready(self, status: str = "") -> None:
+        self.send("READY=1", *([f"STATUS={status}"] if status else []))
+
+    def reloading(self) -> None:
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.send("RELOADING=1", f"MONOTONIC_USEC={usec}")
+
+    def stopping(self) -> None:
+        self.send("STOPPING=1")
+
+    def status(self, text: str) -> None:
+        self.send(f"STATUS={text}")
+
+    def watchdog(self) -> None:
+        self.send("WATCHDOG=1")
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None

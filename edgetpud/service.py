@@ -1,0 +1,733 @@
+"""The composition root and supervisor: the only place that changes shared state.
+
+`Service` builds every part once (devices watcher, MQTT link, plugins, workers)
+and owns one event loop. Everything else talks to it through `self.events`:
+udev changes (DeviceEvent), worker reports (WorkerReport) and timer ticks; signal
+handlers only set flags. On every device or config change it re-plans and applies
+only the difference between the plan and what runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from edgetpud import __version__, config, health, placement
+from edgetpud.config import Config, ModelConfig
+from edgetpud.devices.model import DeviceInfo
+from edgetpud.errors import ConfigError, ConfigUnreadableError, EdgetpudError, PluginError
+from edgetpud.messages import Request, Result
+from edgetpud.notify import Notifier
+from edgetpud.workers import ModelQueue, Worker, WorkerReport
+
+log = logging.getLogger(__name__)
+
+TICK = 0.05  # seconds between supervisor turns when nothing happens
+HEALTH_MIN_GAP = 0.5  # a change publishes health at most this often
+MQTT_PUT_TIMEOUT = 0.0  # MQTT requests never wait for queue room: busy reply instead
+SOURCE_PUT_TIMEOUT = 0.2
+
+
+@dataclass
+class DeviceHealth:
+    """What the supervisor has learned about one device while using it."""
+
+    quarantined_until: float = 0.0
+    quarantines: int = 0
+    hung: bool = False
+    reason: str = ""
+
+    def blocked(self, now: float) -> bool:
+        return self.hung or now < self.quarantined_until
+
+
+@dataclass
+class ModelRuntime:
+    """Everything that runs for one model: its queue, source, postprocessor, workers."""
+
+    name: str
+    cfg: ModelConfig
+    queue: ModelQueue
+    info: Any = None  # modelfile.ModelInfo of the Edge TPU build
+    cpu_info: Any = None  # modelfile.ModelInfo of the CPU build
+    source: Any = None  # plugins.Source
+    postprocessor: Any = None  # plugins.Postprocessor
+    preprocess: Callable[..., Any] | None = None
+    workers: dict[str, Worker] = field(default_factory=dict)  # target → worker
+    disabled: str = ""  # why it cannot run at all
+    errors: int = 0
+    results: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class Service:
+    """edgetpud's daemon. `run()` blocks until stopped; returns the exit code."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        notifier: Notifier | None = None,
+        watcher_factory: Callable[..., Any] | None = None,
+        mqtt_factory: Callable[..., Any] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.generation = 1
+        self.notifier = notifier or Notifier()
+        self.events: queue.Queue[Any] = queue.Queue()
+        self._watcher_factory = watcher_factory
+        self._mqtt_factory = mqtt_factory
+        self.watcher: Any = None
+        self.mqtt: Any = None
+        self.devices: dict[str, DeviceInfo] = {}
+        self.device_health: dict[str, DeviceHealth] = {}
+        self.models: dict[str, ModelRuntime] = {}
+        self.plan: placement.Plan | None = None
+        self.runtime_error = ""
+        self.last_reload_error = ""
+        self.started = time.time()
+        self.started_mono = time.monotonic()
+        self._stop_requested = False
+        self._reload_requested = False
+        self._dump_requested = False
+        self._health_dirty = True
+        self._last_health = 0.0
+        self._last_watchdog = 0.0
+        self._last_status = ""
+        self._mqtt_connected = False
+        self._lock = threading.Lock()  # guards counters touched from worker threads
+
+    # ---- signals ---------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        signal.signal(signal.SIGUSR1, self._on_usr1)
+
+    def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stop_requested = True
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self._reload_requested = True  # coalesced: many HUPs before the loop turns = one reload
+
+    def _on_usr1(self, signum: int, frame: FrameType | None) -> None:
+        self._dump_requested = True
+
+    def request_stop(self) -> None:
+        self._stop_requested = True
+
+    def request_reload(self) -> None:
+        self._reload_requested = True
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start in order, loop, stop in reverse. Returns the process exit code."""
+        try:
+            self._start()
+            self.notifier.ready(self._status_line())
+            log.info("ready: %s", self._status_line())
+            self._loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _start(self) -> None:
+        self._check_runtime()
+        self._start_mqtt()
+        self._start_devices()
+        for name, mcfg in self.cfg.models.items():
+            self._create_model(name, mcfg)
+        self._replan("start")
+        self._publish_health(force=True)
+
+    def _check_runtime(self) -> None:
+        from edgetpud import runtime
+
+        try:
+            name = runtime.runtime_name(self.cfg.runtime.runtime)
+        except EdgetpudError as exc:
+            self.runtime_error = str(exc)
+            log.error("no TFLite runtime: %s; serving nothing until one is installed", exc)
+            return
+        self.runtime_error = ""
+        log.info("TFLite runtime: %s", name)
+
+    def _start_mqtt(self) -> None:
+        if self._mqtt_factory is not None:
+            factory = self._mqtt_factory
+        else:
+            from edgetpud.mqtt import MqttLink
+
+            factory = MqttLink
+        self.mqtt = factory(
+            self.cfg.mqtt,
+            self.cfg.daemon.node_id,
+            on_request=self._on_mqtt_request,
+            on_connection=self._on_mqtt_connection,
+            fleet_group=self.cfg.fleet.group,
+        )
+        self.mqtt.start()
+
+    def _start_devices(self) -> None:
+        if self._watcher_factory is not None:
+            factory = self._watcher_factory
+        else:
+            from edgetpud.devices import DeviceWatcher
+
+            factory = DeviceWatcher
+        self.watcher = factory(
+            self.cfg.devices, self._state_dir(), self.events, performance=self.cfg.devices.performance
+        )
+        for dev in self.watcher.start():
+            self.devices[dev.identity] = dev
+        log.info("%d Edge TPU(s) found", len(self.devices))
+
+    def _state_dir(self) -> Path:
+        return self.cfg.daemon.state_dir
+
+    def _shutdown(self) -> None:
+        """Stop in reverse order; every step is safe if its part never started."""
+        self.notifier.stopping()
+        log.info("stopping")
+        deadline = time.monotonic() + self.cfg.daemon.drain_timeout
+        for rt in self.models.values():
+            self._stop_source(rt)
+        if self.mqtt is not None:
+            self.mqtt.set_models({})  # stop taking requests
+        self._drain(deadline)
+        for rt in list(self.models.values()):
+            for target in list(rt.workers):
+                self._stop_worker(rt, target, deadline, requeue=True)
+            self._answer_leftovers(rt, "edgetpud is shutting down; request not processed")
+        if self.watcher is not None:
+            self.watcher.close()
+        if self.mqtt is not None:
+            self._publish_health(force=True)
+            self.mqtt.stop(timeout=max(1.0, deadline - time.monotonic()))
+        self.notifier.close()
+        log.info("stopped")
+
+    def _drain(self, deadline: float) -> None:
+        """Let queued and in-flight requests finish on the devices that have them."""
+        while time.monotonic() < deadline:
+            busy = any(
+                (rt.queue.depth and rt.workers) or any(w.stats().in_flight for w in rt.workers.values())
+                for rt in self.models.values()
+            )
+            if not busy:
+                return
+            self._handle_pending_events()
+            time.sleep(TICK)
+
+    # ---- the loop --------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop_requested:
+            try:
+                event = self.events.get(timeout=TICK)
+            except queue.Empty:
+                event = None
+            if event is not None:
+                self._dispatch(event)
+            self._handle_pending_events()
+            if self._reload_requested:
+                self._reload_requested = False
+                self.reload()
+            if self._dump_requested:
+                self._dump_requested = False
+                self._dump_threads()
+            self._tick()
+
+    def _handle_pending_events(self) -> None:
+        while True:
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                return
+            self._dispatch(event)
+
+    def _dispatch(self, event: Any) -> None:
+        try:
+            if isinstance(event, WorkerReport):
+                self._on_worker_report(event)
+            elif hasattr(event, "action") and hasattr(event, "device"):
+                self._on_device_event(event)
+            elif callable(event):
+                event()
+            else:
+                log.warning("unknown event %r", event)
+        except Exception:
+            log.exception("handling %r failed; carrying on", event)
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        replan = False
+        for rt in self.models.values():
+            for target, worker in list(rt.workers.items()):
+                if worker.check_stall(now):
+                    self._on_stall(rt, target, worker)
+                    replan = True
+        for identity, dh in self.device_health.items():
+            if dh.quarantined_until and now >= dh.quarantined_until and not dh.hung:
+                log.info("%s: quarantine over, trying it again", identity)
+                dh.quarantined_until = 0.0
+                dh.reason = ""
+                replan = True
+        if replan:
+            self._replan("device health changed")
+        if now - self._last_health >= self.cfg.daemon.health_interval or (
+            self._health_dirty and now - self._last_health >= HEALTH_MIN_GAP
+        ):
+            self._publish_health()
+        if self.notifier.watchdog_interval and now - self._last_watchdog >= min(
+            1.0, self.notifier.watchdog_interval / 3
+        ):
+            if self._healthy():
+                self.notifier.watchdog()
+                self._last_watchdog = now
+        status = self._status_line()
+        if status != self._last_status:
+            self._last_status = status
+            self.notifier.status(status)
+
+    def _healthy(self) -> bool:
+        """Feed the watchdog only while every running worker's loop is turning.
+
+        A stalled invoke is handled by failover (check_stall) first; the watchdog is
+        the last resort for a worker stuck somewhere failover cannot see.
+        """
+        now = time.monotonic()
+        limit = self.cfg.daemon.stall_timeout * 3 + 1.0
+        for rt in self.models.values():
+            for worker in rt.workers.values():
+                stats = worker.stats()
+                if stats.state == "running" and stats.heartbeat and now - stats.heartbeat > limit:
+                    return False
+        return True
+
+    # ---- devices ---------------------------------------------------------------------
+
+    def _on_device_event(self, event: Any) -> None:
+        dev: DeviceInfo = event.device
+        log.info("device %s %s (%s: %s)", dev.identity, event.action, dev.verdict, "; ".join(dev.reasons) or "ok")
+        if event.action == "removed":
+            self.devices.pop(dev.identity, None)
+            self.device_health.pop(dev.identity, None)
+        else:
+            self.devices[dev.identity] = dev
+            if event.action == "added":
+                self.device_health.pop(dev.identity, None)  # a replug clears hung/quarantine
+        self._publish_event(
+            "device_" + event.action if event.action != "changed" else "device_changed",
+            device=dev.identity,
+            state=dev.state,
+            verdict=dev.verdict,
+            reasons=list(dev.reasons),
+        )
+        if event.action == "added" and dev.verdict == "rejected":
+            self._publish_event("device_rejected", device=dev.identity, reasons=list(dev.reasons))
+        self._replan(f"device {dev.identity} {event.action}")
+
+    def _planning_devices(self) -> list[DeviceInfo]:
+        now = time.monotonic()
+        out = []
+        for dev in self.devices.values():
+            dh = self.device_health.get(dev.identity)
+            if dh is not None and dh.blocked(now):
+                dev = dataclasses.replace(dev, verdict="rejected", reasons=(*dev.reasons, dh.reason))
+            out.append(dev)
+        return out
+
+    # ---- models ----------------------------------------------------------------------
+
+    def _create_model(self, name: str, mcfg: ModelConfig) -> ModelRuntime:
+        rt = ModelRuntime(name, mcfg, ModelQueue(name, mcfg.queue_size, mcfg.overflow))
+        self.models[name] = rt
+        self._prepare_model(rt)
+        return rt
+
+    def _prepare_model(self, rt: ModelRuntime) -> None:
+        """Inspect the model files and build its plugins; on failure, disable it with a reason."""
+        from edgetpud import modelfile
+
+        rt.disabled = ""
+        mcfg = rt.cfg
+        if not mcfg.enabled:
+            rt.disabled = "enabled = false in the config"
+            return
+        if self.runtime_error:
+            rt.disabled = self.runtime_error
+            return
+        try:
+            rt.info = modelfile.inspect_model(mcfg.model)
+            rt.cpu_info = modelfile.inspect_model(mcfg.cpu_model) if mcfg.cpu_model else None
+        except EdgetpudError as exc:
+            rt.disabled = str(exc)
+            log.error("model %s disabled: %s", rt.name, exc)
+            return
+        try:
+            self._build_plugins(rt)
+        except (PluginError, EdgetpudError) as exc:
+            rt.disabled = str(exc)
+            log.error("model %s disabled: %s", rt.name, exc)
+
+    def _build_plugins(self, rt: ModelRuntime) -> None:
+        from edgetpud import plugins, preprocess
+        from edgetpud.labels import load_labels
+
+        reg = plugins.registry()
+        mcfg = rt.cfg
+        if mcfg.source.options is None or mcfg.postprocess.options is None:
+            raise PluginError(
+                f"plugin {mcfg.source.type}/{mcfg.postprocess.type} unavailable; see plugin status in health"
+            )
+        labels = load_labels(mcfg.labels) if mcfg.labels else None
+        info = rt.info
+        post_cls = reg.get("postprocess", mcfg.postprocess.type)
+        rt.postprocessor = post_cls(mcfg.postprocess.options, info, labels)  # type: ignore[call-arg]
+        src_cls = reg.get("source", mcfg.source.type)
+        name = rt.name
+        rt.source = src_cls(name, mcfg.source.options, info, lambda req: self._emit(name, req))  # type: ignore[call-arg]
+        rt.preprocess = preprocess.make_preprocess(rt.source.resize)
+
+    def _emit(self, model: str, request: Request) -> bool:
+        """A source's emit(): queue the request, False when full (the source retries)."""
+        rt = self.models.get(model)
+        if rt is None:
+            return False
+        return rt.queue.put(request, timeout=SOURCE_PUT_TIMEOUT)
+
+    def _on_mqtt_request(self, request: Request) -> str | None:
+        """Called from the MQTT thread: queue it or say why not. Never blocks."""
+        rt = self.models.get(request.model)
+        if rt is None:
+            return f'unknown model "{request.model}"'
+        if rt.disabled:
+            return f"model {request.model} is disabled: {rt.disabled}"
+        if rt.queue.put(request, timeout=MQTT_PUT_TIMEOUT):
+            return None
+        return f"busy: the queue of model {request.model} is full ({rt.cfg.queue_size} waiting); retry later"
+
+    def _on_mqtt_connection(self, connected: bool) -> None:
+        self._mqtt_connected = connected
+        self._health_dirty = True
+        if connected:
+            self.events.put(lambda: self._publish_health(force=True))
+
+    def _start_source(self, rt: ModelRuntime) -> None:
+        if rt.source is not None and not rt.disabled:
+            rt.source.start()
+
+    def _stop_source(self, rt: ModelRuntime) -> None:
+        if rt.source is not None:
+            try:
+                rt.source.stop()
+            except Exception:
+                log.exception("stopping the source of %s failed", rt.name)
+
+    def _mqtt_models(self) -> dict[str, Any]:
+        return {
+            name: rt.info
+            for name, rt in self.models.items()
+            if not rt.disabled and rt.source is not None and rt.source.transport == "mqtt"
+        }
+
+    # ---- placement -------------------------------------------------------------------
+
+    def _specs(self) -> list[placement.ModelSpec]:
+        specs = []
+        for name, rt in self.models.items():
+            spec = placement.spec_from_config(name, rt.cfg, self.cfg, rt.info)
+            if rt.disabled:
+                spec = dataclasses.replace(spec, enabled=False)
+            specs.append(spec)
+        return specs
+
+    def _replan(self, why: str) -> None:
+        """Plan with the current devices and models and apply only what changed."""
+        new = placement.plan(self._planning_devices(), self._specs(), self.plan)
+        for move in new.moves:
+            log.info("model %s: %s -> %s (%s)", move.model, list(move.before) or "-", list(move.after) or "-", move.reason)
+            self._publish_event(
+                "assignment_changed",
+                model=move.model,
+                before=list(move.before),
+                after=list(move.after),
+                reason=move.reason,
+                trigger=why,
+            )
+        self.plan = new
+        self._apply_plan()
+        self._health_dirty = True
+
+    def _apply_plan(self) -> None:
+        assert self.plan is not None
+        deadline = time.monotonic() + self.cfg.daemon.drain_timeout
+        for name, rt in self.models.items():
+            p = self.plan.placements.get(name)
+            wanted = set(p.targets) if p is not None and not rt.disabled else set()
+            for target in list(rt.workers):
+                if target not in wanted:
+                    self._stop_worker(rt, target, deadline, requeue=True)
+            for target in sorted(wanted - set(rt.workers)):
+                self._start_worker(rt, target)
+            if rt.workers:
+                self._start_source(rt)
+            elif rt.disabled:
+                self._stop_source(rt)
+                self._answer_leftovers(rt, f"model {name} is disabled: {rt.disabled}")
+        if self.mqtt is not None:
+            self.mqtt.set_models(self._mqtt_models())
+
+    def _start_worker(self, rt: ModelRuntime, target: str) -> None:
+        from edgetpud import runtime
+
+        mcfg = rt.cfg
+        on_cpu = target == "cpu"
+        model_path = mcfg.cpu_model if on_cpu and mcfg.cpu_model else mcfg.model
+        performance = mcfg.performance or self.cfg.devices.performance
+        rcfg = self.cfg.runtime
+
+        def open_session() -> Any:
+            return runtime.open_session(
+                model_path,
+                target,
+                library=rcfg.library,
+                performance=performance,
+                cpu_threads=rcfg.cpu_threads,
+                prefer=rcfg.runtime,
+            )
+
+        postprocessor = rt.postprocessor
+        source = rt.source
+
+        def postprocess(outputs: Any, request: Request, _info: Any) -> Any:
+            return postprocessor.process(outputs, request)
+
+        def on_result(result: Result) -> None:
+            self._on_result(rt, source, result)
+
+        assert rt.preprocess is not None
+        worker = Worker(
+            rt.name,
+            target,
+            rt.queue,
+            open_session,
+            rt.preprocess,
+            postprocess,
+            on_result,
+            self.events.put,
+            stall_timeout=self.cfg.daemon.stall_timeout,
+        )
+        rt.workers[target] = worker
+        worker.start()
+        log.info("model %s: worker started on %s", rt.name, target)
+
+    def _stop_worker(self, rt: ModelRuntime, target: str, deadline: float, *, requeue: bool) -> None:
+        worker = rt.workers.pop(target, None)
+        if worker is None:
+            return
+        leftovers = worker.stop(deadline)
+        for request in reversed(leftovers):
+            rt.queue.requeue(request)
+        log.info("model %s: worker on %s stopped (%d request(s) handed back)", rt.name, target, len(leftovers))
+
+    def _answer_leftovers(self, rt: ModelRuntime, reason: str) -> None:
+        for request in rt.queue.drain():
+            self._on_result(rt, rt.source, Result(request, "", error=reason))
+
+    def _on_result(self, rt: ModelRuntime, source: Any, result: Result) -> None:
+        """Called from worker threads: publish (never blocks), then tell the source."""
+        with self._lock:
+            if result.error:
+                rt.errors += 1
+            else:
+                rt.results += 1
+        if self.mqtt is not None:
+            self.mqtt.publish_result(result)
+        if source is not None:
+            try:
+                source.completed(result)
+            except Exception:
+                log.exception("source of %s failed to handle a completed request", rt.name)
+
+    # ---- worker reports --------------------------------------------------------------
+
+    def _on_worker_report(self, report: WorkerReport) -> None:
+        rt = self.models.get(report.model)
+        device = report.device
+        if report.kind == "opened":
+            if device != "cpu" and self.watcher is not None:
+                self.watcher.forget_bad_port(device)
+            self._health_dirty = True
+        elif report.kind == "open_failed":
+            log.error("model %s could not open on %s: %s", report.model, device, report.error)
+            self._publish_event("open_failed", model=report.model, device=device, error=report.error)
+            if rt is not None:
+                rt.workers.pop(device, None)
+            if device == "cpu":
+                if rt is not None:
+                    rt.disabled = report.error
+            else:
+                if self._is_device_fault(report) and self.watcher is not None:
+                    self.watcher.learn_bad_port(device, report.error)
+                self._quarantine(device, f"could not open an Edge TPU context: {report.error}")
+            self._replan(f"open failed on {device}")
+        elif report.kind == "invoke_error":
+            limit = self.cfg.devices.quarantine_after
+            if device != "cpu" and report.consecutive_errors >= limit:
+                self._quarantine(device, f"{report.consecutive_errors} consecutive inference errors: {report.error}")
+                self._replan(f"{device} quarantined")
+        elif report.kind == "stopped":
+            self._health_dirty = True
+
+    def _is_device_fault(self, report: WorkerReport) -> bool:
+        from edgetpud.errors import DeviceError
+
+        return isinstance(report.exc, DeviceError)
+
+    def _quarantine(self, identity: str, reason: str) -> None:
+        dh = self.device_health.setdefault(identity, DeviceHealth())
+        dh.quarantines += 1
+        backoff = self.cfg.devices.quarantine_backoff * 2 ** min(dh.quarantines - 1, 10)
+        dh.quarantined_until = time.monotonic() + backoff
+        dh.reason = f"quarantined for {backoff:.0f} s: {reason}"
+        log.warning("%s %s", identity, dh.reason)
+        self._publish_event("device_quarantined", device=identity, reason=dh.reason, retry_in_s=backoff)
+
+    def _on_stall(self, rt: ModelRuntime, target: str, worker: Worker) -> None:
+        rt.workers.pop(target, None)
+        reason = (
+            f"an inference of model {rt.name} has run longer than stall_timeout "
+            f"({self.cfg.daemon.stall_timeout:g} s); the device is treated as hung until it is replugged"
+        )
+        log.error("worker %s stalled: %s", worker.name, reason)
+        if target != "cpu":
+            dh = self.device_health.setdefault(target, DeviceHealth())
+            dh.hung = True
+            dh.reason = f"hung: {reason}"
+        self._publish_event("worker_stalled", model=rt.name, device=target, reason=reason)
+
+    # ---- reload ----------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Validate the config file again and apply only the difference; keep the old on error."""
+        path = self.cfg.path
+        if path is None:
+            return False
+        self.notifier.reloading()
+        try:
+            new = config.load(path, lenient_plugins=True)
+        except (ConfigError, ConfigUnreadableError) as exc:
+            self.last_reload_error = str(exc)
+            errors = [str(i) for i in exc.issues] if isinstance(exc, ConfigError) else [str(exc)]
+            log.error("reload refused, still running generation %d: %s", self.generation, exc)
+            self._publish_event("reload_failed", errors=errors, generation=self.generation)
+            self._health_dirty = True
+            self.notifier.ready(self._status_line())
+            return False
+        self._apply_config(new)
+        self.generation += 1
+        self.last_reload_error = ""
+        log.info("reload applied: generation %d", self.generation)
+        self._publish_event("reload_ok", generation=self.generation, models=sorted(new.models))
+        self.notifier.ready(self._status_line())
+        return True
+
+    def _apply_config(self, new: Config) -> None:
+        old = self.cfg
+        self.cfg = new
+        if new.daemon.log_level != old.daemon.log_level:
+            logging.getLogger().setLevel(new.daemon.log_level.upper())
+        if new.mqtt != old.mqtt or new.fleet != old.fleet or new.daemon.node_id != old.daemon.node_id:
+            log.info("MQTT settings changed: reconnecting")
+            self.mqtt.stop(timeout=2.0)
+            self._start_mqtt()
+        if new.runtime != old.runtime:
+            self._check_runtime()
+        deadline = time.monotonic() + new.daemon.drain_timeout
+        for name in list(self.models):
+            if name not in new.models:
+                rt = self.models.pop(name)
+                self._stop_source(rt)
+                for target in list(rt.workers):
+                    self._stop_worker(rt, target, deadline, requeue=True)
+                self._answer_leftovers(rt, f"model {name} was removed from the config")
+                log.info("model %s removed", name)
+        for name, mcfg in new.models.items():
+            rt_old = self.models.get(name)
+            if rt_old is None:
+                self._create_model(name, mcfg)
+                log.info("model %s added", name)
+            elif mcfg != rt_old.cfg or new.runtime != old.runtime:
+                self._restart_model(rt_old, mcfg, deadline)
+        if new.devices != old.devices and self.watcher is not None:
+            for dev in self.watcher.set_policy(new.devices):
+                self.devices[dev.identity] = dev
+        if self.plan is not None:  # changed models are placed afresh
+            kept = {n: p for n, p in self.plan.placements.items() if n in self.models and self.models[n].workers}
+            self.plan = dataclasses.replace(self.plan, placements=kept, moves=())
+        self._replan("reload")
+
+    def _restart_model(self, rt: ModelRuntime, mcfg: ModelConfig, deadline: float) -> None:
+        """A changed model: stop its workers and source, keep its queued requests, rebuild."""
+        self._stop_source(rt)
+        for target in list(rt.workers):
+            self._stop_worker(rt, target, deadline, requeue=True)
+        rt.cfg = mcfg
+        rt.queue.set_limits(mcfg.queue_size, mcfg.overflow)
+        self._prepare_model(rt)
+        log.info("model %s changed: restarting it", rt.name)
+
+    # ---- health and events -----------------------------------------------------------
+
+    def _publish_event(self, kind: str, **fields: Any) -> None:
+        if self.mqtt is not None:
+            self.mqtt.publish_event({"event": kind, "node": self.cfg.daemon.node_id, "time": time.time(), **fields})
+        self._health_dirty = True
+
+    def snapshot(self) -> dict[str, Any]:
+        return health.snapshot(self)
+
+    def _publish_health(self, force: bool = False) -> None:
+        self._last_health = time.monotonic()
+        self._health_dirty = False
+        if self.mqtt is None:
+            return
+        try:
+            self.mqtt.publish_health(self.snapshot())
+        except Exception:
+            log.exception("building the health snapshot failed")
+
+    def _status_line(self) -> str:
+        return health.status_line(self)
+
+    def _dump_threads(self) -> None:
+        frames = sys._current_frames()
+        lines = []
+        for thread in threading.enumerate():
+            frame = frames.get(thread.ident or -1)
+            stack = "".join(traceback.format_stack(frame)) if frame is not None else "  (no frame)\n"
+            lines.append(f"--- thread {thread.name} (daemon={thread.daemon}):\n{stack}")
+        log.warning("SIGUSR1: %d threads\n%s", len(lines), "\n".join(lines))
+
+
+def run(cfg: Config) -> int:
+    """Entry point for `edgetpud run`: build the service, wire signals, run it."""
+    service = Service(cfg)
+    service.install_signal_handlers()
+    log.info("edgetpud %s starting (config %s, node %s)", __version__, cfg.path, cfg.daemon.node_id)
+    return service.run()

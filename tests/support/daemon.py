@@ -1,0 +1,185 @@
+"""Run the real daemon as a subprocess, the way systemd would, and watch what it says.
+
+`Daemon` writes a config, starts `python -m edgetpud run --config …` with its own
+NOTIFY_SOCKET (a datagram socket this test owns), and records every sd_notify
+message. It inherits the test's environment, so under `umockdev-wrapper` the
+daemon sees the test's umockdev testbed and its uevents.
+
+`Subscriber` is a plain MQTT client that records messages per topic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll until predicate() is truthy; fail the test with `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Daemon:
+    """One `edgetpud run` process with a private notify socket and log file."""
+
+    def __init__(self, workdir: Path, config_text: str, env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config = workdir / "edgetpud.toml"
+        self.config.write_text(config_text)
+        self.log_path = workdir / "daemon.log"
+        self.notify_path = workdir / "notify.sock"
+        self.notifications: list[tuple[float, str]] = []
+        self._env = dict(os.environ, **(env or {}))
+        self._env["NOTIFY_SOCKET"] = str(self.notify_path)
+        self._env.setdefault("PYTHONUNBUFFERED", "1")
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._sock: socket.socket | None = None
+        self._reader: threading.Thread | None = None
+
+    def start(self, *extra_args: str, watchdog_usec: int = 0) -> Daemon:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(self.notify_path))
+        self._sock.settimeout(0.2)
+        self._reader = threading.Thread(target=self._read_notify, name="test:notify", daemon=True)
+        self._reader.start()
+        env = dict(self._env)
+        if watchdog_usec:
+            env["WATCHDOG_USEC"] = str(watchdog_usec)
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edgetpud", *extra_args, "run", "--config", str(self.config)],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+        return self
+
+    def _read_notify(self) -> None:
+        assert self._sock is not None
+        while self._sock is not None:
+            try:
+                data = self._sock.recv(65536)
+            except (TimeoutError, OSError):
+                if self.proc is not None and self.proc.poll() is not None and self._sock is None:
+                    return
+                continue
+            now = time.monotonic()
+            for line in data.decode().splitlines():
+                self.notifications.append((now, line))
+
+    def said(self, prefix: str) -> list[str]:
+        return [line for _, line in list(self.notifications) if line.startswith(prefix)]
+
+    def wait_ready(self, timeout: float = 60.0, count: int = 1) -> None:
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {self.proc.returncode}:\n{self.log()}")
+            return len(self.said("READY=1")) >= count
+
+        wait_for(ready, timeout, f"READY=1 (#{count})\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def reload(self, config_text: str | None = None) -> None:
+        if config_text is not None:
+            self.config.write_text(config_text)
+        self.signal(signal.SIGHUP)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit code (kills it if it overstays)."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                raise AssertionError(f"daemon did not stop within {timeout} s:\n{self.log()[-3000:]}") from None
+        return self.proc.returncode
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+
+class Subscriber:
+    """An MQTT client recording every message it receives, by topic."""
+
+    def __init__(self, port: int, topics: list[str], *, v5: bool = True) -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []  # topic, payload, retained
+        self._lock = threading.Lock()
+        kwargs: dict[str, Any] = {"client_id": f"test-sub-{os.getpid()}-{id(self)}"}
+        if v5:
+            kwargs["protocol"] = mqtt.MQTTv5
+        try:
+            from paho.mqtt.enums import CallbackAPIVersion
+
+            self.client = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
+        except ImportError:
+            self.client = mqtt.Client(**kwargs)
+        self.client.on_message = self._on_message
+        self._connected = threading.Event()
+        self.client.on_connect = lambda *a: self._connected.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        wait_for(self._connected.is_set, 10, "the test subscriber to connect")
+        for topic in topics:
+            self.client.subscribe(topic, qos=1)
+        time.sleep(0.2)
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        with self._lock:
+            self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
+
+    def on(self, suffix: str) -> list[Any]:
+        """JSON payloads of messages whose topic ends with `suffix`."""
+        with self._lock:
+            found = [p for t, p, _ in self.messages if t.endswith(suffix)]
+        out = []
+        for payload in found:
+            try:
+                out.append(json.loads(payload))
+            except ValueError:
+                out.append(payload.decode(errors="replace"))
+        return out
+
+    def publish(self, topic: str, payload: bytes, properties: Any = None, qos: int = 1) -> None:
+        self.client.publish(topic, payload, qos=qos, properties=properties)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
