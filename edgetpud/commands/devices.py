@@ -1,11 +1,63 @@
-"""`edgetpud devices`: not built yet."""
+"""`edgetpud devices [--json] [--config PATH]`: every Edge TPU udev sees, judged.
+
+Prints a tree of buses, hubs and ports (like `lsusb -t`) with each device's
+identity, speed, power budget, verdict and reasons; `--json` prints the records
+(schema edgetpud.devices/1) that `edgetpud plan --devices FILE` reads.
+Exit 0 when listed (even if none was found), 1 for an invalid config, 2 when the
+config is unreadable or udev cannot be read.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from pathlib import Path
+
+from edgetpud import config as config_mod
+from edgetpud.config import DEFAULT_PATH, DevicesConfig
+from edgetpud.devices import enumerate_devices
+from edgetpud.devices.tree import render
+from edgetpud.errors import ConfigError, ConfigUnreadableError
+
+
+def _settings(path: str | None) -> tuple[DevicesConfig, Path] | int:
+    """The [devices] policy and state folder from the config; defaults when none is installed."""
+    if path is None or (Path(path) == DEFAULT_PATH and not DEFAULT_PATH.exists()):
+        policy, state_dir = DevicesConfig(), Path("/var/lib/edgetpud")
+    else:
+        try:
+            cfg = config_mod.load(path)
+        except ConfigUnreadableError as exc:
+            print(f"edgetpud devices: {exc}", file=sys.stderr)
+            return 2
+        except ConfigError as exc:
+            print(f"edgetpud devices: {exc}", file=sys.stderr)
+            print("Fix the config (see `edgetpud check-config`) and retry.", file=sys.stderr)
+            return 1
+        policy, state_dir = cfg.devices, cfg.daemon.state_dir
+    env_state = os.environ.get("EDGETPUD_STATE_DIR")
+    return policy, Path(env_state) if env_state else state_dir
 
 
 def main(args: argparse.Namespace) -> int:
-    print("edgetpud devices is not implemented in this version yet", file=sys.stderr)
-    return 2
+    settings = _settings(getattr(args, "config", None))
+    if isinstance(settings, int):
+        return settings
+    policy, state_dir = settings
+    try:
+        records = enumerate_devices(policy, state_dir)
+    except (OSError, ImportError) as exc:
+        print(
+            f"edgetpud devices: cannot read udev ({exc}); run it on the host, "
+            "with /sys and /run/udev available",
+            file=sys.stderr,
+        )
+        return 2
+    if getattr(args, "json", False):
+        json.dump([r.to_json() for r in records], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render(records))
+    return 0

@@ -1,0 +1,273 @@
+"""Hotplug: a udev monitor feeding a watcher thread that emits `DeviceEvent`s.
+
+The pyudev callback only enqueues raw events. The `devices:watch` thread turns
+each into facts with the same `match()` used at enumeration, re-judges every
+device (a new accelerator under a bus-powered hub changes its neighbours'
+budgets), and puts the differences on the service's queue. A USB Accelerator
+that drops off the bus while loading its firmware (1a6e:089a removed, 18d1:9302
+added on the same port) is held for `firmware_debounce` seconds and reported
+once as "changed" (state "dfu" → "ready"), never as removed + added.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import pyudev
+
+from edgetpud.config import DevicesConfig
+from edgetpud.devices.facts import Facts, UsbFacts
+from edgetpud.devices.learned import LearnedPorts
+from edgetpud.devices.model import DeviceInfo
+from edgetpud.devices.udev import SUBSYSTEMS, match, new_context, scan
+from edgetpud.devices.verdict import judge
+
+log = logging.getLogger(__name__)
+
+IDLE_WAIT = 1.0  # longest sleep of the watcher thread between checks
+ADD_ACTIONS = frozenset({"add", "change", "bind", "move"})
+
+
+@dataclass(frozen=True)
+class DeviceEvent:
+    """One change the service should act on."""
+
+    action: Literal["added", "changed", "removed"]
+    device: DeviceInfo  # for "removed": the last record, with state="gone"
+
+
+def enumerate_devices(
+    policy: DevicesConfig,
+    state_dir: Path,
+    *,
+    context: Any = None,
+    performance: str | None = None,
+) -> list[DeviceInfo]:
+    """One-shot: every Edge TPU present now, judged (for `edgetpud devices` and `plan`)."""
+    ctx = context if context is not None else new_context()
+    bad = LearnedPorts(state_dir).reasons()
+    return judge(scan(ctx), policy, performance=performance, bad_ports=bad)
+
+
+class DeviceWatcher:
+    """Keeps the current device records and reports every change on `events`.
+
+    `events` should be unbounded: events are put while the watcher holds its lock,
+    so that their order is the order of the changes.
+    """
+
+    def __init__(
+        self,
+        policy: DevicesConfig,
+        state_dir: Path,
+        events: queue.Queue[DeviceEvent],
+        *,
+        context: Any = None,
+        performance: str | None = None,
+    ) -> None:
+        self._policy = policy
+        self._events = events
+        self._context = context
+        self._performance = performance
+        self._learned = LearnedPorts(state_dir)
+        self._raw: queue.Queue[tuple[str, Any] | None] = queue.Queue()
+        self._lock = threading.RLock()
+        self._facts: dict[str, Facts] = {}
+        self._by_path: dict[str, str] = {}
+        self._pending: dict[str, float] = {}  # identity -> monotonic deadline of a debounced remove
+        self._records: dict[str, DeviceInfo] = {}
+        self._stop = threading.Event()
+        self._observer: Any = None
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    # -- the service's side -------------------------------------------------
+
+    def start(self) -> list[DeviceInfo]:
+        """Start the monitor first, then enumerate (so nothing falls between); current records."""
+        with self._lock:
+            if self._thread is not None or self._closed:
+                return self.snapshot()
+            ctx = self._context if self._context is not None else new_context()
+            monitor = pyudev.Monitor.from_netlink(ctx)
+            for subsystem in SUBSYSTEMS:
+                monitor.filter_by(subsystem)
+            monitor.start()
+            self._observer = pyudev.MonitorObserver(
+                monitor, callback=self._on_udev, name="devices:udev"
+            )
+            self._observer.daemon = True
+            self._observer.start()
+            for facts in scan(ctx):
+                self._put(facts)
+            self._records = self._judge()
+            self._thread = threading.Thread(target=self._run, name="devices:watch", daemon=True)
+            self._thread.start()
+            log.info("watching udev for Edge TPUs; %d present", len(self._records))
+            return self.snapshot()
+
+    def snapshot(self) -> list[DeviceInfo]:
+        with self._lock:
+            return list(self._records.values())
+
+    def set_policy(self, policy: DevicesConfig) -> list[DeviceInfo]:
+        """Re-judge every device under a new policy; emits "changed" where a record changed."""
+        with self._lock:
+            self._policy = policy
+            self._update()
+            return self.snapshot()
+
+    def learn_bad_port(self, identity: str, reason: str) -> None:
+        with self._lock:
+            if self._learned.learn(identity, reason):
+                log.warning("marking %s as a bad port: %s", identity, reason)
+                self._update()
+
+    def forget_bad_port(self, identity: str) -> None:
+        with self._lock:
+            if self._learned.forget(identity):
+                log.info("%s worked again; it is no longer a bad port", identity)
+                self._update()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        self._raw.put(None)
+        if self._observer is not None:
+            try:
+                self._observer.send_stop()
+                self._observer.join(timeout=5)
+            except Exception:  # pragma: no cover - shutting down anyway
+                log.debug("udev monitor did not stop cleanly", exc_info=True)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    # -- pyudev's thread ----------------------------------------------------
+
+    def _on_udev(self, device: Any) -> None:
+        """Runs in pyudev's thread: only enqueue, never raise."""
+        with contextlib.suppress(Exception):  # must never raise into pyudev's thread
+            self._raw.put((str(device.action), device))
+
+    # -- the devices:watch thread ------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                item = self._raw.get(timeout=self._wait_time())
+            except queue.Empty:
+                item = None
+            if self._stop.is_set():
+                break
+            try:
+                if item is not None:
+                    self._handle(*item)
+                self._expire()
+            except Exception:
+                log.exception("could not handle a udev event; carrying on")
+
+    def _wait_time(self) -> float:
+        with self._lock:
+            if not self._pending:
+                return IDLE_WAIT
+            return min(max(min(self._pending.values()) - time.monotonic(), 0.0), IDLE_WAIT)
+
+    def _handle(self, action: str, device: Any) -> None:
+        sys_path = str(device.sys_path)
+        if action == "remove":
+            self._remove(sys_path)
+        elif action in ADD_ACTIONS:
+            try:
+                facts = match(device)
+            except (OSError, LookupError) as exc:
+                log.debug("%s vanished while being read: %s", sys_path, exc)
+                return
+            if facts is not None:
+                with self._lock:
+                    self._put(facts)
+                    self._pending.pop(facts.identity, None)
+                    self._update()
+
+    def _remove(self, sys_path: str) -> None:
+        with self._lock:
+            gone = [
+                ident
+                for path, ident in self._by_path.items()
+                if path == sys_path or path.startswith(sys_path + "/")
+            ]
+            debounce = self._policy.firmware_debounce
+            for ident in gone:
+                facts = self._facts.get(ident)
+                if isinstance(facts, UsbFacts) and facts.state == "dfu" and debounce > 0:
+                    log.debug("%s left the bus in firmware mode; waiting %.1fs", ident, debounce)
+                    self._pending[ident] = time.monotonic() + debounce
+                else:
+                    self._drop(ident)
+            if gone:
+                self._update()
+
+    def _expire(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            expired = [ident for ident, deadline in self._pending.items() if deadline <= now]
+            for ident in expired:
+                log.info("%s did not come back after loading firmware: unplugged", ident)
+                self._drop(ident)
+            if expired:
+                self._update()
+
+    # -- state (callers hold the lock) --------------------------------------
+
+    def _put(self, facts: Facts) -> None:
+        old = self._by_path.get(facts.sys_path)
+        if old is not None and old != facts.identity:
+            self._drop(old)
+        previous = self._facts.get(facts.identity)
+        if previous is not None and previous.sys_path != facts.sys_path:
+            self._by_path.pop(previous.sys_path, None)
+        self._facts[facts.identity] = facts
+        self._by_path[facts.sys_path] = facts.identity
+
+    def _drop(self, identity: str) -> None:
+        facts = self._facts.pop(identity, None)
+        self._pending.pop(identity, None)
+        if facts is not None and self._by_path.get(facts.sys_path) == identity:
+            del self._by_path[facts.sys_path]
+
+    def _judge(self) -> dict[str, DeviceInfo]:
+        records = judge(
+            list(self._facts.values()),
+            self._policy,
+            performance=self._performance,
+            bad_ports=self._learned.reasons(),
+        )
+        return {r.identity: r for r in records}
+
+    def _update(self) -> None:
+        """Re-judge everything and emit the differences, removals first."""
+        new = self._judge()
+        old = self._records
+        self._records = new
+        for ident, record in old.items():
+            if ident not in new:
+                self._emit(DeviceEvent("removed", replace(record, state="gone")))
+        for ident, record in new.items():
+            before = old.get(ident)
+            if before is None:
+                self._emit(DeviceEvent("added", record))
+            elif before != record:
+                self._emit(DeviceEvent("changed", record))
+
+    def _emit(self, event: DeviceEvent) -> None:
+        log.debug("device %s: %s (%s)", event.action, event.device.identity, event.device.verdict)
+        self._events.put(event)
