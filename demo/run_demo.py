@@ -175,14 +175,14 @@ def main() -> int:
 
             def on_message(client: Any, userdata: Any, msg: Any) -> None:
                 payload = json.loads(msg.payload)
-                rid = payload.get("request_id") or payload.get("request", {}).get("id", "?")
+                rid = payload.get("request_id", "?")
                 results[rid] = payload
                 image = sent.get(rid, rid)
-                output = payload.get("result") or payload.get("output") or {}
-                classes = output.get("classes", []) if isinstance(output, dict) else []
+                output = payload.get("result") or {}
+                classes = output if isinstance(output, list) else output.get("classes", [])
                 top = ", ".join(f"{c['label']} {c['score']:.2f}" for c in classes) or payload.get("error") or payload.get("reason", "?")
-                timing = payload.get("timing_ms", {})
-                print(f"  {image:<16} → {top:<40} ({payload.get('device', '?')}, invoke {timing.get('invoke', 0):.1f} ms)")
+                timing = payload.get("timing", {})
+                print(f"  {image:<16} → {top:<40} ({payload.get('device', '?')}, invoke {timing.get('invoke_ms', 0):.1f} ms)")
                 if len(results) >= len(requests):
                     done.set()
 
