@@ -315,3 +315,15 @@ def describe(cls: type[Any]) -> list[OptionDoc]:
             default = show(str(f.default) if isinstance(f.default, Path) else f.default)
         out.append(OptionDoc(f.name, type_name, default, f.metadata.get("doc", "")))
     return out
+
+
+def options_table(cls: type[Any]) -> list[str]:
+    """The options of a config class as Markdown table lines, for generated docs."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| option | type | default | description |", "|---|---|---|---|"]
+    for opt in describe(cls):
+        lines.append(f"| `{opt.name}` | {cell(opt.type)} | {cell(opt.default)} | {cell(opt.doc)} |")
+    return lines

@@ -213,3 +213,14 @@ def test_world_writable_config_is_refused(files: Path, capsys: pytest.CaptureFix
     path.chmod(0o666)
     code, _, err = check(path, capsys)
     assert code == 1 and "writable by every user" in err and "chmod o-w" in err
+
+
+def test_configuration_reference_is_current() -> None:
+    """docs/configuration.md is generated from the code; regenerate it when options change."""
+    from edgetpud import config_docs
+
+    committed = (ROOT / "docs" / "configuration.md").read_text()
+    assert committed == config_docs.render(), (
+        "docs/configuration.md is stale: run "
+        "`.venv/bin/python -m edgetpud.config_docs > docs/configuration.md`"
+    )
