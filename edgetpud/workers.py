@@ -144,9 +144,10 @@ class ModelQueue:
             return True
 
     def requeue(self, req: Request) -> None:
-        """Hand a request back to the front of the queue: never dropped, ignores maxsize."""
+        """Put a request back at the very front of the queue (it is taken next): never dropped,
+        ignores maxsize. To hand back several in their order, requeue them in reverse."""
         with self._lock:
-            self._requeued.append(req)
+            self._requeued.appendleft(req)
             self._not_empty.notify()
 
     def get(self, timeout: float) -> Request | None:

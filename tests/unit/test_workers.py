@@ -114,7 +114,7 @@ def test_requeued_requests_go_first_ignore_size_and_are_never_dropped() -> None:
     for r in back:
         q.requeue(r)
     q.put(req("newer"))  # drops "new", never the requeued ones
-    assert [r.payload for r in q.drain()] == ["back1", "back2", "newer"]
+    assert [r.payload for r in q.drain()] == ["back2", "back1", "newer"]
     assert q.dropped == 1
 
 
