@@ -5,12 +5,11 @@ NOTIFY_SOCKET (a datagram socket this test owns), and records every sd_notify
 message. It inherits the test's environment, so under `umockdev-wrapper` the
 daemon sees the test's umockdev testbed and its uevents.
 
-`Subscriber` is a plain MQTT client that records messages per topic.
+Pair it with `tests.support.broker.Broker` and `Subscriber` for MQTT.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -22,12 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
+) -> Any:
     """Poll until predicate() is truthy; fail the test with `what` on timeout."""
     deadline = time.monotonic() + timeout
     while True:
@@ -124,7 +123,9 @@ class Daemon:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-                raise AssertionError(f"daemon did not stop within {timeout} s:\n{self.log()[-3000:]}") from None
+                raise AssertionError(
+                    f"daemon did not stop within {timeout} s:\n{self.log()[-3000:]}"
+                ) from None
         return self.proc.returncode
 
     def close(self) -> None:
@@ -134,52 +135,3 @@ class Daemon:
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
-
-
-class Subscriber:
-    """An MQTT client recording every message it receives, by topic."""
-
-    def __init__(self, port: int, topics: list[str], *, v5: bool = True) -> None:
-        self.messages: list[tuple[str, bytes, bool]] = []  # topic, payload, retained
-        self._lock = threading.Lock()
-        kwargs: dict[str, Any] = {"client_id": f"test-sub-{os.getpid()}-{id(self)}"}
-        if v5:
-            kwargs["protocol"] = mqtt.MQTTv5
-        try:
-            from paho.mqtt.enums import CallbackAPIVersion
-
-            self.client = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
-        except ImportError:
-            self.client = mqtt.Client(**kwargs)
-        self.client.on_message = self._on_message
-        self._connected = threading.Event()
-        self.client.on_connect = lambda *a: self._connected.set()
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        wait_for(self._connected.is_set, 10, "the test subscriber to connect")
-        for topic in topics:
-            self.client.subscribe(topic, qos=1)
-        time.sleep(0.2)
-
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        with self._lock:
-            self.messages.append((msg.topic, msg.payload, bool(msg.retain)))
-
-    def on(self, suffix: str) -> list[Any]:
-        """JSON payloads of messages whose topic ends with `suffix`."""
-        with self._lock:
-            found = [p for t, p, _ in self.messages if t.endswith(suffix)]
-        out = []
-        for payload in found:
-            try:
-                out.append(json.loads(payload))
-            except ValueError:
-                out.append(payload.decode(errors="replace"))
-        return out
-
-    def publish(self, topic: str, payload: bytes, properties: Any = None, qos: int = 1) -> None:
-        self.client.publish(topic, payload, qos=qos, properties=properties)
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
