@@ -1,0 +1,133 @@
+"""A tiny SSD-shaped detection model: four outputs like TFLite_Detection_PostProcess.
+
+Written with `flatbuffers` + the `tflite` schema package. The graph is real
+(four ADD operators run by the TFLite CPU kernels) but its detections are
+constants: `boxes` [1, N, 4] (ymin, xmin, ymax, xmax, normalised to the model
+input), `classes` [1, N], `scores` [1, N], `count` [1] — so a test knows exactly
+which boxes the model "sees" in its input and can check how they are mapped
+back to the source image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import flatbuffers
+import numpy as np
+import tflite as T
+
+_TYPES = {np.dtype(np.float32): 0, np.dtype(np.uint8): 3}
+
+
+def _vec(
+    b: flatbuffers.Builder, start: Callable[..., Any], items: Sequence[Any], prepend: Any
+) -> int:
+    start(b, len(items))
+    for item in reversed(items):
+        prepend(item)
+    return int(b.EndVector())
+
+
+def ssd_model(
+    boxes: np.ndarray,
+    classes: Sequence[int],
+    scores: Sequence[float],
+    size: tuple[int, int] = (64, 48),
+) -> bytes:
+    """Model bytes: input uint8 [1, height, width, 3] (size = (width, height)), four outputs."""
+    n = len(classes)
+    width, height = size
+    consts = {
+        "boxes": np.asarray(boxes, np.float32).reshape(1, n, 4),
+        "classes": np.asarray(classes, np.float32).reshape(1, n),
+        "scores": np.asarray(scores, np.float32).reshape(1, n),
+        "count": np.asarray([n], np.float32),
+    }
+    tensors: list[tuple[str, list[int], np.dtype[Any], np.ndarray | None]] = [
+        ("image", [1, height, width, 3], np.dtype(np.uint8), None)
+    ]
+    ops = []
+    outputs = []
+    for name, value in consts.items():
+        base = len(tensors)
+        tensors.append((f"{name}_const", list(value.shape), np.dtype(np.float32), value))
+        tensors.append(
+            (f"{name}_zero", list(value.shape), np.dtype(np.float32), np.zeros_like(value))
+        )
+        tensors.append((name, list(value.shape), np.dtype(np.float32), None))
+        ops.append(([base, base + 1], [base + 2]))
+        outputs.append(base + 2)
+
+    b = flatbuffers.Builder(4096)
+    buffers = []
+    for data in [None] + [t[3] for t in tensors]:
+        dv = None
+        if data is not None:
+            raw = np.ascontiguousarray(data).tobytes()
+            b.StartVector(1, len(raw), 16)
+            b.head -= len(raw)
+            b.Bytes[b.head : b.head + len(raw)] = raw
+            dv = b.EndVector()
+        T.BufferStart(b)
+        if dv is not None:
+            T.BufferAddData(b, dv)
+        buffers.append(T.BufferEnd(b))
+    tensor_offs = []
+    for i, (name, shape, dtype, _) in enumerate(tensors):
+        name_off = b.CreateString(name)
+        shape_off = _vec(b, T.TensorStartShapeVector, shape, b.PrependInt32)
+        T.TensorStart(b)
+        T.TensorAddShape(b, shape_off)
+        T.TensorAddType(b, _TYPES[dtype])
+        T.TensorAddBuffer(b, i + 1)
+        T.TensorAddName(b, name_off)
+        tensor_offs.append(T.TensorEnd(b))
+    op_offs = []
+    for ins, outs in ops:
+        T.AddOptionsStart(b)
+        opt = T.AddOptionsEnd(b)
+        iv = _vec(b, T.OperatorStartInputsVector, ins, b.PrependInt32)
+        ov = _vec(b, T.OperatorStartOutputsVector, outs, b.PrependInt32)
+        T.OperatorStart(b)
+        T.OperatorAddOpcodeIndex(b, 0)
+        T.OperatorAddInputs(b, iv)
+        T.OperatorAddOutputs(b, ov)
+        T.OperatorAddBuiltinOptionsType(b, T.BuiltinOptions.AddOptions)
+        T.OperatorAddBuiltinOptions(b, opt)
+        op_offs.append(T.OperatorEnd(b))
+    sg_name = b.CreateString("main")
+    tv = _vec(b, T.SubGraphStartTensorsVector, tensor_offs, b.PrependUOffsetTRelative)
+    iv = _vec(b, T.SubGraphStartInputsVector, [0], b.PrependInt32)
+    ov = _vec(b, T.SubGraphStartOutputsVector, outputs, b.PrependInt32)
+    opv = _vec(b, T.SubGraphStartOperatorsVector, op_offs, b.PrependUOffsetTRelative)
+    T.SubGraphStart(b)
+    T.SubGraphAddTensors(b, tv)
+    T.SubGraphAddInputs(b, iv)
+    T.SubGraphAddOutputs(b, ov)
+    T.SubGraphAddOperators(b, opv)
+    T.SubGraphAddName(b, sg_name)
+    sg = T.SubGraphEnd(b)
+    T.OperatorCodeStart(b)
+    T.OperatorCodeAddDeprecatedBuiltinCode(b, T.BuiltinOperator.ADD)
+    T.OperatorCodeAddBuiltinCode(b, T.BuiltinOperator.ADD)
+    T.OperatorCodeAddVersion(b, 1)
+    code = T.OperatorCodeEnd(b)
+    ocv = _vec(b, T.ModelStartOperatorCodesVector, [code], b.PrependUOffsetTRelative)
+    sgv = _vec(b, T.ModelStartSubgraphsVector, [sg], b.PrependUOffsetTRelative)
+    bv = _vec(b, T.ModelStartBuffersVector, buffers, b.PrependUOffsetTRelative)
+    desc = b.CreateString("edgetpud test SSD")
+    T.ModelStart(b)
+    T.ModelAddVersion(b, 3)
+    T.ModelAddOperatorCodes(b, ocv)
+    T.ModelAddSubgraphs(b, sgv)
+    T.ModelAddDescription(b, desc)
+    T.ModelAddBuffers(b, bv)
+    b.Finish(T.ModelEnd(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def write_ssd_model(path: Path, **kwargs: Any) -> Path:
+    path.write_bytes(ssd_model(**kwargs))
+    return path
