@@ -43,7 +43,9 @@ def _vector(b: Any, start: Any, items: list[Any], prepend: Any) -> Any:
     return b.EndVector()
 
 
-def _tensor(b: Any, index: int, name: str, shape: list[int], dtype: Any, quant: Any = None) -> Any:
+def _tensor(
+    b: Any, index: int, name: str, shape: list[int], dtype: Any, *, quant: Any = None
+) -> Any:
     name_off = b.CreateString(name)
     shape_off = _vector(b, T.TensorStartShapeVector, shape, b.PrependInt32)
     q = None
@@ -86,7 +88,7 @@ def build() -> bytes:
             T.BufferAddData(b, raw_off)
         buffers.append(T.BufferEnd(b))
     tensors = [
-        _tensor(b, 0, "image", [1, SIZE, SIZE, 3], np.uint8, (1 / 255, 0)),
+        _tensor(b, 0, "image", [1, SIZE, SIZE, 3], np.uint8, quant=(1 / 255, 0)),
         _tensor(b, 1, "image_float", [1, SIZE, SIZE, 3], np.float32),
         _tensor(b, 2, "mean_colour", [1, 1, 1, 3], np.float32),
         _tensor(b, 3, "weights", [k, 3], np.float32),

@@ -31,7 +31,7 @@ import paho.mqtt.client as mqtt
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import colour_model  # noqa: E402
+import colour_model
 
 PREFIX = "demo"
 NODE = "demo-box"
@@ -52,7 +52,9 @@ def start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     conf = work / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -93,9 +95,16 @@ def write_config(work: Path, port: int, models: dict[str, dict[str, Any]]) -> Pa
     ]
     for name, table in models.items():
         lines.append(f"[models.{name}]")
-        lines += [f'{k} = "{v}"' if isinstance(v, (str, Path)) else f"{k} = {v}" for k, v in table.items() if k != "postprocess"]
+        lines += [
+            f'{k} = "{v}"' if isinstance(v, (str, Path)) else f"{k} = {v}"
+            for k, v in table.items()
+            if k != "postprocess"
+        ]
         lines.append(f"[models.{name}.postprocess]")
-        lines += [f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {v}" for k, v in table["postprocess"].items()]
+        lines += [
+            f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {v}"
+            for k, v in table["postprocess"].items()
+        ]
     (work / "state").mkdir(exist_ok=True)
     path = work / "edgetpud.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -129,9 +138,15 @@ def wait_ready(sock: socket.socket, daemon: subprocess.Popen[bytes]) -> None:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", type=Path, help="folder with Coral's MobileNet models and .bmp images")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--models", type=Path, help="folder with Coral's MobileNet models and .bmp images"
+    )
     args = ap.parse_args()
+    if args.models:
+        args.models = args.models.resolve()
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="edgetpud-demo-") as tmp:
         work = Path(tmp)
@@ -168,7 +183,9 @@ def main() -> int:
                 [sys.executable, "-m", "edgetpud", "run", "--config", str(cfg)], env=env
             )
             wait_ready(notify, daemon)
-            print(f"edgetpud is READY after {time.monotonic() - started:.1f} s; sending {len(requests)} images")
+            print(
+                f"edgetpud is READY after {time.monotonic() - started:.1f} s; sending {len(requests)} images"
+            )
             results: dict[str, Any] = {}
             done = threading.Event()
             sent: dict[str, str] = {}
@@ -180,9 +197,15 @@ def main() -> int:
                 image = sent.get(rid, rid)
                 output = payload.get("result") or {}
                 classes = output if isinstance(output, list) else output.get("classes", [])
-                top = ", ".join(f"{c['label']} {c['score']:.2f}" for c in classes) or payload.get("error") or payload.get("reason", "?")
+                top = (
+                    ", ".join(f"{c['label']} {c['score']:.2f}" for c in classes)
+                    or payload.get("error")
+                    or payload.get("reason", "?")
+                )
                 timing = payload.get("timing", {})
-                print(f"  {image:<16} → {top:<40} ({payload.get('device', '?')}, invoke {timing.get('invoke_ms', 0):.1f} ms)")
+                print(
+                    f"  {image:<16} → {top:<40} ({payload.get('device', '?')}, invoke {timing.get('invoke_ms', 0):.1f} ms)"
+                )
                 if len(results) >= len(requests):
                     done.set()
 
@@ -205,7 +228,9 @@ def main() -> int:
             client.disconnect()
             daemon.send_signal(signal.SIGTERM)
             code = daemon.wait(30)
-            print(f"edgetpud stopped (exit {code}); {len(results)} results in {time.monotonic() - started:.1f} s")
+            print(
+                f"edgetpud stopped (exit {code}); {len(results)} results in {time.monotonic() - started:.1f} s"
+            )
             return 0 if code == 0 else 1
         finally:
             if daemon is not None and daemon.poll() is None:

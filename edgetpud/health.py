@@ -115,7 +115,9 @@ def _model(service: Service, rt: ModelRuntime, meter: RateMeter, now: float) -> 
     return {
         "state": state,
         "reason": rt.disabled or (placement.reason if placement is not None else ""),
-        "tier": placement.tier if placement is not None else ("disabled" if rt.disabled else "waiting"),
+        "tier": placement.tier
+        if placement is not None
+        else ("disabled" if rt.disabled else "waiting"),
         "devices": sorted(rt.workers),
         "rate_per_s": meter.rate(rt.name, rt.results + rt.errors, now),
         "latency_ms": {"p50": round(p50, 3), "p99": round(p99, 3)},
@@ -140,20 +142,26 @@ def status_line(service: Service) -> str:
     """One line for systemd's STATUS=, e.g. `3 models on 2 TPUs, 1 on CPU; mqtt connected`."""
     on_tpu = {name for name, rt in service.models.items() if any(t != "cpu" for t in rt.workers)}
     on_cpu = {
-        name
-        for name, rt in service.models.items()
-        if name not in on_tpu and "cpu" in rt.workers
+        name for name, rt in service.models.items() if name not in on_tpu and "cpu" in rt.workers
     }
     tpus = {t for rt in service.models.values() for t in rt.workers if t != "cpu"}
     waiting = [n for n, rt in service.models.items() if not rt.workers and not rt.disabled]
     disabled = [n for n, rt in service.models.items() if rt.disabled]
-    parts = [f"{len(on_tpu)} model{'s' if len(on_tpu) != 1 else ''} on {len(tpus)} TPU{'s' if len(tpus) != 1 else ''}"]
+
+    def count(n: int, noun: str) -> str:
+        return f"{n} {noun}{'' if n == 1 else 's'}"
+
+    parts = []
+    if on_tpu:
+        parts.append(f"{count(len(on_tpu), 'model')} on {count(len(tpus), 'TPU')}")
     if on_cpu:
-        parts.append(f"{len(on_cpu)} on CPU")
+        parts.append(f"{len(on_cpu)} on CPU" if parts else f"{count(len(on_cpu), 'model')} on CPU")
     if waiting:
         parts.append(f"{len(waiting)} waiting")
     if disabled:
         parts.append(f"{len(disabled)} disabled")
+    if not parts:
+        parts.append("no models")
     mqtt = service.mqtt.stats() if service.mqtt is not None else None
     link = "mqtt connected" if getattr(mqtt, "connected", False) else "mqtt disconnected"
     text = ", ".join(parts) + f"; {link}"

@@ -189,7 +189,10 @@ class Service:
 
             factory = DeviceWatcher
         self.watcher = factory(
-            self.cfg.devices, self._state_dir(), self.events, performance=self.cfg.devices.performance
+            self.cfg.devices,
+            self._state_dir(),
+            self.events,
+            performance=self.cfg.devices.performance,
         )
         for dev in self.watcher.start():
             self.devices[dev.identity] = dev
@@ -224,7 +227,8 @@ class Service:
         """Let queued and in-flight requests finish on the devices that have them."""
         while time.monotonic() < deadline:
             busy = any(
-                (rt.queue.depth and rt.workers) or any(w.stats().in_flight for w in rt.workers.values())
+                (rt.queue.depth and rt.workers)
+                or any(w.stats().in_flight for w in rt.workers.values())
                 for rt in self.models.values()
             )
             if not busy:
@@ -292,12 +296,10 @@ class Service:
             self._health_dirty and now - self._last_health >= HEALTH_MIN_GAP
         ):
             self._publish_health()
-        if self.notifier.watchdog_interval and now - self._last_watchdog >= min(
-            1.0, self.notifier.watchdog_interval / 3
-        ):
-            if self._healthy():
-                self.notifier.watchdog()
-                self._last_watchdog = now
+        interval = self.notifier.watchdog_interval
+        if interval and now - self._last_watchdog >= min(1.0, interval / 3) and self._healthy():
+            self.notifier.watchdog()
+            self._last_watchdog = now
         status = self._status_line()
         if status != self._last_status:
             self._last_status = status
@@ -322,7 +324,13 @@ class Service:
 
     def _on_device_event(self, event: Any) -> None:
         dev: DeviceInfo = event.device
-        log.info("device %s %s (%s: %s)", dev.identity, event.action, dev.verdict, "; ".join(dev.reasons) or "ok")
+        log.info(
+            "device %s %s (%s: %s)",
+            dev.identity,
+            event.action,
+            dev.verdict,
+            "; ".join(dev.reasons) or "ok",
+        )
         if event.action == "removed":
             self.devices.pop(dev.identity, None)
             self.device_health.pop(dev.identity, None)
@@ -347,8 +355,11 @@ class Service:
         for dev in self.devices.values():
             dh = self.device_health.get(dev.identity)
             if dh is not None and dh.blocked(now):
-                dev = dataclasses.replace(dev, verdict="rejected", reasons=(*dev.reasons, dh.reason))
-            out.append(dev)
+                out.append(
+                    dataclasses.replace(dev, verdict="rejected", reasons=(*dev.reasons, dh.reason))
+                )
+            else:
+                out.append(dev)
         return out
 
     # ---- models ----------------------------------------------------------------------
@@ -460,7 +471,13 @@ class Service:
         """Plan with the current devices and models and apply only what changed."""
         new = placement.plan(self._planning_devices(), self._specs(), self.plan)
         for move in new.moves:
-            log.info("model %s: %s -> %s (%s)", move.model, list(move.before) or "-", list(move.after) or "-", move.reason)
+            log.info(
+                "model %s: %s -> %s (%s)",
+                move.model,
+                list(move.before) or "-",
+                list(move.after) or "-",
+                move.reason,
+            )
             self._publish_event(
                 "assignment_changed",
                 model=move.model,
@@ -536,14 +553,21 @@ class Service:
         worker.start()
         log.info("model %s: worker started on %s", rt.name, target)
 
-    def _stop_worker(self, rt: ModelRuntime, target: str, deadline: float, *, requeue: bool) -> None:
+    def _stop_worker(
+        self, rt: ModelRuntime, target: str, deadline: float, *, requeue: bool
+    ) -> None:
         worker = rt.workers.pop(target, None)
         if worker is None:
             return
         leftovers = worker.stop(deadline)
         for request in reversed(leftovers):
             rt.queue.requeue(request)
-        log.info("model %s: worker on %s stopped (%d request(s) handed back)", rt.name, target, len(leftovers))
+        log.info(
+            "model %s: worker on %s stopped (%d request(s) handed back)",
+            rt.name,
+            target,
+            len(leftovers),
+        )
 
     def _answer_leftovers(self, rt: ModelRuntime, reason: str) -> None:
         for request in rt.queue.drain():
@@ -575,7 +599,9 @@ class Service:
             self._health_dirty = True
         elif report.kind == "open_failed":
             log.error("model %s could not open on %s: %s", report.model, device, report.error)
-            self._publish_event("open_failed", model=report.model, device=device, error=report.error)
+            self._publish_event(
+                "open_failed", model=report.model, device=device, error=report.error
+            )
             if rt is not None:
                 rt.workers.pop(device, None)
             if device == "cpu":
@@ -589,7 +615,10 @@ class Service:
         elif report.kind == "invoke_error":
             limit = self.cfg.devices.quarantine_after
             if device != "cpu" and report.consecutive_errors >= limit:
-                self._quarantine(device, f"{report.consecutive_errors} consecutive inference errors: {report.error}")
+                self._quarantine(
+                    device,
+                    f"{report.consecutive_errors} consecutive inference errors: {report.error}",
+                )
                 self._replan(f"{device} quarantined")
         elif report.kind == "stopped":
             self._health_dirty = True
@@ -606,7 +635,9 @@ class Service:
         dh.quarantined_until = time.monotonic() + backoff
         dh.reason = f"quarantined for {backoff:.0f} s: {reason}"
         log.warning("%s %s", identity, dh.reason)
-        self._publish_event("device_quarantined", device=identity, reason=dh.reason, retry_in_s=backoff)
+        self._publish_event(
+            "device_quarantined", device=identity, reason=dh.reason, retry_in_s=backoff
+        )
 
     def _on_stall(self, rt: ModelRuntime, target: str, worker: Worker) -> None:
         rt.workers.pop(target, None)
@@ -652,7 +683,11 @@ class Service:
         self.cfg = new
         if new.daemon.log_level != old.daemon.log_level:
             logging.getLogger().setLevel(new.daemon.log_level.upper())
-        if new.mqtt != old.mqtt or new.fleet != old.fleet or new.daemon.node_id != old.daemon.node_id:
+        if (
+            new.mqtt != old.mqtt
+            or new.fleet != old.fleet
+            or new.daemon.node_id != old.daemon.node_id
+        ):
             log.info("MQTT settings changed: reconnecting")
             self.mqtt.stop(timeout=2.0)
             self._start_mqtt()
@@ -678,7 +713,11 @@ class Service:
             for dev in self.watcher.set_policy(new.devices):
                 self.devices[dev.identity] = dev
         if self.plan is not None:  # changed models are placed afresh
-            kept = {n: p for n, p in self.plan.placements.items() if n in self.models and self.models[n].workers}
+            kept = {
+                n: p
+                for n, p in self.plan.placements.items()
+                if n in self.models and self.models[n].workers
+            }
             self.plan = dataclasses.replace(self.plan, placements=kept, moves=())
         self._replan("reload")
 
@@ -696,7 +735,9 @@ class Service:
 
     def _publish_event(self, kind: str, **fields: Any) -> None:
         if self.mqtt is not None:
-            self.mqtt.publish_event({"event": kind, "node": self.cfg.daemon.node_id, "time": time.time(), **fields})
+            self.mqtt.publish_event(
+                {"event": kind, "node": self.cfg.daemon.node_id, "time": time.time(), **fields}
+            )
         self._health_dirty = True
 
     def snapshot(self) -> dict[str, Any]:
@@ -720,7 +761,9 @@ class Service:
         lines = []
         for thread in threading.enumerate():
             frame = frames.get(thread.ident or -1)
-            stack = "".join(traceback.format_stack(frame)) if frame is not None else "  (no frame)\n"
+            stack = (
+                "".join(traceback.format_stack(frame)) if frame is not None else "  (no frame)\n"
+            )
             lines.append(f"--- thread {thread.name} (daemon={thread.daemon}):\n{stack}")
         log.warning("SIGUSR1: %d threads\n%s", len(lines), "\n".join(lines))
 
