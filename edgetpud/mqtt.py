@@ -1,0 +1,842 @@
+"""The MQTT link: results, health, events and availability out; requests in.
+
+The only module that imports paho. Works with paho-mqtt 1.6 (Debian 12) and 2.x
+(PyPI), MQTT 3.1.1 and 5, TCP, websockets and TLS.
+
+Publishing never blocks the caller: `publish_result` / `publish_event` encode the
+payload and append it to one ordered outbox; a sender thread hands the outbox to
+paho while connected. While the broker is away the outbox is the backlog: bounded
+by `mqtt.backlog_limit`, oldest dropped (and counted) beyond it, delivered in order
+after reconnect. Messages paho held when the link broke (QoS 1/2) are resent by
+paho first; the sender waits for them before it sends anything newer, so order
+holds across an outage. Contract and payloads: docs/mqtt.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edgetpud import __version__, payloads
+from edgetpud.config import MqttConfig
+from edgetpud.messages import ReplyTo, Request, Result, new_request_id
+
+try:
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    PAHO2 = True
+except ImportError:  # paho-mqtt 1.x
+    PAHO2 = False
+
+log = logging.getLogger(__name__)
+
+ONLINE = b"online"
+OFFLINE = b"offline"
+WINDOW = 1000  # messages handed to paho but not yet confirmed written/acknowledged
+RESEND_WAIT = 10.0  # after reconnect, how long to wait for paho's resends before moving on
+AUTH_REFUSED = {4, 5, 134, 135}  # 3.1.1 and MQTT 5 codes for bad credentials / not authorised
+
+
+class _Spec(Protocol):
+    @property
+    def nbytes(self) -> int: ...
+
+
+class ModelInputs(Protocol):
+    """What the link needs of `edgetpud.modelfile.ModelInfo`: the input tensors' sizes."""
+
+    @property
+    def inputs(self) -> Sequence[_Spec]: ...
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Every topic of one node: `<prefix>/<node>/...`, plus the fleet topics under `<prefix>/fleet`."""
+
+    prefix: str
+    node: str
+    fleet_group: str = ""
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}/{self.node}"
+
+    @property
+    def status(self) -> str:
+        return f"{self.base}/status"
+
+    @property
+    def health(self) -> str:
+        return f"{self.base}/health"
+
+    @property
+    def events(self) -> str:
+        return f"{self.base}/events"
+
+    def results(self, model: str) -> str:
+        return f"{self.base}/models/{model}/results"
+
+    def infer(self, model: str) -> str:
+        return f"{self.base}/models/{model}/infer"
+
+    def fleet_infer(self, model: str) -> str:
+        """Where clients send fleet requests; any node serving `model` in the group takes each one."""
+        return f"{self.prefix}/fleet/models/{model}/infer"
+
+    def fleet_subscription(self, model: str) -> str:
+        return f"$share/{self.fleet_group}/{self.fleet_infer(model)}"
+
+    def model_of(self, topic: str) -> str | None:
+        """The model named by an infer topic of this node or of the fleet, else None."""
+        for head in (f"{self.base}/models/", f"{self.prefix}/fleet/models/"):
+            if topic.startswith(head) and topic.endswith("/infer"):
+                model = topic[len(head) : -len("/infer")]
+                return model if model and "/" not in model else None
+        return None
+
+
+@dataclass(frozen=True)
+class MqttStats:
+    connected: bool
+    backlog: int
+    backlog_dropped: int
+    published: int
+    requests_accepted: int
+    requests_rejected: dict[str, int] = field(default_factory=dict)
+    connects: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "connected": self.connected,
+            "backlog": self.backlog,
+            "backlog_dropped": self.backlog_dropped,
+            "published": self.published,
+            "requests_accepted": self.requests_accepted,
+            "requests_rejected": dict(self.requests_rejected),
+            "connects": self.connects,
+        }
+
+
+class _Out(NamedTuple):
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    props: Any  # paho Properties or None
+
+
+def _rc_value(rc: Any) -> int:
+    value = getattr(rc, "value", rc)
+    return int(value) if isinstance(value, int) else 0
+
+
+def _rc_text(rc: Any) -> str:
+    """A CONNACK code as text: paho 2 and MQTT 5 codes name themselves, 1.x ints do not."""
+    if hasattr(rc, "value"):
+        return str(rc)
+    return str(paho.connack_string(rc))
+
+
+def _props(msg: Any) -> Any:
+    return getattr(msg, "properties", None)
+
+
+class MqttLink:
+    """One connection to the broker for the whole daemon (see the module docstring)."""
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        node_id: str,
+        *,
+        on_request: Callable[[Request], str | None],
+        on_connection: Callable[[bool], None] | None = None,
+        fleet_group: str = "",
+        client_id: str = "",
+        max_pixels: int = payloads.DEFAULT_MAX_PIXELS,
+    ) -> None:
+        self.cfg = cfg
+        self.node_id = node_id
+        self.topics = Topics(cfg.topic_prefix, node_id, fleet_group)
+        self._on_request = on_request
+        self._on_connection = on_connection
+        self._max_pixels = max_pixels
+        self._v5 = cfg.protocol == "5"
+        self._client_id = client_id or cfg.client_id or f"edgetpud-{node_id}"
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._outbox: deque[_Out] = deque()
+        self._unconfirmed: dict[int, _Out] = {}  # mid -> message handed to paho
+        self._early: set[int] = set()  # mids confirmed before publish() returned
+        self._dropped = 0
+        self._published = 0
+        self._accepted = 0
+        self._rejected: dict[str, int] = {}
+        self._connects = 0
+        self._connected = False
+        self._resync_until = 0.0
+        self._stopping = False
+        self._stopped = False
+        self._started = False
+        self._models: dict[str, int | None] = {}
+        self._input_desc: dict[str, str] = {}
+        self._fleet_paused: set[str] = set()
+        self._health: bytes | None = None
+        self._discovery: dict[str, bytes] = {}
+        self._connect_failures = 0
+        self._client = self._make_client()
+        self._sender = threading.Thread(target=self._send_loop, name="mqtt:sender", daemon=True)
+
+    # ----------------------------------------------------------------- client set-up
+
+    def _make_client(self) -> Any:
+        cfg = self.cfg
+        protocol = paho.MQTTv5 if self._v5 else paho.MQTTv311
+        kw: dict[str, Any] = {
+            "client_id": self._client_id,
+            "protocol": protocol,
+            "transport": cfg.transport,
+        }
+        if not self._v5:
+            kw["clean_session"] = True
+        client = paho.Client(CallbackAPIVersion.VERSION2, **kw) if PAHO2 else paho.Client(**kw)
+        if PAHO2:
+            client.on_connect = lambda c, u, flags, rc, props=None: self._handle_connect(rc)
+            client.on_disconnect = lambda c, u, flags, rc, props=None: self._handle_disconnect(rc)
+            client.on_publish = lambda c, u, mid, rc=None, props=None: self._handle_publish(mid)
+        elif self._v5:
+            client.on_connect = lambda c, u, flags, rc, props=None: self._handle_connect(rc)
+            client.on_disconnect = lambda c, u, rc, props=None: self._handle_disconnect(rc)
+            client.on_publish = lambda c, u, mid: self._handle_publish(mid)
+        else:
+            client.on_connect = lambda c, u, flags, rc: self._handle_connect(rc)
+            client.on_disconnect = lambda c, u, rc: self._handle_disconnect(rc)
+            client.on_publish = lambda c, u, mid: self._handle_publish(mid)
+        client.on_message = lambda c, u, msg: self._handle_message(msg)
+        if hasattr(client, "on_connect_fail"):
+            client.on_connect_fail = lambda c, u: self._handle_connect_fail()
+        client.max_inflight_messages_set(100)
+        client.reconnect_delay_set(min_delay=1, max_delay=30)
+        if cfg.username:
+            password = None
+            if cfg.password_file is not None:
+                password = cfg.password_file.read_text().rstrip("\r\n")
+            client.username_pw_set(cfg.username, password)
+        if cfg.tls:
+            client.tls_set(
+                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+                certfile=str(cfg.cert_file) if cfg.cert_file else None,
+                keyfile=str(cfg.key_file) if cfg.key_file else None,
+            )
+            if cfg.tls_insecure:
+                log.warning("mqtt.tls_insecure is set: the broker's host name is NOT verified")
+                client.tls_insecure_set(True)
+        client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
+        return client
+
+    @property
+    def broker(self) -> str:
+        return f"{self.cfg.host}:{self.cfg.port}"
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        """Connect in the background (never blocks on the broker); reconnects with 1-30 s backoff."""
+        if self._started:
+            return
+        self._started = True
+        self._sender.start()
+        keepalive = round(self.cfg.keepalive)
+        self._client.connect_async(self.cfg.host, self.cfg.port, keepalive=keepalive)
+        self._client.loop_start()
+        log.info(
+            "MQTT: connecting to %s as %s (topics %s/...)",
+            self.broker,
+            self._client_id,
+            self.topics.base,
+        )
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Flush the backlog (up to `timeout`), publish retained offline, disconnect. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if not self._started:
+            return
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._connected and (self._outbox or self._unconfirmed):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(min(left, 0.2))
+            left_over = len(self._outbox) + len(self._unconfirmed)
+            self._stopping = True
+            self._cond.notify_all()
+        if left_over:
+            log.warning(
+                "MQTT: stopping with %d message(s) not delivered to %s", left_over, self.broker
+            )
+        if self._connected:
+            info = self._client.publish(self.topics.status, OFFLINE, qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._sender.join(timeout=2.0)
+        log.info("MQTT: disconnected from %s", self.broker)
+
+    # ----------------------------------------------------------------- what the service calls
+
+    def set_models(self, models: Mapping[str, ModelInputs | None]) -> None:
+        """Take MQTT requests for exactly these models; others get an `unknown_model` error reply.
+
+        The node's `.../models/+/infer` is one wildcard subscription; fleet topics are
+        subscribed per model, so this subscribes/unsubscribes the difference.
+        """
+        sizes: dict[str, int | None] = {}
+        descs: dict[str, str] = {}
+        for name, info in models.items():
+            spec = info.inputs[0] if info is not None and info.inputs else None
+            sizes[name] = spec.nbytes if spec is not None else None
+            if spec is not None:
+                shape = getattr(spec, "shape", ())
+                dtype = getattr(spec, "dtype", "")
+                descs[name] = "x".join(str(d) for d in shape) + (f" {dtype}" if dtype else "")
+        with self._lock:
+            old = set(self._models)
+            self._models = sizes
+            self._input_desc = descs
+            connected = self._connected
+        if connected and self.topics.fleet_group:
+            gone = sorted(old - set(sizes))
+            if gone:
+                self._client.unsubscribe([self.topics.fleet_subscription(m) for m in gone])
+            self._subscribe(sorted(set(sizes) - old))
+
+    def pause_fleet(self, model: str) -> None:
+        """Stop taking fleet requests for `model` (back-pressure); its node topic stays subscribed."""
+        if not self.topics.fleet_group:
+            return
+        with self._lock:
+            if model in self._fleet_paused:
+                return
+            self._fleet_paused.add(model)
+            connected = self._connected and model in self._models
+        if connected:
+            self._client.unsubscribe(self.topics.fleet_subscription(model))
+
+    def resume_fleet(self, model: str) -> None:
+        if not self.topics.fleet_group:
+            return
+        with self._lock:
+            if model not in self._fleet_paused:
+                return
+            self._fleet_paused.discard(model)
+            connected = self._connected and model in self._models
+        if connected:
+            self._client.subscribe(self.topics.fleet_subscription(model), qos=1)
+
+    def publish_result(self, result: Result) -> None:
+        """Queue one result (never blocks): to the request's reply topic, else the results topic."""
+        data = payloads.to_json(payloads.result_payload(result, self.node_id))
+        self._reply(result.request.model, result.request.reply_to, data)
+
+    def publish_event(self, event: Mapping[str, Any]) -> None:
+        """Queue one event for `.../events` (schema edgetpud.event/1 added if absent)."""
+        data = payloads.to_json(payloads.event_payload(event, self.node_id))
+        self._enqueue(_Out(self.topics.events, data, self.cfg.qos, False, None))
+
+    def publish_health(self, snapshot: Mapping[str, Any]) -> None:
+        """Publish the retained health snapshot (QoS 1); kept and sent on reconnect if offline."""
+        body = dict(snapshot)
+        body.setdefault("schema", payloads.HEALTH_SCHEMA)
+        body.setdefault("node", self.node_id)
+        body.setdefault("time", time.time())
+        body.setdefault("mqtt", self.stats().as_dict())
+        data = payloads.to_json(body)
+        discovery = _discovery_configs(self, body) if self.cfg.homeassistant else {}
+        with self._lock:
+            self._health = data
+            changed = {t: p for t, p in discovery.items() if self._discovery.get(t) != p}
+            self._discovery.update(changed)
+            connected = self._connected
+        if connected:
+            for topic, config in changed.items():
+                self._client.publish(topic, config, qos=1, retain=True)
+            self._client.publish(self.topics.health, data, qos=1, retain=True)
+
+    def stats(self) -> MqttStats:
+        with self._lock:
+            return MqttStats(
+                connected=self._connected,
+                backlog=len(self._outbox) + len(self._unconfirmed),
+                backlog_dropped=self._dropped,
+                published=self._published,
+                requests_accepted=self._accepted,
+                requests_rejected=dict(self._rejected),
+                connects=self._connects,
+            )
+
+    # ----------------------------------------------------------------- outbox
+
+    def _reply(self, model: str, reply_to: ReplyTo | None, data: bytes) -> None:
+        if reply_to is not None and reply_to.topic:
+            props = None
+            if self._v5:
+                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+                props.ContentType = "application/json"
+                if reply_to.correlation is not None:
+                    props.CorrelationData = reply_to.correlation
+            self._enqueue(_Out(reply_to.topic, data, self.cfg.qos, False, props))
+        else:
+            self._enqueue(_Out(self.topics.results(model), data, self.cfg.qos, False, None))
+
+    def _enqueue(self, out: _Out) -> None:
+        with self._lock:
+            if len(self._outbox) >= self.cfg.backlog_limit:
+                if self.cfg.backlog_limit == 0:
+                    self._dropped += 1
+                    return
+                self._outbox.popleft()
+                self._dropped += 1
+                if self._dropped == 1 or self._dropped % 1000 == 0:
+                    log.warning(
+                        "MQTT: backlog full (mqtt.backlog_limit=%d) while %s is unreachable: "
+                        "%d oldest message(s) dropped so far",
+                        self.cfg.backlog_limit,
+                        self.broker,
+                        self._dropped,
+                    )
+            self._outbox.append(out)
+            if len(self._outbox) == 1:
+                self._cond.notify()
+
+    def _send_loop(self) -> None:
+        client = self._client
+        while True:
+            with self._cond:
+                while not self._stopping and not (
+                    self._connected
+                    and self._outbox
+                    and len(self._unconfirmed) < WINDOW
+                    and not (self._unconfirmed and time.monotonic() < self._resync_until)
+                ):
+                    self._cond.wait(0.5)
+                if self._stopping:
+                    return
+                self._resync_until = 0.0
+                out = self._outbox.popleft()
+            try:
+                info = client.publish(
+                    out.topic, out.payload, qos=out.qos, retain=out.retain, properties=out.props
+                )
+            except Exception:
+                log.exception("MQTT: could not publish to %s; message dropped", out.topic)
+                continue
+            with self._cond:
+                if info.rc == paho.MQTT_ERR_NO_CONN and out.qos == 0:
+                    self._outbox.appendleft(out)  # not sent: keep it first in line
+                elif info.mid in self._early:
+                    self._early.discard(info.mid)
+                else:
+                    self._unconfirmed[info.mid] = out
+
+    # ----------------------------------------------------------------- paho callbacks (network thread)
+
+    def _handle_connect(self, rc: Any) -> None:
+        code = _rc_value(rc)
+        if code != 0:
+            self._log_refusal(code, rc)
+            return
+        client = self._client
+        with self._lock:
+            self._connected = True
+            self._connects += 1
+            self._connect_failures = 0
+            models = sorted(self._models)
+            health = self._health
+            discovery = dict(self._discovery)
+            if self._unconfirmed:
+                self._resync_until = time.monotonic() + RESEND_WAIT
+        log.info("MQTT: connected to %s", self.broker)
+        client.publish(self.topics.status, ONLINE, qos=1, retain=True)
+        self._client.subscribe(self.topics.infer("+"), qos=1)
+        self._subscribe(models)
+        for topic, config in discovery.items():
+            client.publish(topic, config, qos=1, retain=True)
+        if health is not None:
+            client.publish(self.topics.health, health, qos=1, retain=True)
+        with self._cond:
+            self._cond.notify_all()
+        self._notify_connection(True)
+
+    def _log_refusal(self, code: int, rc: Any) -> None:
+        self._connect_failures += 1
+        if code in AUTH_REFUSED:
+            who = f"user {self.cfg.username!r}" if self.cfg.username else "an anonymous client"
+            log.error(
+                "MQTT: broker %s refused %s: %s; check mqtt.username and the password in %s "
+                "(and the broker's ACL); retrying with backoff up to 30 s",
+                self.broker,
+                who,
+                _rc_text(rc),
+                self.cfg.password_file or "mqtt.password_file",
+            )
+        else:
+            log.error(
+                "MQTT: broker %s refused the connection: %s; retrying with backoff up to 30 s",
+                self.broker,
+                _rc_text(rc),
+            )
+
+    def _handle_connect_fail(self) -> None:
+        self._connect_failures += 1
+        level = logging.WARNING if self._connect_failures in (1, 10) else logging.DEBUG
+        log.log(
+            level,
+            "MQTT: cannot reach broker %s (attempt %d); check mqtt.host/mqtt.port%s and that the "
+            "broker runs; retrying with backoff up to 30 s",
+            self.broker,
+            self._connect_failures,
+            " and the TLS settings" if self.cfg.tls else "",
+        )
+
+    def _handle_disconnect(self, rc: Any) -> None:
+        with self._cond:
+            was = self._connected
+            self._connected = False
+            # QoS 0 messages paho has not written are gone from paho: put them back in front.
+            lost = [mid for mid, out in self._unconfirmed.items() if out.qos == 0]
+            for mid in reversed(lost):
+                self._outbox.appendleft(self._unconfirmed.pop(mid))
+            self._early.clear()
+            self._cond.notify_all()
+        if was and not self._stopping:
+            log.warning(
+                "MQTT: lost connection to %s (%s); keeping up to %d results until it is back",
+                self.broker,
+                f"code {rc}" if _rc_value(rc) else "closed",
+                self.cfg.backlog_limit,
+            )
+        if was:
+            self._notify_connection(False)
+
+    def _handle_publish(self, mid: int) -> None:
+        with self._cond:
+            self._published += 1
+            if self._unconfirmed.pop(mid, None) is None:
+                self._early.add(mid)
+            if len(self._unconfirmed) < WINDOW:
+                self._cond.notify_all()
+
+    def _notify_connection(self, up: bool) -> None:
+        if self._on_connection is None:
+            return
+        try:
+            self._on_connection(up)
+        except Exception:
+            log.exception("MQTT: the on_connection callback failed")
+
+    def _subscribe(self, models: Sequence[str]) -> None:
+        """Fleet subscriptions, one per model (the node's own infer topic is one wildcard)."""
+        if not self.topics.fleet_group:
+            return
+        with self._lock:
+            paused = set(self._fleet_paused)
+        topics = [(self.topics.fleet_subscription(m), 1) for m in models if m not in paused]
+        if topics:
+            self._client.subscribe(topics)
+
+    # ----------------------------------------------------------------- requests in
+
+    def _handle_message(self, msg: Any) -> None:
+        try:
+            self._take_request(msg)
+        except Exception:
+            log.exception("MQTT: request on %s could not be handled", getattr(msg, "topic", "?"))
+
+    def _take_request(self, msg: Any) -> None:
+        topic: str = msg.topic
+        model = self.topics.model_of(topic)
+        if model is None:
+            log.debug("MQTT: ignoring message on %s", topic)
+            return
+        props = _props(msg)
+        response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
+        correlation = getattr(props, "CorrelationData", None) if props is not None else None
+        content_type = getattr(props, "ContentType", None) if props is not None else None
+        request_id = _request_id(correlation, getattr(props, "UserProperty", None))
+        reply_to = ReplyTo(response_topic, correlation) if response_topic else None
+        fleet = not topic.startswith(self.topics.base + "/")
+        with self._lock:
+            known = model in self._models
+            nbytes = self._models.get(model)
+            desc = self._input_desc.get(model, "")
+        payload = bytes(msg.payload)
+        try:
+            if not known:
+                raise payloads.BadRequest(
+                    payloads.UNKNOWN_MODEL,
+                    f"model {model!r} is not served by {self.node_id}; see the health topic "
+                    f"{self.topics.health} for the models it runs",
+                )
+            decoded = payloads.decode_request(
+                model,
+                payload,
+                input_nbytes=nbytes,
+                input_desc=desc,
+                content_type=content_type,
+                max_bytes=self.cfg.max_request_bytes,
+                max_pixels=self._max_pixels,
+            )
+        except payloads.BadRequest as exc:
+            self._refuse(model, reply_to, request_id, exc.reason, str(exc))
+            return
+        meta: dict[str, Any] = {"topic": topic}
+        if decoded.kind == "image":
+            meta.update(format=decoded.format, width=decoded.width, height=decoded.height)
+        request = Request(
+            model=model,
+            payload=decoded.payload,
+            kind=decoded.kind,
+            id=request_id,
+            source="mqtt-fleet" if fleet else "mqtt",
+            reply_to=reply_to,
+            meta=meta,
+        )
+        try:
+            answer = self._on_request(request)
+        except Exception as exc:
+            log.exception("MQTT: the service failed to take request %s for %s", request_id, model)
+            answer = f"internal: the daemon could not queue the request ({exc}); see its log"
+        if answer:
+            reason, message = payloads.split_reason(answer)
+            self._refuse(model, reply_to, request_id, reason, message)
+            return
+        with self._lock:
+            self._accepted += 1
+
+    def _refuse(
+        self, model: str, reply_to: ReplyTo | None, request_id: str, reason: str, text: str
+    ) -> None:
+        with self._lock:
+            self._rejected[reason] = self._rejected.get(reason, 0) + 1
+        log.info("MQTT: refused request %s for model %s: %s", request_id, model, text)
+        body = payloads.error_payload(model, reason, text, node=self.node_id, request_id=request_id)
+        self._reply(model, reply_to, payloads.to_json(body))
+
+
+def _request_id(correlation: Any, user_props: Any) -> str:
+    if isinstance(correlation, (bytes, bytearray)) and correlation:
+        try:
+            text = bytes(correlation).decode()
+            if text.isprintable():
+                return text
+        except UnicodeDecodeError:
+            pass
+        return bytes(correlation).hex()
+    for key, value in user_props or ():
+        if key == "request_id" and value:
+            return str(value)
+    return new_request_id()
+
+
+# --------------------------------------------------------------------- reading retained topics
+
+
+def read_retained(cfg: MqttConfig, topic_filter: str, timeout: float = 5.0) -> dict[str, bytes]:
+    """Connect, collect the retained messages on `topic_filter`, disconnect.
+
+    Raises ConnectionError with what to check when the broker cannot be reached in time.
+    """
+    got: dict[str, bytes] = {}
+    state = {"rc": -1, "subscribed": 0.0, "last": 0.0}
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def connected(rc: Any) -> None:
+        state["rc"] = _rc_value(rc)
+        if state["rc"] == 0:
+            client.subscribe(topic_filter, qos=1)
+        else:
+            done.set()
+
+    def subscribed() -> None:
+        state["subscribed"] = state["last"] = time.monotonic()
+
+    def message(msg: Any) -> None:
+        if msg.retain:
+            with lock:
+                got[msg.topic] = bytes(msg.payload)
+                state["last"] = time.monotonic()
+
+    kw: dict[str, Any] = {
+        "client_id": f"edgetpud-status-{new_request_id()}",
+        "protocol": paho.MQTTv5 if cfg.protocol == "5" else paho.MQTTv311,
+        "transport": cfg.transport,
+    }
+    client = paho.Client(CallbackAPIVersion.VERSION2, **kw) if PAHO2 else paho.Client(**kw)
+    client.on_connect = lambda c, u, flags, rc, props=None: connected(rc)
+    if PAHO2 or cfg.protocol == "5":
+        client.on_subscribe = lambda c, u, mid, rcs, props=None: subscribed()
+    else:
+        client.on_subscribe = lambda c, u, mid, qos: subscribed()
+    client.on_message = lambda c, u, msg: message(msg)
+    if cfg.username:
+        password = cfg.password_file.read_text().rstrip("\r\n") if cfg.password_file else None
+        client.username_pw_set(cfg.username, password)
+    if cfg.tls:
+        client.tls_set(
+            ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+            certfile=str(cfg.cert_file) if cfg.cert_file else None,
+            keyfile=str(cfg.key_file) if cfg.key_file else None,
+        )
+        if cfg.tls_insecure:
+            client.tls_insecure_set(True)
+    try:
+        client.connect(cfg.host, cfg.port, keepalive=30)
+    except OSError as exc:
+        raise ConnectionError(
+            f"cannot reach the MQTT broker {cfg.host}:{cfg.port}: {exc}; check mqtt.host and mqtt.port"
+        ) from None
+    client.loop_start()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and not done.is_set():
+            if state["subscribed"] and time.monotonic() - state["last"] > 0.3:
+                break  # retained messages arrive right after SUBACK; 0.3 s of quiet ends them
+            time.sleep(0.05)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    if state["rc"] > 0:
+        raise ConnectionError(
+            f"the MQTT broker {cfg.host}:{cfg.port} refused the connection (code {state['rc']}); "
+            "check mqtt.username and mqtt.password_file"
+        )
+    if not state["subscribed"]:
+        raise ConnectionError(
+            f"no answer from the MQTT broker {cfg.host}:{cfg.port} within {timeout:.0f} s; "
+            "check that it runs and that mqtt.host/port/tls are right"
+        )
+    return got
+
+
+# --------------------------------------------------------------------- Home Assistant discovery
+
+_SLUG = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def _slug(text: str) -> str:
+    return _SLUG.sub("_", text).strip("_") or "x"
+
+
+def _entries(section: Any, key: str) -> list[tuple[str, str]]:
+    """(name, Jinja expression selecting it) for a health section that is a list or a mapping."""
+    if isinstance(section, Mapping):
+        return [(str(n), f"value_json.{key}[{str(n)!r}]") for n in section]
+    out: list[tuple[str, str]] = []
+    if isinstance(section, list):
+        ident = "identity" if key == "devices" else "name"
+        for item in section:
+            if isinstance(item, Mapping) and item.get(ident):
+                name = str(item[ident])
+                expr = f"(value_json.{key} | selectattr({ident!r}, 'eq', {name!r}) | first)"
+                out.append((name, expr))
+    return out
+
+
+def _discovery_configs(link: MqttLink, health: Mapping[str, Any]) -> dict[str, bytes]:
+    """Retained Home Assistant discovery configs for this node's devices, models and availability."""
+    t = link.topics
+    prefix = link.cfg.homeassistant_prefix
+    node = _slug(link.node_id)
+    device = {
+        "identifiers": [f"edgetpud_{node}"],
+        "name": f"edgetpud {link.node_id}",
+        "manufacturer": "edgetpud",
+        "model": "Coral Edge TPU service",
+        "sw_version": __version__,
+    }
+    common = {
+        "availability_topic": t.status,
+        "payload_available": "online",
+        "payload_not_available": "offline",
+        "device": device,
+    }
+    configs: dict[str, dict[str, Any]] = {}
+
+    def sensor(component: str, object_id: str, name: str, **extra: Any) -> None:
+        uid = f"edgetpud_{node}_{object_id}"
+        configs[f"{prefix}/{component}/{node}/{object_id}/config"] = {
+            "name": name,
+            "unique_id": uid,
+            "object_id": uid,
+            **common,
+            **extra,
+        }
+
+    sensor(
+        "binary_sensor",
+        "daemon",
+        "edgetpud daemon",
+        state_topic=t.status,
+        payload_on="online",
+        payload_off="offline",
+        device_class="connectivity",
+    )
+    for ident, expr in _entries(health.get("devices"), "devices"):
+        obj = _slug(ident)
+        sensor(
+            "sensor",
+            f"{obj}_state",
+            f"Edge TPU {ident} state",
+            state_topic=t.health,
+            value_template=f"{{{{ {expr}.state }}}}",
+            icon="mdi:chip",
+        )
+        sensor(
+            "sensor",
+            f"{obj}_temperature",
+            f"Edge TPU {ident} temperature",
+            state_topic=t.health,
+            value_template=f"{{{{ {expr}.temperature }}}}",
+            device_class="temperature",
+            unit_of_measurement="°C",
+            state_class="measurement",
+        )
+    for name, expr in _entries(health.get("models"), "models"):
+        obj = f"model_{_slug(name)}"
+        sensor(
+            "sensor",
+            f"{obj}_rate",
+            f"Model {name} rate",
+            state_topic=t.health,
+            value_template=f"{{{{ {expr}.rate }}}}",
+            unit_of_measurement="inferences/s",
+            state_class="measurement",
+            icon="mdi:speedometer",
+        )
+        sensor(
+            "sensor",
+            f"{obj}_latency_p50",
+            f"Model {name} latency p50",
+            state_topic=t.health,
+            value_template=f"{{{{ {expr}.p50_ms }}}}",
+            unit_of_measurement="ms",
+            device_class="duration",
+            state_class="measurement",
+        )
+    return {topic: payloads.to_json(body) for topic, body in configs.items()}

@@ -1,0 +1,237 @@
+"""The JSON payloads edgetpud publishes, and the checks on requests it receives.
+
+Pure functions, no MQTT client: `edgetpud.mqtt` calls them, and so can any other
+transport or a test. Every JSON payload carries `"schema": "edgetpud.<kind>/1"`.
+See docs/mqtt.md for the contract and an example of each payload.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from edgetpud.messages import Result
+
+RESULT_SCHEMA = "edgetpud.result/1"
+ERROR_SCHEMA = "edgetpud.error/1"
+EVENT_SCHEMA = "edgetpud.event/1"
+HEALTH_SCHEMA = "edgetpud.health/1"
+
+DEFAULT_MAX_PIXELS = 40_000_000
+
+IMAGE_TYPES = {
+    "image/jpeg": "JPEG",
+    "image/png": "PNG",
+    "image/bmp": "BMP",
+    "image/x-ms-bmp": "BMP",
+}
+TENSOR_TYPES = frozenset({"application/octet-stream"})
+MAGIC = ((b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"BM", "BMP"))
+
+# Reasons an MQTT request is refused, as they appear in `edgetpud.error/1` and in stats.
+TOO_LARGE = "too_large"
+UNKNOWN_MODEL = "unknown_model"
+BAD_SIZE = "bad_size"
+BAD_IMAGE = "bad_image"
+IMAGE_TOO_LARGE = "image_too_large"
+BAD_CONTENT_TYPE = "bad_content_type"
+EMPTY = "empty"
+
+
+def _json_default(obj: Any) -> Any:
+    """numpy scalars and arrays, tuples of them, bytes, paths: whatever a postprocessor returns."""
+    tolist = getattr(obj, "tolist", None)
+    if callable(tolist):
+        return tolist()
+    if isinstance(obj, (bytes, bytearray)):
+        return obj.hex()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    return str(obj)
+
+
+_encoder = json.JSONEncoder(separators=(",", ":"), default=_json_default, allow_nan=True)
+
+
+def to_json(obj: Any) -> bytes:
+    """Compact UTF-8 JSON; numpy values become plain numbers and lists."""
+    return _encoder.encode(obj).encode()
+
+
+def result_payload(result: Result, node: str) -> dict[str, Any]:
+    """`edgetpud.result/1`: one inference, or the error that stopped it."""
+    req = result.request
+    payload: dict[str, Any] = {
+        "schema": RESULT_SCHEMA,
+        "node": node,
+        "model": req.model,
+        "device": result.device,
+        "request_id": req.id,
+        "source": req.source,
+        "received_at": req.received_at,
+        "finished_at": result.finished_at,
+    }
+    if result.timing is not None:
+        t = result.timing
+        payload["timing"] = {
+            "queue_ms": round(t.queue_ms, 3),
+            "preprocess_ms": round(t.preprocess_ms, 3),
+            "invoke_ms": round(t.invoke_ms, 3),
+            "postprocess_ms": round(t.postprocess_ms, 3),
+            "total_ms": round(t.total_ms, 3),
+        }
+    if req.meta:
+        payload["meta"] = req.meta
+    if result.error:
+        payload["error"] = result.error
+    else:
+        payload["result"] = result.output
+    return payload
+
+
+def error_payload(
+    model: str, reason: str, message: str, *, node: str, request_id: str = ""
+) -> dict[str, Any]:
+    """`edgetpud.error/1`: a request that was refused before it reached a worker."""
+    return {
+        "schema": ERROR_SCHEMA,
+        "node": node,
+        "model": model,
+        "request_id": request_id,
+        "reason": reason,
+        "message": message,
+        "time": time.time(),
+    }
+
+
+def event_payload(event: Mapping[str, Any], node: str) -> dict[str, Any]:
+    """`edgetpud.event/1`: the event with schema, node and time added where absent."""
+    payload = dict(event)
+    payload.setdefault("schema", EVENT_SCHEMA)
+    payload.setdefault("node", node)
+    payload.setdefault("time", time.time())
+    return payload
+
+
+def split_reason(text: str) -> tuple[str, str]:
+    """A service answer like "busy: queue full" -> ("busy", "busy: queue full")."""
+    head = text.split(":", 1)[0].strip()
+    code = "_".join(head.lower().split()) if head and len(head) <= 32 else "refused"
+    return code, text
+
+
+class BadRequest(Exception):
+    """A request refused before queueing: `reason` is a stable code, str() says what to do."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """A request payload that passed the checks: an encoded image or a raw input tensor."""
+
+    kind: Literal["image", "tensor"]
+    payload: bytes
+    format: str = ""  # JPEG, PNG, BMP for images
+    width: int = 0
+    height: int = 0
+
+
+def decode_request(
+    model: str,
+    payload: bytes,
+    *,
+    input_nbytes: int | None,
+    input_desc: str = "",
+    content_type: str | None = None,
+    max_bytes: int = 8 * 1024 * 1024,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> Decoded:
+    """Check one request payload for `model`; raise BadRequest with a reason if it cannot run.
+
+    The kind comes from the MQTT 5 content type when given, else from magic bytes:
+    JPEG, PNG and BMP are images (only the header is read here, with Pillow's lazy
+    open, to refuse decompression bombs); anything else must be exactly the model's
+    input tensor size (`input_nbytes`). The worker decodes and resizes images.
+    """
+    size = len(payload)
+    if size == 0:
+        raise BadRequest(
+            EMPTY, f"the request for model {model} is empty; send an image or a tensor"
+        )
+    if size > max_bytes:
+        raise BadRequest(
+            TOO_LARGE,
+            f"the request is {size} bytes, over mqtt.max_request_bytes ({max_bytes}); "
+            "send a smaller image or raise the limit",
+        )
+    ctype = (content_type or "").split(";", 1)[0].strip().lower()
+    if ctype:
+        if ctype in IMAGE_TYPES:
+            return _check_image(payload, IMAGE_TYPES[ctype], max_pixels)
+        if ctype in TENSOR_TYPES:
+            return _check_tensor(model, payload, input_nbytes, input_desc)
+        raise BadRequest(
+            BAD_CONTENT_TYPE,
+            f"content type {ctype!r} is not supported; use image/jpeg, image/png, image/bmp "
+            "or application/octet-stream (a raw input tensor)",
+        )
+    for magic, fmt in MAGIC:
+        if payload.startswith(magic):
+            try:
+                return _check_image(payload, fmt, max_pixels)
+            except BadRequest:
+                if input_nbytes is not None and size == input_nbytes:
+                    break  # a raw tensor that happens to start like an image
+                raise
+    return _check_tensor(model, payload, input_nbytes, input_desc)
+
+
+def _check_tensor(model: str, payload: bytes, nbytes: int | None, desc: str) -> Decoded:
+    if nbytes is None:
+        raise BadRequest(
+            BAD_SIZE,
+            f"model {model}'s input size is not known, so a raw tensor cannot be checked; "
+            "send a JPEG, PNG or BMP image",
+        )
+    if len(payload) != nbytes:
+        what = f" ({desc})" if desc else ""
+        raise BadRequest(
+            BAD_SIZE,
+            f"not an image (JPEG, PNG, BMP) and {len(payload)} bytes is not model {model}'s "
+            f"input size: a raw tensor must be exactly {nbytes} bytes{what}",
+        )
+    return Decoded("tensor", payload)
+
+
+def _check_image(payload: bytes, fmt: str, max_pixels: int) -> Decoded:
+    from PIL import Image  # noqa: PLC0415 - Pillow is loaded only once an image arrives
+
+    try:
+        with Image.open(io.BytesIO(payload), formats=[fmt]) as im:
+            width, height = im.size
+    except Image.DecompressionBombError as exc:
+        raise BadRequest(
+            IMAGE_TOO_LARGE, f"the image is too large to decode safely: {exc}"
+        ) from None
+    except Exception as exc:  # Pillow raises many kinds for bad headers
+        raise BadRequest(
+            BAD_IMAGE,
+            f"the payload looks like {fmt} but its header cannot be read ({exc}); "
+            "send a complete JPEG, PNG or BMP file",
+        ) from None
+    if width * height > max_pixels:
+        raise BadRequest(
+            IMAGE_TOO_LARGE,
+            f"the image is {width}x{height} = {width * height} pixels, over the limit of "
+            f"{max_pixels}; scale it down before sending",
+        )
+    if width == 0 or height == 0:
+        raise BadRequest(BAD_IMAGE, f"the {fmt} image has no pixels ({width}x{height})")
+    return Decoded("image", payload, fmt, width, height)

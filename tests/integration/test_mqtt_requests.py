@@ -1,0 +1,328 @@
+"""MQTT requests in, results and error replies out, against a real mosquitto.
+
+A tiny in-test consumer stands in for the service: it takes the Requests the link
+accepts, reads each image with Pillow (or checks a tensor's size) and publishes a
+Result. Runs with paho 2.x (.venv) and paho 1.6 (.venv-paho16, `make test-paho16`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from edgetpud.config import MqttConfig
+from edgetpud.messages import Request, Result, Timing
+from edgetpud.mqtt import MqttLink
+from tests.support.broker import Broker, Subscriber, wait_until
+
+NODE = "box1"
+MODEL = "birds"
+SHAPE = (1, 128, 128, 3)
+NBYTES = 128 * 128 * 3
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass(frozen=True)
+class Info:
+    inputs: tuple[Spec, ...]
+
+
+INFO = Info((Spec("input", SHAPE, "uint8"),))
+
+
+class Consumer:
+    """Stands in for the service: queue the request, answer it from a worker thread."""
+
+    def __init__(self, answer: str | None = None) -> None:
+        self.answer = answer
+        self.seen: list[Request] = []
+        self.q: queue.Queue[Request | None] = queue.Queue()
+        self.link: MqttLink | None = None
+        self.thread = threading.Thread(target=self.run, name="worker:test", daemon=True)
+        self.thread.start()
+
+    def on_request(self, request: Request) -> str | None:
+        if self.answer:
+            return self.answer
+        self.seen.append(request)
+        self.q.put(request)
+        return None
+
+    def run(self) -> None:
+        while (req := self.q.get()) is not None:
+            if req.kind == "image":
+                with Image.open(io.BytesIO(req.payload)) as im:
+                    output: dict[str, Any] = {
+                        "kind": "image",
+                        "format": im.format,
+                        "size": list(im.size),
+                    }
+            else:
+                output = {"kind": "tensor", "nbytes": len(req.payload)}
+            assert self.link is not None
+            self.link.publish_result(
+                Result(req, "usb:2-1", output, timing=Timing(0.1, 1.0, 2.5, 0.2))
+            )
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    with Broker(tmp_path) as b:
+        yield b
+
+
+def make_link(broker: Broker, consumer: Consumer, **cfg: Any) -> MqttLink:
+    max_pixels = cfg.pop("max_pixels", 40_000_000)
+    mqtt_cfg = replace(MqttConfig(), host=broker.host, port=broker.port, **cfg)
+    link = MqttLink(mqtt_cfg, NODE, on_request=consumer.on_request, max_pixels=max_pixels)
+    consumer.link = link
+    link.set_models({MODEL: INFO})
+    link.start()
+    wait_until(lambda: link.stats().connected, what="the link to connect")
+    return link
+
+
+@pytest.fixture
+def images(models_dir: Path, tmp_path: Path) -> dict[str, bytes]:
+    out = {"bmp": (models_dir / "bird.bmp").read_bytes()}
+    with Image.open(models_dir / "bird.bmp") as im:
+        for fmt in ("JPEG", "PNG"):
+            buf = io.BytesIO()
+            im.convert("RGB").save(buf, fmt)
+            out[fmt.lower()] = buf.getvalue()
+    return out
+
+
+def results_topic(model: str = MODEL) -> str:
+    return f"edgetpud/{NODE}/models/{model}/results"
+
+
+def infer_topic(model: str = MODEL) -> str:
+    return f"edgetpud/{NODE}/models/{model}/infer"
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+@pytest.mark.parametrize("kind", ["jpeg", "png", "bmp", "tensor"])
+def test_round_trip_of_each_payload_kind(
+    broker: Broker, images: dict[str, bytes], protocol: str, kind: str
+) -> None:
+    consumer = Consumer()
+    link = make_link(broker, consumer, protocol=protocol)
+    try:
+        with Subscriber(broker, [results_topic()], protocol=protocol) as sub:
+            body = bytes(range(256)) * (NBYTES // 256) if kind == "tensor" else images[kind]
+            sub.publish(infer_topic(), body)
+            (msg,) = sub.wait_for(results_topic())
+            result = json.loads(msg.payload)
+            assert result["schema"] == "edgetpud.result/1"
+            assert result["model"] == MODEL
+            assert result["device"] == "usb:2-1"
+            assert result["node"] == NODE
+            assert result["source"] == "mqtt"
+            assert result["request_id"] == consumer.seen[0].id
+            assert set(result["timing"]) >= {
+                "queue_ms",
+                "preprocess_ms",
+                "invoke_ms",
+                "postprocess_ms",
+            }
+            if kind == "tensor":
+                assert consumer.seen[0].kind == "tensor"
+                assert result["result"] == {"kind": "tensor", "nbytes": NBYTES}
+            else:
+                assert consumer.seen[0].kind == "image"
+                assert consumer.seen[0].payload == body
+                assert result["result"]["format"] == kind.upper()
+                assert result["result"]["size"] == [
+                    result["meta"]["width"],
+                    result["meta"]["height"],
+                ]
+    finally:
+        link.stop()
+        consumer.close()
+    assert link.stats().requests_accepted == 1
+
+
+def test_response_topic_and_correlation_data_are_honoured(
+    broker: Broker, images: dict[str, bytes]
+) -> None:
+    consumer = Consumer()
+    link = make_link(broker, consumer, protocol="5")
+    try:
+        with Subscriber(broker, ["replies/#", results_topic()], protocol="5") as sub:
+            sub.publish(
+                infer_topic(), images["png"], ResponseTopic="replies/me", CorrelationData=b"req-42"
+            )
+            sub.publish(
+                infer_topic(),
+                images["jpeg"],
+                ResponseTopic="replies/bin",
+                CorrelationData=b"\x00\xff",
+            )
+            (text,) = sub.wait_for("replies/me")
+            (binary,) = sub.wait_for("replies/bin")
+            assert text.properties.CorrelationData == b"req-42"
+            assert json.loads(text.payload)["request_id"] == "req-42"
+            assert binary.properties.CorrelationData == b"\x00\xff"
+            assert json.loads(binary.payload)["request_id"] == "00ff"
+            assert sub.on(results_topic()) == []
+    finally:
+        link.stop()
+        consumer.close()
+
+
+def test_request_id_user_property_is_used(broker: Broker, images: dict[str, bytes]) -> None:
+    consumer = Consumer()
+    link = make_link(broker, consumer, protocol="5")
+    try:
+        with Subscriber(broker, [results_topic()], protocol="5") as sub:
+            sub.publish(infer_topic(), images["bmp"], UserProperty=[("request_id", "cam3-0017")])
+            (msg,) = sub.wait_for(results_topic())
+            assert json.loads(msg.payload)["request_id"] == "cam3-0017"
+    finally:
+        link.stop()
+        consumer.close()
+
+
+def _png_header_only() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, "PNG")
+    return buf.getvalue()[:20]  # signature + a cut IHDR
+
+
+BAD = {
+    "bad_size": (infer_topic(), b"\x01" * 1000, {}),
+    "bad_image": (infer_topic(), _png_header_only(), {}),
+    "too_large": (infer_topic(), b"\x00" * 70_000, {}),
+    "unknown_model": (infer_topic("cats"), b"\x00" * NBYTES, {}),
+    "image_too_large": (infer_topic(), "png", {}),
+    "bad_content_type": (infer_topic(), "jpeg", {"ContentType": "text/plain"}),
+    "busy": (infer_topic(), "bmp", {}),
+}
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+@pytest.mark.parametrize("reason", sorted(BAD))
+def test_bad_input_gets_an_error_reply_and_never_reaches_a_worker(
+    broker: Broker, images: dict[str, bytes], protocol: str, reason: str
+) -> None:
+    topic, body, props = BAD[reason]
+    if protocol != "5" and props:
+        pytest.skip("content types need MQTT 5")
+    if isinstance(body, str):
+        body = images[body]
+    consumer = Consumer(
+        answer="busy: queue full (32 waiting); retry later" if reason == "busy" else None
+    )
+    limits: dict[str, Any] = {
+        "too_large": {"max_request_bytes": 60_000},
+        "image_too_large": {"max_pixels": 100 * 100},
+    }.get(reason, {})
+    link = make_link(broker, consumer, protocol=protocol, **limits)
+    model = topic.split("/")[-2]
+    try:
+        with Subscriber(broker, ["edgetpud/#", "replies/#"], protocol=protocol) as sub:
+            if protocol == "5":
+                sub.publish(topic, body, ResponseTopic="replies/x", CorrelationData=b"c1", **props)
+                (msg,) = sub.wait_for("replies/x")
+                assert msg.properties.CorrelationData == b"c1"
+            else:
+                sub.publish(topic, body)
+                (msg,) = sub.wait_for(results_topic(model))
+            error = json.loads(msg.payload)
+            assert error["schema"] == "edgetpud.error/1"
+            assert error["reason"] == reason
+            assert error["model"] == model
+            assert error["message"]
+            # the link keeps serving: a good request after the bad one still works
+            sub.publish(infer_topic(), b"\x00" * NBYTES)
+            if reason != "busy":
+                wait_until(lambda: len(consumer.seen) == 1, what="the good request")
+    finally:
+        link.stop()
+        consumer.close()
+    assert all(r.payload == b"\x00" * NBYTES for r in consumer.seen)
+    assert link.stats().requests_rejected[reason] >= 1
+
+
+def test_events_and_health(broker: Broker) -> None:
+    consumer = Consumer()
+    link = make_link(broker, consumer)
+    try:
+        with Subscriber(broker, [f"edgetpud/{NODE}/events"]) as sub:
+            link.publish_event({"event": "device_added", "device": "usb:2-1"})
+            (msg,) = sub.wait_for(f"edgetpud/{NODE}/events")
+            event = json.loads(msg.payload)
+            assert event["schema"] == "edgetpud.event/1"
+            assert event["event"] == "device_added"
+            assert not msg.retain
+        link.publish_health({"daemon": {"version": "0.1.0"}, "devices": [], "models": {}})
+        with Subscriber(broker, [f"edgetpud/{NODE}/health"]) as late:
+            (msg,) = late.wait_for(f"edgetpud/{NODE}/health")
+            health = json.loads(msg.payload)
+            assert msg.retain
+            assert health["schema"] == "edgetpud.health/1"
+            assert health["mqtt"]["connected"] is True
+    finally:
+        link.stop()
+        consumer.close()
+
+
+def test_home_assistant_discovery(broker: Broker) -> None:
+    consumer = Consumer()
+    link = make_link(broker, consumer, homeassistant=True)
+    health = {
+        "devices": [{"identity": "usb:2-1.3", "state": "serving", "temperature": None}],
+        "models": {MODEL: {"state": "running", "rate": 12.5, "p50_ms": 3.1}},
+    }
+    try:
+        link.publish_health(health)
+        with Subscriber(broker, ["homeassistant/#"]) as sub:
+            msgs = sub.wait_for("homeassistant/#", count=5)
+    finally:
+        link.stop()
+        consumer.close()
+    configs = {m.topic: json.loads(m.payload) for m in msgs}
+    assert all(m.retain for m in msgs)
+    assert set(configs) == {
+        f"homeassistant/binary_sensor/{NODE}/daemon/config",
+        f"homeassistant/sensor/{NODE}/usb_2-1_3_state/config",
+        f"homeassistant/sensor/{NODE}/usb_2-1_3_temperature/config",
+        f"homeassistant/sensor/{NODE}/model_birds_rate/config",
+        f"homeassistant/sensor/{NODE}/model_birds_latency_p50/config",
+    }
+    for topic, config in configs.items():
+        assert config["availability_topic"] == f"edgetpud/{NODE}/status", topic
+        assert config["unique_id"].startswith(f"edgetpud_{NODE}_")
+        if "/sensor/" in topic:
+            assert config["state_topic"] == f"edgetpud/{NODE}/health"
+            assert "value_template" in config
+    assert configs[f"homeassistant/sensor/{NODE}/model_birds_latency_p50/config"][
+        "value_template"
+    ] == ("{{ value_json.models['birds'].p50_ms }}")
