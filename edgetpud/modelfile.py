@@ -314,7 +314,8 @@ def _edgetpu_op(index: int, options: bytes, path: Path) -> EdgeTpuOp | None:
     keys = [key.AsKey for key in package_map.Keys]
     if _PACKAGE_KEY not in keys:
         raise ValueError(f"Edge TPU op {index}'s options lack the compiled package")
-    package = bytes(package_map[_PACKAGE_KEY].AsStringBytes)
+    value = package_map[_PACKAGE_KEY]
+    package = bytes(value.AsBlob if value.IsBlob else value.AsStringBytes)
     if len(package) < 8 or package[4:8] != PACKAGE_IDENTIFIER:
         raise ValueError(f"Edge TPU op {index}'s package has identifier {package[4:8]!r}")
     multi_bytes = _Fb.root(package).blob(_PACKAGE_MULTI_EXECUTABLE)

@@ -18,6 +18,7 @@ A `Session` is one interpreter owned by one thread (a worker).
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import logging
 import threading
@@ -264,7 +265,10 @@ def open_session(
     first request.
     """
     model = Path(model)
-    info = info or inspect_model(model)
+    # Always parse the file before the runtime sees it: tflite_runtime 2.14 crashes the
+    # process (SIGSEGV) on some truncated files instead of raising.
+    if info is None or not _same_file(model, info):
+        info = inspect_model(model)
     runtime = _import_runtime(prefer)
     if device == "cpu":
         return _open_cpu(model, info, runtime, cpu_threads)
@@ -305,6 +309,9 @@ def _open_edgetpu(
             device,
         )
     try:
+        # Load it first ourselves: tflite_runtime's Delegate leaves a half-built object
+        # (an "Exception ignored in __del__" on stderr) when the library is missing.
+        ctypes.CDLL(library)
         delegate = runtime.load_delegate(library, options)
     except OSError as exc:
         raise RuntimeMissing(library, _first_line(exc)) from None
@@ -354,7 +361,8 @@ def _delegate_device(device: str, library: str) -> str:
             "`edgetpud devices` such as usb:2-3.1 or pci:0000:03:00.0"
         )
     # Imported here: it loads the runtime library through ctypes, which CPU-only use never needs.
-    edgetpu_c = importlib.import_module("edgetpud.edgetpu_c")
+    from edgetpud import edgetpu_c
+
     try:
         resolved: str = edgetpu_c.delegate_device_string(device, library)
     except OSError as exc:
@@ -365,6 +373,13 @@ def _delegate_device(device: str, library: str) -> str:
         raise DeviceUnavailable(device, rest, _first_line(exc)) from None
     log.debug("%s is %s in %s's enumeration", device, resolved, library)
     return resolved
+
+
+def _same_file(model: Path, info: ModelInfo) -> bool:
+    try:
+        return info.path == model and model.stat().st_size == info.size
+    except OSError:
+        return False
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,11 +1,128 @@
-"""`edgetpud infer`: not built yet."""
+"""`edgetpud infer`: one-shot inference on image files, one JSON line per image.
+
+A quick check of a model and a device from the shell, outside the daemon:
+
+    edgetpud infer --model mobilenet_v1_0.25_128_quant.tflite \\
+        --labels imagenet_labels.txt cat.bmp
+
+Images are decoded with Pillow, made RGB and stretched to the model's input size.
+A model with one output of N scores is treated as a classifier: the top-k classes
+with dequantized scores. For any other model the output tensors' shapes and
+dtypes are listed instead.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from edgetpud.errors import EdgetpudError, ModelError
+from edgetpud.labels import Labels, load_labels
+from edgetpud.modelfile import TensorSpec
+from edgetpud.preprocess import decode_image, image_to_input
+from edgetpud.runtime import Session, open_session
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "edgetpud.infer/1"
 
 
 def main(args: argparse.Namespace) -> int:
-    print("edgetpud infer is not implemented in this version yet", file=sys.stderr)
-    return 2
+    if args.top_k < 1:
+        _fail(f"--top-k must be 1 or more, not {args.top_k}")
+        return 1
+    try:
+        labels = load_labels(args.labels) if args.labels else None
+        session = open_session(Path(args.model), args.device, library=args.library)
+    except EdgetpudError as exc:
+        _fail(str(exc))
+        return 1
+    failed = 0
+    try:
+        for image in args.images:
+            try:
+                record = infer_image(session, Path(image), labels, args.top_k)
+            except EdgetpudError as exc:
+                _fail(f"{image}: {exc}")
+                failed += 1
+                continue
+            print(json.dumps(record), flush=True)
+    finally:
+        session.close()
+    return 1 if failed else 0
+
+
+def infer_image(session: Session, image: Path, labels: Labels | None, top_k: int) -> dict[str, Any]:
+    """Run one image file through the session; the JSON-ready record for it."""
+    started = time.perf_counter()
+    try:
+        data = image.read_bytes()
+    except OSError as exc:
+        raise ModelError(
+            f"cannot read the image ({exc.strerror or exc}); check the path and permissions"
+        ) from None
+    meta: dict[str, Any] = {}
+    tensor = image_to_input(decode_image(data), session.info, "stretch", meta)
+    prepared = time.perf_counter()
+    outputs = session.invoke([tensor])
+    invoked = time.perf_counter()
+    record: dict[str, Any] = {
+        "schema": SCHEMA,
+        "image": str(image),
+        "image_size": meta.get("image_size"),
+        "model": str(session.info.path),
+        "device": session.device,
+        "runtime": session.runtime,
+    }
+    if session.delegate_device:
+        record["delegate_device"] = session.delegate_device
+    if _is_classifier(session.info.outputs):
+        record["classes"] = top_classes(outputs[0], session.info.outputs[0], labels, top_k)
+    else:
+        record["outputs"] = [
+            {"name": spec.name, "shape": list(out.shape), "dtype": str(out.dtype)}
+            for spec, out in zip(session.info.outputs, outputs)
+        ]
+    finished = time.perf_counter()
+    record["timing_ms"] = {
+        "preprocess": round((prepared - started) * 1000.0, 3),
+        "invoke": round(session.last_invoke_ms, 3),
+        "postprocess": round((finished - invoked) * 1000.0, 3),
+    }
+    return record
+
+
+def top_classes(
+    output: npt.NDArray[Any], spec: TensorSpec, labels: Labels | None, top_k: int
+) -> list[dict[str, Any]]:
+    """The top-k classes of a score vector, scores dequantized by the tensor's scale."""
+    raw = output.reshape(-1)
+    scores = (raw.astype(np.float64) - spec.zero_point) * spec.scale if spec.quantized else raw
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    return [
+        {
+            "id": int(i),
+            "label": labels.name(int(i)) if labels is not None else str(int(i)),
+            "score": round(float(scores[i]), 6),
+        }
+        for i in order
+    ]
+
+
+def _is_classifier(outputs: tuple[TensorSpec, ...]) -> bool:
+    if len(outputs) != 1:
+        return False
+    dims = [d for d in outputs[0].shape if d != 1]
+    return len(dims) == 1 and dims[0] > 1
+
+
+def _fail(message: str) -> None:
+    print(f"edgetpud infer: {' '.join(message.split())}", file=sys.stderr)
