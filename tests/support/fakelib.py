@@ -190,13 +190,12 @@ class _Testbed:
 
 
 def umockdev_active() -> bool:
-    """True when this process runs under umockdev-wrapper (LD_PRELOAD of the preload library)."""
-    try:
-        um = ctypes.CDLL("libumockdev.so.0")
-    except OSError:
-        return False
-    um.umockdev_in_mock_environment.restype = ctypes.c_int
-    return bool(um.umockdev_in_mock_environment())
+    """True when this process runs under umockdev-wrapper (LD_PRELOAD of the preload library).
+
+    Not umockdev_in_mock_environment(): umockdev 0.17 wants a "/" in the LD_PRELOAD entry, and
+    umockdev-wrapper sets a bare library name.
+    """
+    return "libumockdev-preload.so" in os.environ.get("LD_PRELOAD", "")
 
 
 USB_IDS = {"dfu": ("1a6e", "089a"), "ready": ("18d1", "9302")}
@@ -227,13 +226,14 @@ class Accelerators:
         self.paths[port] = path
         return path
 
-    def add_pci(self, index: int, address: str) -> str:
+    def add_pci(self, index: int, address: str, unique_id: str = "") -> str:
         """An apex_<index> module whose PCI parent is at `address` ("0000:03:00.0")."""
         parent = self._tb.add_device("pci", address, None, {"vendor": "0x1ac1", "device": "0x089a"})
         name = f"apex_{index}"
-        path = self._tb.add_device(
-            "apex", name, parent, {"temp": "45000"}, {"DEVNAME": f"/dev/{name}"}
-        )
+        attrs = {"temp": "45000"}
+        if unique_id:
+            attrs["unique_id"] = unique_id
+        path = self._tb.add_device("apex", name, parent, attrs, {"DEVNAME": f"/dev/{name}"})
         self.paths[name] = path
         return path
 

@@ -1,0 +1,371 @@
+"""The test Edge TPU runtime library, through the real tflite_runtime delegate-loading path."""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgetpud.edgetpu_c import list_devices
+from tests.support.fakelib import (
+    Accelerators,
+    Control,
+    FakeLib,
+    accelerators,
+    expected_outputs,
+    make_control,
+)
+
+tflite = pytest.importorskip("tflite_runtime.interpreter")
+
+CPU_MODEL = "mobilenet_v1_0.25_128_quant.tflite"
+CPU_MODEL_B = "mobilenet_v1_0.5_160_quant.tflite"
+TPU_MODEL = "mobilenet_v1_0.25_128_quant_edgetpu.tflite"
+TPU_MODEL_B = "mobilenet_v1_0.5_160_quant_edgetpu.tflite"
+CO_A = "mobilenet_v1_0.25_128_quant_cocompiled_with_mobilenet_v1_0.5_160_quant_edgetpu.tflite"
+CO_B = "mobilenet_v1_0.5_160_quant_cocompiled_with_mobilenet_v1_0.25_128_quant_edgetpu.tflite"
+DEADLINE_S = 30.0
+
+
+@pytest.fixture
+def bed() -> Iterator[Accelerators]:
+    with accelerators() as testbed:
+        yield testbed
+
+
+@pytest.fixture
+def lib(fake_lib: Path) -> FakeLib:
+    hooks = FakeLib(fake_lib)
+    hooks.reset()
+    return hooks
+
+
+@pytest.fixture
+def control(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Control:
+    return make_control(tmp_path, monkeypatch)
+
+
+def wait_until(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_S
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {DEADLINE_S:.0f}s waiting for {what}")
+        time.sleep(0.01)
+
+
+class Runner:
+    """One interpreter on one delegate, fed a fixed random image."""
+
+    def __init__(self, model: Path, delegate: Any | None) -> None:
+        delegates = [delegate] if delegate is not None else []
+        self.interpreter = tflite.Interpreter(str(model), experimental_delegates=delegates)
+        self.interpreter.allocate_tensors()
+        detail = self.interpreter.get_input_details()[0]
+        rng = np.random.default_rng(7)
+        self.image = rng.integers(0, 256, size=detail["shape"], dtype=np.uint8)
+        self.interpreter.set_tensor(detail["index"], self.image)
+
+    def invoke(self) -> np.ndarray[Any, Any]:
+        self.interpreter.invoke()
+        out = self.interpreter.get_output_details()[0]["index"]
+        return np.array(self.interpreter.get_tensor(out))
+
+    def expected(self, out: np.ndarray[Any, Any]) -> bytes:
+        return expected_outputs([self.image.tobytes()], out.nbytes)
+
+
+def delegate(fake_lib: Path, device: str) -> Any:
+    return tflite.load_delegate(str(fake_lib), {"device": device})
+
+
+def test_lists_accelerators_in_libedgetpu_order(fake_lib: Path, bed: Accelerators) -> None:
+    bed.add_usb("2-1")
+    bed.add_usb("2-3", state="dfu")
+    bed.add_pci(0, "0000:03:00.0")
+    bed.add_usb("1-4")
+    bed._tb.add_device(
+        "usb", "3-1", None, {"idVendor": "046d", "idProduct": "c52b"}, {"DEVTYPE": "usb_device"}
+    )
+
+    refs = list_devices(str(fake_lib))
+
+    assert [(r.type, r.path) for r in refs[:1]] == [("usb", "/sys/bus/usb/devices/2-3")]
+    assert sorted(r.path for r in refs[1:3]) == [
+        "/sys/bus/usb/devices/1-4",
+        "/sys/bus/usb/devices/2-1",
+    ]
+    assert [(r.type, r.path) for r in refs[3:]] == [("pci", "/dev/apex_0")]
+
+
+def test_passthrough_gives_real_cpu_outputs(
+    fake_lib: Path, lib: FakeLib, bed: Accelerators, control: Control, models_dir: Path
+) -> None:
+    bed.add_usb("2-1")
+    cpu = Runner(models_dir / CPU_MODEL, None).invoke()
+
+    runner = Runner(models_dir / CPU_MODEL, delegate(fake_lib, "usb:0"))
+
+    assert np.array_equal(runner.invoke(), cpu)
+    assert lib.created() == 1
+    assert lib.last_device() == "/sys/bus/usb/devices/2-1"
+    assert lib.invokes() == 0  # nothing was claimed: the CPU kernels ran
+
+
+@pytest.mark.parametrize("first_state", ["ready", "dfu"])
+def test_usb_index_binds_the_listed_port(
+    fake_lib: Path, lib: FakeLib, bed: Accelerators, control: Control, first_state: str
+) -> None:
+    bed.add_usb("2-3.1", state=first_state)
+    bed.add_usb("2-3.2.1")
+    bed.add_usb("1-2")
+    bed.add_pci(0, "0000:03:00.0")
+    usb = [r.path for r in list_devices(str(fake_lib)) if r.type == "usb"]
+    assert len(usb) == 3
+
+    for index, path in enumerate(usb):
+        assert lib.delegate_device(delegate(fake_lib, f"usb:{index}")) == path
+    assert lib.delegate_device(delegate(fake_lib, "pci:0")) == "/dev/apex_0"
+    assert lib.delegate_device(delegate(fake_lib, ":3")) == "/dev/apex_0"
+    assert lib.delegate_device(delegate(fake_lib, "")) == usb[0]
+    if first_state == "dfu":
+        assert usb[0].endswith("/2-3.1")
+
+
+@pytest.mark.parametrize("device", ["usb:2", "pci", "pci:0", ":2", "usb:x", "bogus"])
+def test_unknown_device_is_refused(
+    fake_lib: Path, bed: Accelerators, control: Control, device: str
+) -> None:
+    bed.add_usb("2-1")
+    bed.add_usb("2-2")
+
+    with pytest.raises(ValueError, match="Failed to open device"):
+        delegate(fake_lib, device)
+
+
+def test_fail_open_refuses_that_device_only(
+    fake_lib: Path, lib: FakeLib, bed: Accelerators, control: Control
+) -> None:
+    bed.add_usb("2-1")
+    bed.add_usb("2-2")
+    usb = [r.name for r in list_devices(str(fake_lib))]
+    control.set(fail_open=[usb[1]])
+
+    with pytest.raises(ValueError, match=f"Failed to open device 'usb:1'.*{usb[1]}"):
+        delegate(fake_lib, "usb:1")
+    assert lib.delegate_device(delegate(fake_lib, "usb:0")).endswith(usb[0])
+
+    control.set(fail_open="*")
+    with pytest.raises(ValueError, match="Failed to open device 'usb:0'"):
+        delegate(fake_lib, "usb:0")
+
+    control.set(fail_open=None)
+    assert lib.delegate_device(delegate(fake_lib, "usb:1")).endswith(usb[1])
+
+
+def test_simulate_runs_an_edgetpu_model(
+    fake_lib: Path, lib: FakeLib, bed: Accelerators, control: Control, models_dir: Path
+) -> None:
+    bed.add_usb("2-1")
+    control.set(mode="simulate", invoke_ms=1)
+    runner = Runner(models_dir / TPU_MODEL, delegate(fake_lib, "usb:0"))
+
+    out = runner.invoke()
+
+    assert out.shape == (1, 1001)
+    assert out.tobytes() == runner.expected(out)
+    assert lib.invokes("2-1") == 1
+    runner.invoke()
+    assert lib.invokes("2-1") == 2
+
+
+def test_edgetpu_model_without_simulation_is_unresolved(
+    fake_lib: Path, bed: Accelerators, control: Control, models_dir: Path
+) -> None:
+    """Passthrough cannot run an Edge TPU model, exactly like a CPU-only runtime."""
+    bed.add_usb("2-1")
+
+    with pytest.raises(RuntimeError, match="edgetpu-custom-op"):
+        Runner(models_dir / TPU_MODEL, delegate(fake_lib, "usb:0"))
+
+
+def test_simulate_claims_a_cpu_model_too(
+    fake_lib: Path, lib: FakeLib, bed: Accelerators, control: Control, models_dir: Path
+) -> None:
+    bed.add_usb("2-1")
+    control.set(mode="simulate", invoke_ms=0)
+    runner = Runner(models_dir / CPU_MODEL, delegate(fake_lib, "usb:0"))
+
+    out = runner.invoke()
+
+    assert out.tobytes() == runner.expected(out)
+    assert lib.invokes("2-1") == 1
+
+
+def test_caching_tokens_come_from_the_compiled_package(
+    fake_lib: Path, lib: FakeLib, bed: Accelerators, control: Control, models_dir: Path
+) -> None:
+    bed.add_usb("2-1")
+    control.set(mode="simulate", invoke_ms=0)
+    tokens = {}
+    for name in (TPU_MODEL, TPU_MODEL_B, CO_A, CO_B, CPU_MODEL, CPU_MODEL_B):
+        Runner(models_dir / name, delegate(fake_lib, "usb:0")).invoke()
+        tokens[name] = lib.device_token("2-1")
+
+    assert tokens[CO_A] == tokens[CO_B] == 0xE2C366FD5D62FA6B  # read by edgetpu_compiler's tools
+    assert tokens[TPU_MODEL] == 0x6D146C3F97D6648C
+    assert tokens[TPU_MODEL_B] == 0x8EBC2700DE21D6AA
+    assert tokens[CPU_MODEL] != tokens[CPU_MODEL_B]
+    assert len(set(tokens.values())) == 5
+
+
+def test_swap_penalty_when_the_token_changes(
+    fake_lib: Path, lib: FakeLib, bed: Accelerators, control: Control, models_dir: Path
+) -> None:
+    bed.add_usb("2-1")
+    control.set(mode="simulate", invoke_ms=0, swap_ms=60)
+    d = delegate(fake_lib, "usb:0")
+    a, b = Runner(models_dir / TPU_MODEL, d), Runner(models_dir / TPU_MODEL_B, d)
+    co_a, co_b = Runner(models_dir / CO_A, d), Runner(models_dir / CO_B, d)
+
+    def timed(runner: Runner) -> float:
+        start = time.monotonic()
+        runner.invoke()
+        return time.monotonic() - start
+
+    assert timed(a) >= 0.06  # first load on the device
+    a.invoke()
+    assert lib.swaps("2-1") == 1
+    assert timed(b) >= 0.06
+    assert timed(a) >= 0.06
+    assert lib.swaps("2-1") == 3
+    co_a.invoke()
+    co_b.invoke()
+    co_a.invoke()
+    assert lib.swaps("2-1") == 4  # the co-compiled pair stays cached together
+
+
+def test_fail_invoke_errors_until_cleared(
+    fake_lib: Path, lib: FakeLib, bed: Accelerators, control: Control, models_dir: Path
+) -> None:
+    bed.add_usb("2-1")
+    bed.add_usb("2-2")
+    control.set(mode="simulate", invoke_ms=0)
+    d0, d1 = delegate(fake_lib, "usb:0"), delegate(fake_lib, "usb:1")
+    broken, healthy = lib.delegate_device(d0), lib.delegate_device(d1)
+    r0, r1 = Runner(models_dir / TPU_MODEL, d0), Runner(models_dir / TPU_MODEL, d1)
+
+    control.set(fail_invoke=[Path(broken).name])
+
+    with pytest.raises(RuntimeError, match="failed to execute"):
+        r0.invoke()
+    r1.invoke()
+    assert lib.invokes(Path(healthy).name) == 1
+
+    control.set(fail_invoke=None)
+    out = r0.invoke()
+    assert out.tobytes() == r0.expected(out)
+
+
+def test_fail_prepare_fails_interpreter_creation(
+    fake_lib: Path, bed: Accelerators, control: Control, models_dir: Path
+) -> None:
+    bed.add_usb("2-1")
+    control.set(mode="simulate", fail_prepare="2-1")
+
+    with pytest.raises(RuntimeError):
+        Runner(models_dir / TPU_MODEL, delegate(fake_lib, "usb:0"))
+
+
+def test_hang_blocks_invoke_until_released(
+    fake_lib: Path, lib: FakeLib, bed: Accelerators, control: Control, models_dir: Path
+) -> None:
+    bed.add_usb("2-1")
+    control.set(mode="simulate", invoke_ms=0, hang="2-1")
+    runner = Runner(models_dir / TPU_MODEL, delegate(fake_lib, "usb:0"))
+    results: list[np.ndarray[Any, Any]] = []
+    worker = threading.Thread(target=lambda: results.append(runner.invoke()), daemon=True)
+
+    worker.start()
+    wait_until(lambda: lib.hanging("2-1") == 1, "the invoke to hang")
+    assert worker.is_alive() and not results
+
+    control.set(hang=None)
+    worker.join(DEADLINE_S)
+    assert not worker.is_alive(), "invoke still blocked after the hang was released"
+    assert results[0].tobytes() == runner.expected(results[0])
+    assert lib.hanging("2-1") == 0
+
+
+def test_concurrent_invokes_on_two_devices(
+    fake_lib: Path, lib: FakeLib, bed: Accelerators, control: Control, models_dir: Path
+) -> None:
+    bed.add_usb("2-1")
+    bed.add_usb("2-2")
+    control.set(mode="simulate", invoke_ms=1, swap_ms=1)
+    runners = [
+        Runner(models_dir / model, delegate(fake_lib, f"usb:{i % 2}"))
+        for i, model in enumerate((TPU_MODEL, TPU_MODEL_B, CO_A, CO_B))
+    ]
+    errors: list[BaseException] = []
+
+    def loop(runner: Runner) -> None:
+        try:
+            for _ in range(25):
+                out = runner.invoke()
+                assert out.tobytes() == runner.expected(out)
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=loop, args=(r,)) for r in runners]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(DEADLINE_S)
+
+    assert not errors
+    assert lib.invokes("2-1") == lib.invokes("2-2") == 50
+
+
+def test_create_destroy_loop_does_not_leak(
+    fake_lib: Path, lib: FakeLib, bed: Accelerators, control: Control
+) -> None:
+    bed.add_usb("2-1")
+    raw = ctypes.CDLL(str(fake_lib))
+    raw.tflite_plugin_create_delegate.restype = ctypes.c_void_p
+    raw.tflite_plugin_create_delegate.argtypes = [
+        ctypes.POINTER(ctypes.c_char_p),
+        ctypes.POINTER(ctypes.c_char_p),
+        ctypes.c_size_t,
+        ctypes.c_void_p,
+    ]
+    raw.tflite_plugin_destroy_delegate.argtypes = [ctypes.c_void_p]
+    keys = (ctypes.c_char_p * 1)(b"device")
+    values = (ctypes.c_char_p * 1)(b"usb:0")
+    raw.tflite_plugin_destroy_delegate(None)  # must accept NULL
+
+    def cycle(n: int) -> None:
+        for _ in range(n):
+            handle = raw.tflite_plugin_create_delegate(keys, values, 1, None)
+            assert handle
+            raw.tflite_plugin_destroy_delegate(handle)
+
+    cycle(2000)  # warm the allocator
+    before = _rss_kib()
+    cycle(20000)
+    grown = _rss_kib() - before
+
+    assert lib.created() == lib.destroyed() == 22000
+    assert grown < 2048, f"RSS grew {grown} KiB over 20000 create/destroy cycles"
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS in /proc/self/status")
