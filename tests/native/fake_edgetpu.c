@@ -18,6 +18,7 @@
  *   fail_prepare=<dev>,...      delegate Prepare fails (RuntimeError at Interpreter(...))
  *   fail_invoke=<dev>,...       invoke returns kTfLiteError (simulate mode)
  *   hang=<dev>,...              invoke blocks until <dev> leaves the list (simulate mode)
+ * Lines starting with # are comments. $FAKE_EDGETPU_LOG=1 traces to stderr.
  * <dev> is a listed device's path basename ("2-3.1", "apex_0") or full path; "*" means all.
  *
  * Test hooks (ctypes.CDLL on the same path returns the handle load_delegate opened) are the
@@ -26,6 +27,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -267,6 +269,17 @@ static bool listed(const char *list, const char *path) {
     p = comma + 1;
   }
   return false;
+}
+
+/* $FAKE_EDGETPU_LOG=1: trace to stderr. */
+__attribute__((format(printf, 1, 2))) static void trace(const char *fmt, ...) {
+  if (!getenv("FAKE_EDGETPU_LOG")) return;
+  va_list ap;
+  va_start(ap, fmt);
+  fputs("fake_edgetpu: ", stderr);
+  vfprintf(stderr, fmt, ap);
+  fputc('\n', stderr);
+  va_end(ap);
 }
 
 static void sleep_ms(double ms) {
@@ -666,8 +679,7 @@ static TfLiteStatus delegate_prepare(TfLiteContext *ctx, TfLiteDelegate *d) {
     ctx->ReportError(ctx, "fake_edgetpu: Edge TPU %s failed to prepare (simulated)", fd->path);
     return kTfLiteError;
   }
-  if (getenv("FAKE_EDGETPU_LOG"))
-    fprintf(stderr, "fake_edgetpu: Prepare on %s, %s\n", fd->path, c.simulate ? "simulate" : "passthrough");
+  trace("Prepare on %s (%s)", fd->path, c.simulate ? "simulate" : "passthrough");
   if (!c.simulate) return kTfLiteOk; /* passthrough: claim nothing, the CPU kernels run */
 
   TfLiteIntArray *plan;
@@ -685,9 +697,8 @@ static TfLiteStatus delegate_prepare(TfLiteContext *ctx, TfLiteDelegate *d) {
     TfLiteRegistration *reg;
     int index = plan->data[i];
     if (ctx->GetNodeAndRegistration(ctx, index, &node, &reg) != kTfLiteOk) continue;
-    if (getenv("FAKE_EDGETPU_LOG"))
-      fprintf(stderr, "fake_edgetpu: node %d builtin %d custom %s\n", index, reg->builtin_code,
-              reg->custom_name ? reg->custom_name : "-");
+    trace("node %d: builtin %d, custom %s", index, reg->builtin_code,
+          reg->custom_name ? reg->custom_name : "-");
     if (reg->custom_name && strcmp(reg->custom_name, kEdgeTpuOp) == 0)
       tpu->data[tpu->size++] = index;
     else if (!reg->custom_name)
@@ -724,6 +735,7 @@ TfLiteDelegate *tflite_plugin_create_delegate(char **keys, char **values, size_t
   sleep_ms(c.open_ms);
   if (!resolve(option, path, why, sizeof why)) {
     snprintf(msg, sizeof msg, "fake_edgetpu: Failed to open device '%s': %s", option, why);
+    trace("%s", msg);
     if (report_error) report_error(msg);
     return NULL;
   }
@@ -745,9 +757,10 @@ TfLiteDelegate *tflite_plugin_create_delegate(char **keys, char **values, size_t
   snprintf(fd->path, sizeof fd->path, "%s", path);
   d->data_ = fd;
   d->Prepare = delegate_prepare;
-  /* kTfLiteDelegateFlagsAllowDynamicTensors: without it ModifyGraphWithDelegate first allocates
-   * (prepares) the whole graph, and an edgetpu-custom-op fails as unresolved before we can claim it */
+  /* kTfLiteDelegateFlagsAllowDynamicTensors: without it ModifyGraphWithDelegate first prepares
+   * the whole graph, and an edgetpu-custom-op fails as unresolved before we can claim it. */
   d->flags = 1;
+  trace("created delegate for device '%s' on %s", option, path);
   pthread_mutex_lock(&g_lock);
   g_created++;
   snprintf(g_last_device, sizeof g_last_device, "%s", path);
