@@ -1,0 +1,323 @@
+"""The daemon end to end: a subprocess under umockdev, the fake libedgetpu, a real mosquitto.
+
+What an admin and an MQTT subscriber would check: systemd hears READY=1 and the
+watchdog, models land where the plan says, hotplug moves only what it concerns,
+a hung device is detected and its model served elsewhere, reloads apply only the
+difference, and no request is lost through any of it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from tests.support.broker import Broker, Subscriber
+from tests.support.daemon import Daemon, wait_for
+from tests.support.fakelib import Control
+from tests.support.umock import Testbed, in_mock_environment
+from tests.support.umock import testbed as umock_testbed
+
+pytestmark = pytest.mark.e2e
+
+PREFIX = "e2e"
+NODE = "box"
+BASE = f"{PREFIX}/{NODE}"
+
+
+def small_png(seed: int = 0) -> bytes:
+    """A 64x64 image: cheap to send in bulk, decoded and resized like any camera frame."""
+    img = Image.new("RGB", (64, 64), ((seed * 37) % 256, (seed * 91) % 256, 128))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def config_text(
+    tmp: Path, port: int, models_dir: Path, fake_lib: Path, *, models: str, extra: str = ""
+) -> str:
+    return f"""
+[daemon]
+node_id = "{NODE}"
+state_dir = "{tmp / "state"}"
+health_interval = "1s"
+stall_timeout = "1500ms"
+drain_timeout = "10s"
+log_level = "info"
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+topic_prefix = "{PREFIX}"
+[runtime]
+library = "{fake_lib}"
+[devices]
+firmware_debounce = "2s"
+quarantine_backoff = "60s"
+{extra}
+{models.format(m=models_dir)}
+"""
+
+
+THREE_MODELS = """
+[models.alpha]
+model = "{m}/mobilenet_v1_0.25_128_quant_edgetpu.tflite"
+cpu_model = "{m}/mobilenet_v1_0.25_128_quant.tflite"
+labels = "{m}/imagenet_labels.txt"
+priority = 90
+queue_size = 1000
+[models.alpha.postprocess]
+type = "classify"
+top_k = 1
+[models.beta]
+model = "{m}/mobilenet_v1_0.5_160_quant_edgetpu.tflite"
+cpu_model = "{m}/mobilenet_v1_0.5_160_quant.tflite"
+labels = "{m}/imagenet_labels.txt"
+priority = 50
+queue_size = 1000
+[models.beta.postprocess]
+type = "classify"
+top_k = 1
+[models.gamma]
+model = "{m}/mobilenet_v1_0.25_128_quant_cocompiled_with_mobilenet_v1_0.5_160_quant_edgetpu.tflite"
+priority = 10
+queue_size = 1000
+"""
+
+
+@dataclass
+class Rig:
+    """Everything one end-to-end test drives."""
+
+    tmp: Path
+    tb: Testbed
+    broker: Broker
+    control: Control
+    models_dir: Path
+    fake_lib: Path
+    sub: Subscriber
+    daemons: list[Daemon] = field(default_factory=list)
+    root: str = ""
+
+    def daemon(self, models: str = THREE_MODELS, extra: str = "", **kw: Any) -> Daemon:
+        text = config_text(
+            self.tmp, self.broker.port, self.models_dir, self.fake_lib, models=models, extra=extra
+        )
+        d = Daemon(self.tmp / f"daemon{len(self.daemons)}", text, env=self.control.env())
+        self.daemons.append(d)
+        return d.start(**kw)
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        out = [json.loads(m.payload) for m in self.sub.on(f"{BASE}/events")]
+        return [e for e in out if kind is None or e.get("event") == kind]
+
+    def results(self, model: str) -> list[dict[str, Any]]:
+        return [json.loads(m.payload) for m in self.sub.on(f"{BASE}/models/{model}/results")]
+
+    def health(self) -> dict[str, Any]:
+        msgs = self.sub.on(f"{BASE}/health")
+        return json.loads(msgs[-1].payload) if msgs else {}
+
+    def placement(self, model: str) -> list[str]:
+        return list(self.health().get("models", {}).get(model, {}).get("devices", []))
+
+    def send(self, model: str, ids: list[str]) -> None:
+        for rid in ids:
+            self.sub.publish(
+                f"{BASE}/models/{model}/infer", small_png(len(rid)), CorrelationData=rid.encode()
+            )
+
+    def answered(self, model: str) -> dict[str, dict[str, Any]]:
+        return {r["request_id"]: r for r in self.results(model)}
+
+
+@pytest.fixture
+def rig(tmp_path: Path, models_dir: Path, fake_lib: Path) -> Iterator[Rig]:
+    if not in_mock_environment():
+        pytest.skip("needs umockdev: run under umockdev-wrapper (make test does)")
+    (tmp_path / "state").mkdir(exist_ok=True)
+    control = Control(tmp_path / "fake-edgetpu.control")
+    control.set(mode="simulate", invoke_ms=4)
+    with umock_testbed() as tb, Broker(tmp_path, max_queued_messages=0) as broker:
+        sub = Subscriber(broker, [f"{PREFIX}/#"]).start()
+        r = Rig(tmp_path, tb, broker, control, models_dir, fake_lib, sub)
+        try:
+            yield r
+        finally:
+            control.set(hang=None)  # let any abandoned invoke return
+            for d in r.daemons:
+                d.close()
+            sub.stop()
+
+
+def usb_root(tb: Testbed) -> str:
+    return tb.add_root_hub(2, 5000, maxchild=4)
+
+
+def test_start_puts_the_top_model_on_pcie_and_results_flow(rig: Rig) -> None:
+    root = usb_root(rig.tb)
+    rig.tb.add_accelerator(root, 1)
+    rig.tb.add_accelerator(root, 2)
+    rig.tb.add_apex(0, "0000:03:00.0")
+    d = rig.daemon()
+    d.wait_ready()
+    status = [s for s in d.said("STATUS=") if "TPU" in s]
+    assert status, d.notifications
+    wait_for(lambda: rig.placement("alpha"), 30, "health listing alpha's device")
+    assert rig.placement("alpha") == ["pci:0000:03:00.0"]
+    assert sorted(rig.placement("beta") + rig.placement("gamma")) == ["usb:2-1", "usb:2-2"]
+    ids = [f"a{i}" for i in range(20)]
+    rig.send("alpha", ids)
+    wait_for(lambda: len(rig.answered("alpha")) >= len(ids), 60, "20 results for alpha")
+    answered = rig.answered("alpha")
+    assert set(answered) == set(ids)
+    first = answered["a0"]
+    assert first["schema"] == "edgetpud.result/1"
+    assert first["device"] == "pci:0000:03:00.0"
+    assert "error" not in first and first["result"][0]["label"]
+    assert set(first["timing"]) >= {"queue_ms", "preprocess_ms", "invoke_ms", "postprocess_ms"}
+    assert d.stop() == 0
+
+
+def test_hotplug_moves_only_what_it_concerns_and_loses_nothing(rig: Rig) -> None:
+    root = usb_root(rig.tb)
+    rig.tb.add_apex(0, "0000:03:00.0")
+    first_usb = rig.tb.add_accelerator(root, 1)
+    d = rig.daemon()
+    d.wait_ready()
+    wait_for(lambda: rig.placement("gamma"), 30, "gamma placed (shared)")
+    before = {m: rig.placement(m) for m in ("alpha", "beta", "gamma")}
+    assert before["alpha"] == ["pci:0000:03:00.0"] and before["beta"] == ["usb:2-1"]
+
+    # plug a new accelerator: the lowest-priority model, which was sharing, gets it alone
+    changes_before = len(rig.events("assignment_changed"))
+    rig.tb.add_accelerator(root, 2)
+    wait_for(lambda: rig.placement("gamma") == ["usb:2-2"], 30, "gamma moving to usb:2-2")
+    moved = [e["model"] for e in rig.events("assignment_changed")[changes_before:]]
+    assert moved == ["gamma"], moved
+    assert rig.placement("alpha") == before["alpha"] and rig.placement("beta") == before["beta"]
+
+    # the firmware-load re-enumeration of a third accelerator is not an unplug
+    dfu = rig.tb.add_accelerator(root, 3, state="dfu")
+    wait_for(lambda: rig.events("device_added") and any(
+        e["device"] == "usb:2-3" for e in rig.events("device_added")), 30, "usb:2-3 added")  # fmt: skip
+    rig.tb.firmware_load(dfu)
+    time.sleep(3)  # past the 2 s debounce
+    assert not [e for e in rig.events("device_removed") if e["device"] == "usb:2-3"]
+
+    # unplug beta's accelerator while requests for beta are streaming in: none is lost
+    ids = [f"b{i}" for i in range(300)]
+    sender = threading.Thread(target=rig.send, args=("beta", ids))
+    sender.start()
+    wait_for(lambda: len(rig.answered("beta")) >= 20, 60, "beta under load")
+    rig.tb.unplug(first_usb)
+    sender.join(60)
+    wait_for(lambda: len(rig.answered("beta")) >= len(ids), 90, "every beta request answered")
+    answered = rig.answered("beta")
+    assert set(answered) == set(ids)
+    errors = {k: v["error"] for k, v in answered.items() if "error" in v}
+    assert not errors, list(errors.items())[:3]
+    assert any(e["device"] == "usb:2-1" for e in rig.events("device_removed"))
+    assert "usb:2-1" not in rig.placement("beta")
+    assert {r["device"] for r in answered.values()} - {"usb:2-1"}, "beta never ran elsewhere"
+    assert d.stop() == 0
+
+
+def test_hung_device_is_detected_and_its_model_moves(rig: Rig) -> None:
+    root = usb_root(rig.tb)
+    rig.tb.add_apex(0, "0000:03:00.0")
+    rig.tb.add_accelerator(root, 1)
+    rig.tb.add_accelerator(root, 2)
+    d = rig.daemon(watchdog_usec=3_000_000)
+    d.wait_ready()
+    wait_for(lambda: rig.placement("beta"), 30, "beta placed")
+    hung_device = rig.placement("beta")[0]
+    port = hung_device.split(":", 1)[1]
+    rig.control.set(hang=port)
+    ids = [f"h{i}" for i in range(40)]
+    rig.send("beta", ids)
+    stalled = wait_for(lambda: rig.events("worker_stalled"), 30, "a worker_stalled event")
+    assert stalled[0]["device"] == hung_device and stalled[0]["model"] == "beta"
+    wait_for(lambda: len(rig.answered("beta")) >= len(ids), 60, "every beta request answered")
+    answered = rig.answered("beta")
+    assert set(answered) == set(ids)
+    assert all("error" not in r for r in answered.values())
+    assert hung_device not in rig.placement("beta")
+    devices = {dev["identity"]: dev for dev in rig.health()["devices"]}
+    assert devices[hung_device]["health"]["state"] == "hung"
+    assert "stall_timeout" in devices[hung_device]["health"]["reason"]
+    # still READY, still alive for systemd's watchdog
+    assert d.proc is not None and d.proc.poll() is None
+    dogs = len(d.said("WATCHDOG=1"))
+    wait_for(lambda: len(d.said("WATCHDOG=1")) > dogs + 1, 10, "WATCHDOG=1 after the stall")
+    rig.control.set(hang=None)
+    assert d.stop() == 0
+
+
+def test_reload_restarts_only_the_changed_model(rig: Rig) -> None:
+    root = usb_root(rig.tb)
+    rig.tb.add_apex(0, "0000:03:00.0")
+    rig.tb.add_accelerator(root, 1)
+    rig.tb.add_accelerator(root, 2)
+    d = rig.daemon()
+    d.wait_ready()
+    wait_for(lambda: rig.placement("gamma"), 30, "all models placed")
+    ids = [f"r{i}" for i in range(200)]
+    sender = threading.Thread(target=rig.send, args=("beta", ids))
+    sender.start()
+    wait_for(lambda: len(rig.answered("beta")) >= 10, 60, "beta under load")
+    changed = d.config.read_text().replace("priority = 10", "priority = 11")
+    d.reload(changed)
+    wait_for(lambda: rig.events("reload_ok"), 30, "reload_ok")
+    sender.join(60)
+    wait_for(lambda: len(rig.answered("beta")) >= len(ids), 60, "every beta request answered")
+    assert set(rig.answered("beta")) == set(ids)
+    log = d.log()
+    assert "model gamma changed: restarting it" in log
+    for model in ("alpha", "beta"):  # untouched: one worker each since start, never stopped
+        assert log.count(f"model {model}: worker started on") == 1, log
+        assert f"model {model}: worker on" not in log, log
+    assert len(d.said("RELOADING=1")) == 1 and len(d.said("READY=1")) == 2
+
+    # an invalid config is refused; the old one keeps serving
+    d.reload(changed.replace("top_k = 1", 'top_k = "three"', 1))
+    failed = wait_for(lambda: rig.events("reload_failed"), 30, "reload_failed")
+    assert any("models.alpha.postprocess.top_k" in e for e in failed[0]["errors"])
+    rig.send("alpha", ["after-bad-reload"])
+    wait_for(lambda: "after-bad-reload" in rig.answered("alpha"), 30, "alpha still serving")
+    wait_for(lambda: rig.health()["daemon"]["last_reload_error"], 10, "the error in health")
+    assert d.stop() == 0
+
+
+def test_sigterm_under_load_exits_cleanly_and_leaves_offline(rig: Rig) -> None:
+    root = usb_root(rig.tb)
+    rig.tb.add_accelerator(root, 1)
+    d = rig.daemon()
+    d.wait_ready()
+    wait_for(lambda: rig.placement("alpha"), 30, "alpha placed")
+    ids = [f"s{i}" for i in range(100)]
+    rig.send("alpha", ids)
+    wait_for(lambda: rig.answered("alpha"), 30, "first results")
+    started = time.monotonic()
+    d.signal(signal.SIGTERM)
+    assert d.proc is not None
+    assert d.proc.wait(30) == 0
+    took = time.monotonic() - started
+    assert took < 10 + 5, f"stop took {took:.1f} s, drain_timeout is 10 s"
+    assert "STOPPING=1" in [line for _, line in d.notifications]
+    late = Subscriber(rig.broker, [f"{BASE}/status"]).start()
+    try:
+        retained = late.wait_for(f"{BASE}/status", 1, 10)[0]
+    finally:
+        late.stop()
+    assert retained.payload == b"offline" and retained.retain
+    answered = rig.answered("alpha")
+    assert set(answered) == set(ids), f"{len(set(ids) - set(answered))} requests unanswered"
