@@ -12,6 +12,7 @@ subscriber). Use `broker_fixture` style: `with Broker(tmp_path) as b:`.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -96,6 +97,8 @@ class Broker:
             "log_type notice",
             "log_type information",
         ]
+        if os.geteuid() == 0:
+            lines.append("user root")  # else mosquitto drops to "mosquitto" and cannot read tmp_path
         if max_queued_messages is not None:
             lines.append(f"max_queued_messages {max_queued_messages}")
         if tls:

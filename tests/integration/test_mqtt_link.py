@@ -1,0 +1,268 @@
+"""Availability, broker outages, TLS and credentials, against a real mosquitto.
+
+Runs with paho 2.x (.venv) and paho 1.6 (.venv-paho16, `make test-paho16`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edgetpud.config import MqttConfig
+from edgetpud.messages import Request, Result, Timing
+from edgetpud.mqtt import MqttLink
+from tests.support.broker import Broker, Subscriber, wait_until
+
+NODE = "box1"
+STATUS = f"edgetpud/{NODE}/status"
+RESULTS = f"edgetpud/{NODE}/models/m/results"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def refuse(request: Request) -> str | None:
+    return "busy: not in this test"
+
+
+def link_for(broker: Broker, **cfg: Any) -> MqttLink:
+    mqtt_cfg = replace(MqttConfig(), host=broker.host, port=broker.port, **cfg)
+    return MqttLink(mqtt_cfg, NODE, on_request=refuse)
+
+
+def result(seq: int) -> Result:
+    req = Request(model="m", payload=b"", kind="tensor", id=str(seq), source="test")
+    return Result(req, "usb:2-1", {"seq": seq}, timing=Timing(0, 0, 1, 0))
+
+
+def status_values(sub: Subscriber) -> list[tuple[str, bool]]:
+    return [(m.payload.decode(), bool(m.retain)) for m in sub.on(STATUS)]
+
+
+def retained_status(broker: Broker) -> str:
+    with Subscriber(broker, [STATUS]) as sub:
+        (msg,) = sub.wait_for(STATUS)
+        assert msg.retain
+        return str(msg.payload.decode())
+
+
+def test_online_after_connect_and_offline_after_clean_stop(tmp_path: Path) -> None:
+    with Broker(tmp_path) as broker:
+        changes: list[bool] = []
+        mqtt_cfg = replace(MqttConfig(), host=broker.host, port=broker.port)
+        link = MqttLink(mqtt_cfg, NODE, on_request=refuse, on_connection=changes.append)
+        link.start()
+        wait_until(lambda: link.stats().connected, what="connect")
+        assert retained_status(broker) == "online"
+        link.stop()
+        link.stop()  # idempotent
+        assert retained_status(broker) == "offline"
+        assert changes[0] is True
+
+
+def test_sigkill_of_the_daemon_leaves_offline_by_last_will(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys, time
+        from dataclasses import replace
+        from edgetpud.config import MqttConfig
+        from edgetpud.mqtt import MqttLink
+        cfg = replace(MqttConfig(), host="127.0.0.1", port=int(sys.argv[1]), keepalive=5)
+        link = MqttLink(cfg, "{NODE}", on_request=lambda r: None)
+        link.start()
+        while not link.stats().connected:
+            time.sleep(0.02)
+        print("connected", flush=True)
+        time.sleep(600)
+        """
+    )
+    with Broker(tmp_path) as broker, Subscriber(broker, [STATUS]) as sub:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script, str(broker.port)], stdout=subprocess.PIPE, env=env
+        )
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline().strip() == b"connected"
+            sub.wait_for(STATUS, count=1)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+        sub.wait_for(STATUS, count=2)
+        assert status_values(sub) == [("online", False), ("offline", False)]
+        assert retained_status(broker) == "offline"
+
+
+def test_results_during_broker_outage_all_arrive_in_order(tmp_path: Path) -> None:
+    """5,000 results produced while the broker is dead arrive after it is back, in order.
+
+    The subscriber keeps a persistent session (saved by a clean broker stop before the
+    test load), so it receives whatever the broker takes while it reconnects too.
+    """
+    broker = Broker(tmp_path, persistence=True, max_queued_messages=0).start()
+    sub = Subscriber(broker, [RESULTS, STATUS], protocol="3.1.1", client_id="tsub", persistent=True)
+    sub.start()
+    broker.restart()  # saves the subscriber's session; a later kill() keeps it
+    link = link_for(broker, qos=1)
+    stop = threading.Event()
+    produced: list[int] = []
+
+    def produce() -> None:  # load before and across the kill, like a busy worker
+        seq = 0
+        while not stop.is_set() and seq < 2000:
+            link.publish_result(result(seq))
+            produced.append(seq)
+            seq += 1
+            if seq % 50 == 0:
+                stop.wait(0.005)
+
+    link.start()
+    try:
+        wait_until(lambda: link.stats().connected, what="connect")
+        worker = threading.Thread(target=produce)
+        worker.start()
+        wait_until(lambda: len(produced) >= 500, what="load before the outage")
+        broker.kill()
+        stop.set()
+        worker.join(30)
+        wait_until(lambda: not link.stats().connected, what="the link to notice the outage")
+        first_outage = len(produced)
+        for seq in range(first_outage, first_outage + 5000):
+            link.publish_result(result(seq))  # never blocks: all go to the backlog
+        assert link.stats().backlog >= 5000
+        broker.start()
+        last = first_outage + 4999
+        wait_until(
+            lambda: any(json.loads(m.payload)["request_id"] == str(last) for m in sub.on(RESULTS)),
+            timeout=120,
+            what="the last outage result",
+        )
+        link.stop()
+        sub.wait_for(STATUS, count=2)
+        wait_until(lambda: status_values(sub)[-1] == ("offline", False), what="offline")
+    finally:
+        link.stop()
+        sub.stop()
+        broker.stop()
+    seqs = [int(json.loads(m.payload)["request_id"]) for m in sub.on(RESULTS)]
+    outage = [s for s in seqs if s >= first_outage]
+    assert outage == list(range(first_outage, first_outage + 5000))  # none lost, in order
+    assert seqs == sorted(seqs)  # and nothing older came after anything newer
+    assert link.stats().backlog_dropped == 0
+    assert ("online", False) in status_values(sub)
+
+
+def test_backlog_keeps_the_newest_up_to_its_limit(tmp_path: Path) -> None:
+    broker = Broker(tmp_path, max_queued_messages=0).start()
+    link = link_for(broker, qos=0, backlog_limit=100)
+    link.start()
+    try:
+        wait_until(lambda: link.stats().connected, what="connect")
+        broker.kill()
+        wait_until(lambda: not link.stats().connected, what="the link to notice the outage")
+        for seq in range(250):
+            link.publish_result(result(seq))
+        stats = link.stats()
+        assert (stats.backlog, stats.backlog_dropped) == (100, 150)
+        broker.start()
+        with Subscriber(broker, [RESULTS], protocol="3.1.1") as sub:
+            # the link may already be back: the results it sent before we subscribed are
+            # not ours to see, but what we do see must be the newest, in order
+            wait_until(lambda: link.stats().backlog == 0, timeout=60, what="the backlog to drain")
+            link.publish_result(result(1000))
+            sub.wait_for(RESULTS, timeout=60)
+            wait_until(
+                lambda: any(json.loads(m.payload)["request_id"] == "1000" for m in sub.on(RESULTS)),
+                what="the marker result",
+            )
+            seqs = [int(json.loads(m.payload)["request_id"]) for m in sub.on(RESULTS)]
+        assert seqs == sorted(seqs)
+        assert all(s >= 150 for s in seqs)
+        assert retained_status(broker) == "online"
+    finally:
+        link.stop()
+        broker.stop()
+
+
+def test_tls_with_a_generated_ca(tmp_path: Path) -> None:
+    with Broker(tmp_path, tls=True) as broker:
+        mqtt_cfg = replace(
+            MqttConfig(), host="localhost", port=broker.port, tls=True, ca_file=broker.certs["ca"]
+        )
+        link = MqttLink(mqtt_cfg, NODE, on_request=refuse)
+        link.start()
+        try:
+            wait_until(lambda: link.stats().connected, what="a TLS connection")
+            with Subscriber(broker, [RESULTS]).tls(broker.certs["ca"]) as sub:
+                link.publish_result(result(7))
+                (msg,) = sub.wait_for(RESULTS)
+                assert json.loads(msg.payload)["result"] == {"seq": 7}
+        finally:
+            link.stop()
+
+
+def test_tls_refuses_a_broker_the_ca_did_not_sign(tmp_path: Path) -> None:
+    other = tmp_path / "other-ca.crt"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=other", "-keyout", str(tmp_path / "other.key"), "-out", str(other)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    with Broker(tmp_path, tls=True) as broker:
+        mqtt_cfg = replace(
+            MqttConfig(), host="localhost", port=broker.port, tls=True, ca_file=other
+        )
+        link = MqttLink(mqtt_cfg, NODE, on_request=refuse)
+        link.start()
+        try:
+            wait_until(lambda: "certificate verify failed" in broker.log() or "error" in broker.log().lower(),
+                       what="the handshake to fail")  # fmt: skip
+            assert not link.stats().connected
+        finally:
+            link.stop()
+
+
+def test_wrong_password_is_refused_logged_and_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="edgetpud.mqtt")
+    secret = tmp_path / "password"
+    secret.write_text("wrong\n")
+    secret.chmod(0o600)
+    with Broker(tmp_path, users={"edge": "right"}) as broker:
+        link = link_for(broker, username="edge", password_file=secret)
+        link.start()
+        try:
+            wait_until(
+                lambda: sum("refused user 'edge'" in r.getMessage() for r in caplog.records) >= 2,
+                timeout=60,
+                what="two refused attempts",
+            )
+            assert not link.stats().connected
+            line = next(r.getMessage() for r in caplog.records if "refused" in r.getMessage())
+            assert f"127.0.0.1:{broker.port}" in line
+            assert str(secret) in line
+            with Subscriber(broker, [STATUS]).login("edge", "right") as sub:
+                assert sub.on(STATUS) == []  # never "online" after a refusal
+        finally:
+            link.stop()
+        # the right password: connected and online
+        secret.write_text("right\n")
+        link = link_for(broker, username="edge", password_file=secret)
+        link.start()
+        try:
+            wait_until(lambda: link.stats().connected, what="connect with the right password")
+        finally:
+            link.stop()
