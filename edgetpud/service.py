@@ -106,6 +106,7 @@ class Service:
         self._last_watchdog = 0.0
         self._last_status = ""
         self._mqtt_connected = False
+        self._fleet_paused: set[str] = set()
         self._lock = threading.Lock()  # guards counters touched from worker threads
 
     # ---- signals ---------------------------------------------------------------------
@@ -292,6 +293,8 @@ class Service:
                 replan = True
         if replan:
             self._replan("device health changed")
+        if self.cfg.fleet.group:
+            self._fleet_backpressure()
         if now - self._last_health >= self.cfg.daemon.health_interval or (
             self._health_dirty and now - self._last_health >= HEALTH_MIN_GAP
         ):
@@ -319,6 +322,23 @@ class Service:
                 if stats.state == "running" and stats.heartbeat and now - stats.heartbeat > limit:
                     return False
         return True
+
+    def _fleet_backpressure(self) -> None:
+        """A full model stops taking fleet requests until its queue is half empty again.
+
+        The broker then hands the shared subscription's messages to nodes with room,
+        instead of this node refusing or dropping them.
+        """
+        for name, rt in self.models.items():
+            depth, limit = rt.queue.depth, rt.queue.maxsize
+            if name not in self._fleet_paused and depth >= limit:
+                self._fleet_paused.add(name)
+                self.mqtt.pause_fleet(name)
+                log.info("model %s: queue full (%d); pausing fleet requests", name, depth)
+            elif name in self._fleet_paused and depth <= limit // 2:
+                self._fleet_paused.discard(name)
+                self.mqtt.resume_fleet(name)
+                log.info("model %s: queue drained (%d); taking fleet requests again", name, depth)
 
     # ---- devices ---------------------------------------------------------------------
 
@@ -429,6 +449,11 @@ class Service:
         if rt.disabled:
             return f"model {request.model} is disabled: {rt.disabled}"
         if rt.queue.put(request, timeout=MQTT_PUT_TIMEOUT):
+            return None
+        if request.source == "mqtt-fleet":
+            # The broker already gave this one to us: keep it (over the limit) rather than
+            # drop it; the tick pauses our fleet subscription so the next go elsewhere.
+            rt.queue.requeue(request)
             return None
         return f"busy: the queue of model {request.model} is full ({rt.cfg.queue_size} waiting); retry later"
 
@@ -690,6 +715,7 @@ class Service:
         ):
             log.info("MQTT settings changed: reconnecting")
             self.mqtt.stop(timeout=2.0)
+            self._fleet_paused.clear()
             self._start_mqtt()
         if new.runtime != old.runtime:
             self._check_runtime()
