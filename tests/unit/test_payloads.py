@@ -1,0 +1,122 @@
+"""The JSON payloads and the request checks, without a broker."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from edgetpud import payloads
+from edgetpud.messages import ReplyTo, Request, Result, Timing
+
+NBYTES = 4 * 4 * 3
+
+
+def image(fmt: str, size: tuple[int, int] = (4, 4)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 10, 10)).save(buf, fmt)
+    return buf.getvalue()
+
+
+def decode(payload: bytes, **kw: object) -> payloads.Decoded:
+    args: dict[str, object] = {"input_nbytes": NBYTES, "input_desc": "1x4x4x3 uint8"}
+    args.update(kw)
+    return payloads.decode_request("m", payload, **args)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "BMP"])
+def test_images_are_recognised_by_magic_bytes(fmt: str) -> None:
+    got = decode(image(fmt, (6, 5)))
+    assert (got.kind, got.format, got.width, got.height) == ("image", fmt, 6, 5)
+
+
+def test_a_tensor_of_the_input_size_is_a_tensor() -> None:
+    assert decode(b"\x07" * NBYTES).kind == "tensor"
+    # a tensor that happens to start like a BMP is still a tensor
+    assert decode(b"BM" + b"\x00" * (NBYTES - 2)).kind == "tensor"
+
+
+def test_content_type_decides_the_kind() -> None:
+    assert decode(image("PNG"), content_type="image/png").kind == "image"
+    with pytest.raises(payloads.BadRequest) as exc:
+        decode(image("PNG"), content_type="application/octet-stream")
+    assert exc.value.reason == payloads.BAD_SIZE
+    with pytest.raises(payloads.BadRequest) as exc:
+        decode(image("PNG"), content_type="text/plain")
+    assert exc.value.reason == payloads.BAD_CONTENT_TYPE
+
+
+@pytest.mark.parametrize(
+    ("payload", "kw", "reason"),
+    [
+        (b"", {}, payloads.EMPTY),
+        (b"\x00" * 10, {}, payloads.BAD_SIZE),
+        (b"\x00" * 200, {"max_bytes": 100}, payloads.TOO_LARGE),
+        (b"\x89PNG\r\n\x1a\n" + b"junk", {}, payloads.BAD_IMAGE),
+        (b"\xff\xd8\xff" + b"\x00" * 20, {}, payloads.BAD_IMAGE),
+        (image("PNG", (50, 50)), {"max_pixels": 2000}, payloads.IMAGE_TOO_LARGE),
+        (b"\x00" * NBYTES, {"input_nbytes": None}, payloads.BAD_SIZE),
+    ],
+)
+def test_bad_requests_say_why(payload: bytes, kw: dict[str, object], reason: str) -> None:
+    with pytest.raises(payloads.BadRequest) as exc:
+        decode(payload, **kw)
+    assert exc.value.reason == reason
+    assert str(exc.value)
+
+
+def test_wrong_size_message_names_the_expected_size() -> None:
+    with pytest.raises(payloads.BadRequest) as exc:
+        decode(b"\x00" * 10)
+    assert "48 bytes" in str(exc.value)
+    assert "1x4x4x3 uint8" in str(exc.value)
+
+
+def test_result_payload_carries_identity_timing_and_output() -> None:
+    req = Request("birds", b"", "image", id="r1", source="mqtt", reply_to=ReplyTo("x", b"1"))
+    res = Result(req, "usb:2-1", {"classes": [{"id": 3, "score": 0.5}]}, timing=Timing(1, 2, 3, 4))
+    body = json.loads(payloads.to_json(payloads.result_payload(res, "box")))
+    assert body["schema"] == "edgetpud.result/1"
+    assert (body["model"], body["device"], body["request_id"], body["node"]) == (
+        "birds",
+        "usb:2-1",
+        "r1",
+        "box",
+    )
+    assert body["timing"]["total_ms"] == 10
+    assert body["result"] == {"classes": [{"id": 3, "score": 0.5}]}
+    assert "error" not in body
+
+
+def test_failed_result_has_error_not_result() -> None:
+    res = Result(Request("m", b""), "cpu", error="invoke failed: see log")
+    body = payloads.result_payload(res, "box")
+    assert body["error"] == "invoke failed: see log"
+    assert "result" not in body
+
+
+def test_numpy_like_values_become_json() -> None:
+    class Arr:
+        def tolist(self) -> list[int]:
+            return [1, 2]
+
+    assert json.loads(payloads.to_json({"a": Arr(), "b": b"\x01"})) == {"a": [1, 2], "b": "01"}
+
+
+def test_event_and_error_payloads() -> None:
+    event = payloads.event_payload({"event": "reload_ok"}, "box")
+    assert (event["schema"], event["node"], event["event"]) == (
+        "edgetpud.event/1",
+        "box",
+        "reload_ok",
+    )
+    err = payloads.error_payload("m", "busy", "busy: queue full", node="box", request_id="7")
+    assert err["schema"] == "edgetpud.error/1"
+    assert (err["reason"], err["request_id"]) == ("busy", "7")
+
+
+def test_split_reason() -> None:
+    assert payloads.split_reason("busy: queue full") == ("busy", "busy: queue full")
+    assert payloads.split_reason("unknown model: cats")[0] == "unknown_model"
