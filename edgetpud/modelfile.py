@@ -162,14 +162,14 @@ def parse_model(data: bytes, path: Path = Path("<memory>")) -> ModelInfo:
 class _Fb:
     """A flatbuffer table with bounds-checked accessors for the field kinds used here."""
 
-    def __init__(self, buf: bytes, pos: int) -> None:
+    def __init__(self, buf: bytes | memoryview, pos: int) -> None:
         if not 0 <= pos < len(buf):
             raise IndexError(f"table at {pos} lies outside the {len(buf)}-byte buffer")
         self.buf = buf
         self.t = Table(buf, pos)
 
     @classmethod
-    def root(cls, buf: bytes, start: int = 0) -> _Fb:
+    def root(cls, buf: bytes | memoryview, start: int = 0) -> _Fb:
         (offset,) = struct.unpack_from("<I", buf, start)
         return cls(buf, start + offset)
 
@@ -213,9 +213,9 @@ class _Fb:
         start, length = self._vector(field, size)
         return struct.unpack_from(f"<{length}{fmt}", self.buf, start) if length else ()
 
-    def blob(self, field: int) -> bytes:
+    def blob(self, field: int) -> memoryview:
         start, length = self._vector(field, 1)
-        return bytes(self.buf[start : start + length])
+        return memoryview(self.buf)[start : start + length]
 
     def blob_len(self, field: int) -> int:
         return self._vector(field, 1)[1]
@@ -224,12 +224,17 @@ class _Fb:
         start, length = self._vector(field, 4)
         return [_Fb(self.buf, self.t.Indirect(start + 4 * i)) for i in range(length)]
 
-    def strings(self, field: int) -> list[bytes]:
+    def strings(self, field: int) -> list[memoryview]:
+        """A vector of strings (or nested flatbuffers stored as strings), without copying."""
         start, length = self._vector(field, 4)
+        view = memoryview(self.buf)
         out = []
         for i in range(length):
-            raw: bytes = self.t.String(start + 4 * i)
-            out.append(raw)
+            at: int = self.t.Indirect(start + 4 * i)
+            (size,) = struct.unpack_from("<I", self.buf, at)
+            if at + 4 + size > len(self.buf):
+                raise IndexError(f"string of {size} bytes at {at} runs past the end of the data")
+            out.append(view[at + 4 : at + 4 + size])
         return out
 
 
@@ -302,12 +307,12 @@ def _tensor(tensor: _Fb) -> TensorSpec:
     )
 
 
-def _edgetpu_op(index: int, options: bytes, path: Path) -> EdgeTpuOp | None:
+def _edgetpu_op(index: int, options: memoryview, path: Path) -> EdgeTpuOp | None:
     """Read the token and parameter size from one custom op's compiled package."""
     if not options:
         log.warning("%s: Edge TPU op %d carries no compiled package", path, index)
         return None
-    root = flexbuffers.GetRoot(options)
+    root = flexbuffers.GetRoot(bytes(options))  # flexbuffers needs bytes (it calls .find)
     if not root.IsMap:
         raise ValueError(f"Edge TPU op {index}'s options are not a FlexBuffer map")
     package_map = root.AsMap
@@ -315,9 +320,9 @@ def _edgetpu_op(index: int, options: bytes, path: Path) -> EdgeTpuOp | None:
     if _PACKAGE_KEY not in keys:
         raise ValueError(f"Edge TPU op {index}'s options lack the compiled package")
     value = package_map[_PACKAGE_KEY]
-    package = bytes(value.AsBlob if value.IsBlob else value.AsStringBytes)
-    if len(package) < 8 or package[4:8] != PACKAGE_IDENTIFIER:
-        raise ValueError(f"Edge TPU op {index}'s package has identifier {package[4:8]!r}")
+    package: bytes = value.AsBlob if value.IsBlob else value.AsStringBytes
+    if len(package) < 8 or bytes(package[4:8]) != PACKAGE_IDENTIFIER:
+        raise ValueError(f"Edge TPU op {index}'s package has identifier {bytes(package[4:8])!r}")
     multi_bytes = _Fb.root(package).blob(_PACKAGE_MULTI_EXECUTABLE)
     token = 0
     param_bytes = 0
