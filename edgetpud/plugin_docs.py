@@ -46,6 +46,40 @@ type = "classify"
 top_k = 3
 threshold = 0.1
 ```
+
+## How images become input tensors
+
+Image requests (MQTT payloads, directory files, synthetic and camera frames)
+are decoded (JPEG, PNG, BMP and whatever else Pillow reads), turned upright by
+their EXIF orientation, converted to RGB and fitted to the model input by the
+source's `resize` option. Pixels then go into the input tensor's type: uint8
+inputs take them as they are, int8 inputs shifted by -128 (so 0..255 covers the
+tensor's whole quantized range, as quantized image models are trained), float32
+inputs as (pixel - 127.5) / 127.5. Raw tensors (MQTT requests of kind "tensor")
+must be exactly the input's size. A request that cannot be decoded or has the
+wrong size is answered with an error; it never counts against a device.
+
+## Plugin status in health
+
+Every plugin found through the `edgetpud.plugins` entry points has a status in
+the health snapshot: `loaded`, `load_error` (import failed, or the entry-point
+name and the class's `name` differ), `environment_error` (an optional dependency
+is missing; the message names what to install) or `config_error`. The running
+daemon disables only the models whose plugin is unusable; `edgetpud
+check-config` reports them as errors.
+
+## Writing a plugin
+
+A plugin is a class in any installed package, registered in that package's
+`pyproject.toml` under `[project.entry-points."edgetpud.plugins"]`; the
+entry-point name, the class's `name` and the TOML `type` must be the same
+string. Subclass `edgetpud.plugins.Source` (implement `run()`, looping until
+`self.stopping()`, and hand requests to `self.offer(request)`) or
+`edgetpud.plugins.Postprocessor` (implement `process(outputs, request)`
+returning JSON-able data). Declare options as a frozen dataclass named by the
+class attribute `Config`, each field made with `edgetpud.schema.option("one-line
+description", default)`; raise `edgetpud.errors.PluginError` from the
+classmethod `check_environment()` when something the plugin needs is missing.
 """
 
 KIND_TITLES = {

@@ -62,7 +62,7 @@ class Camera(Source):
             )
 
     def run(self) -> None:
-        import cv2  # noqa: PLC0415 - optional dependency, checked by check_environment
+        import cv2
 
         config: CameraConfig = self.config
         target: Any = int(config.url) if config.url.isdigit() else config.url

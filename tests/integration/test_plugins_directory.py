@@ -100,6 +100,10 @@ def make_source(consumer: Consumer, folder: Path, **options: Any) -> Any:
     return cls("m", config, Info(), consumer.emit)  # type: ignore[call-arg]
 
 
+def files_in(folder: Path) -> int:
+    return len(list(folder.iterdir())) if folder.is_dir() else 0
+
+
 def wait_for(check: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + DEADLINE
     while not check():
@@ -123,7 +127,7 @@ def test_files_dropped_while_stopped_are_each_processed_once_across_a_restart(
     second = Consumer()
     second.start(make_source(second, folder))
     try:
-        wait_for(lambda: len(list(done.iterdir())) == 200, "all 200 files in done/")
+        wait_for(lambda: files_in(done) == 200, "all 200 files in done/")
     finally:
         second.stop()
 
@@ -181,7 +185,7 @@ def test_a_result_published_before_a_crash_is_not_processed_again(tmp_path: Path
     consumer = Consumer()
     consumer.start(make_source(consumer, folder))
     try:
-        wait_for(lambda: len(list((folder / "done").iterdir())) == 3, "3 files in done/")
+        wait_for(lambda: files_in(folder / "done") == 3, "3 files in done/")
     finally:
         consumer.stop()
     assert set(consumer.processed) == {"img0000.png", "img0002.png"}

@@ -91,7 +91,7 @@ def test_quantization_follows_the_input_dtype(dtype: str, expected: float) -> No
 
 
 def test_garbage_is_a_request_error_that_says_what_to_send() -> None:
-    with pytest.raises(RequestError, match="not a readable image.*JPEG, PNG or BMP"):
+    with pytest.raises(RequestError, match=r"not a readable image.*JPEG, PNG or BMP"):
         make_preprocess("stretch")(request(b"not an image"), info())
     with pytest.raises(RequestError, match="empty"):
         make_preprocess("stretch")(request(b""), info())
