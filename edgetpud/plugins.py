@@ -255,7 +255,7 @@ def discover() -> Registry:
         try:
             cls.check_environment()
         except PluginError as exc:
-            log.info("plugin %s cannot be used here: %s", ep.name, exc)
+            log.debug("plugin %s cannot be used here: %s", ep.name, exc)
             statuses[ep.name] = PluginStatus(
                 ep.name, cls.kind, "environment_error", str(exc), origin
             )
