@@ -208,7 +208,8 @@ class Session:
                 ) from None
             self.last_invoke_ms = (time.perf_counter() - started) * 1000.0
             self.invocations += 1
-            return [interpreter.get_tensor(index).copy() for index in self._outputs]
+            # get_tensor() already returns a copy in both runtimes (never a view of the arena).
+            return [interpreter.get_tensor(index) for index in self._outputs]
         finally:
             with self._lock:
                 self._busy = False
