@@ -1,0 +1,452 @@
+"""Placement: which model runs on which Edge TPU, and why. Pure: no threads, no I/O.
+
+`plan(devices, models, current)` returns a `Plan`: for every model the device(s) it
+runs on, or the CPU, or nothing (waiting), with a sentence saying why, plus the
+moves from `current`. The service applies exactly those moves, so the planner is
+stable: re-planning unchanged input moves nothing, and a device coming or going
+only moves the models it concerns (and any that it lets improve).
+
+Rules, in order (see docs/placement.md):
+1. Rejected devices get nothing; a model pinned to a device identity gets it if usable.
+2. Higher priority first; a model's first replica before anyone's second.
+3. Better devices first: PCIe, then USB 3, then USB 2; 900 mA ports first for
+   performance = "max"; degraded devices last.
+4. One model per TPU while devices last; then share: co-compiled models together,
+   never over the on-chip memory when another choice exists, then the
+   lowest-priority models on the least-loaded device.
+5. No TPU: CPU fallback when the model has a cpu_model and fallback is on, else wait.
+6. Ties go to where a model already is, then to devices nobody else is using.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from edgetpud.devices.model import DeviceInfo
+
+if TYPE_CHECKING:
+    from edgetpud.config import Config, ModelConfig
+    from edgetpud.modelfile import ModelInfo
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "edgetpud.plan/1"
+ON_CHIP_BYTES = 8 * 1024 * 1024
+CPU = "cpu"
+
+Tier = Literal["dedicated", "shared", "cpu", "waiting", "disabled"]
+TIER_RANK: dict[str, int] = {"disabled": 0, "waiting": 1, "cpu": 2, "shared": 3, "dedicated": 4}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What placement needs to know about one configured model."""
+
+    name: str
+    priority: int = 50
+    replicas: int = 1
+    device: str = "any"  # "any", "pci", "usb", "cpu", or a device identity
+    performance: str = "std"  # "std" or "max"
+    edgetpu: bool = True  # compiled for the Edge TPU; False: a plain CPU model
+    cpu_fallback: bool = False  # has a cpu_model and runtime.cpu_fallback is on
+    caching_token: int | None = None
+    param_bytes: int = 0
+    enabled: bool = True
+    disabled_reason: str = ""  # why it cannot run at all (e.g. the model file is broken)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one model runs: device identities, ("cpu",), or () when waiting/disabled."""
+
+    model: str
+    targets: tuple[str, ...]
+    tier: Tier
+    reason: str
+    cached: bool = False  # its parameters stay in on-chip memory on every target
+    sharing: tuple[str, ...] = ()  # other models on the same Edge TPU(s)
+
+    @property
+    def level(self) -> int:
+        """How well off the model is: a TPU shared only with co-compiled models that fit
+        on chip counts as dedicated, since nothing is reloaded when they alternate."""
+        if self.tier == "shared" and self.cached:
+            return TIER_RANK["dedicated"]
+        return TIER_RANK[self.tier]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "placement": list(self.targets),
+            "tier": self.tier,
+            "cached": self.cached,
+            "sharing_with": list(self.sharing),
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class Move:
+    """One change the service must apply: stop `before`, start `after`."""
+
+    model: str
+    before: tuple[str, ...]
+    after: tuple[str, ...]
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "from": list(self.before),
+            "to": list(self.after),
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    placements: dict[str, Placement]
+    moves: tuple[Move, ...] = ()
+    devices: tuple[str, ...] = field(default=())  # identities of usable devices, in input order
+
+    def device_models(self) -> dict[str, tuple[str, ...]]:
+        """Device identity → models on it (every usable device, possibly with none)."""
+        out: dict[str, list[str]] = {d: [] for d in self.devices}
+        for p in self.placements.values():
+            for t in p.targets:
+                if t != CPU:
+                    out.setdefault(t, []).append(p.model)
+        return {d: tuple(sorted(ms)) for d, ms in out.items()}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "models": {name: p.to_json() for name, p in self.placements.items()},
+            "devices": {d: list(ms) for d, ms in self.device_models().items()},
+            "moves": [m.to_json() for m in self.moves],
+        }
+
+
+def spec_from_config(
+    name: str, model: ModelConfig, cfg: Config, info: ModelInfo | None
+) -> ModelSpec:
+    """A ModelSpec from a config table and the model file's inspection (None: not inspected)."""
+    token = info.caching_tokens[0] if info is not None and info.caching_tokens else None
+    edgetpu = info.edgetpu if info is not None else model.model.name.endswith("_edgetpu.tflite")
+    has_cpu = model.cpu_model is not None
+    return ModelSpec(
+        name=name,
+        priority=model.priority,
+        replicas=model.replicas,
+        device=model.device,
+        performance=model.performance or cfg.devices.performance,
+        edgetpu=edgetpu,
+        # device = "cpu" is an explicit choice: it needs the CPU build, not the fallback switch.
+        cpu_fallback=has_cpu and (cfg.runtime.cpu_fallback or model.device == CPU),
+        caching_token=token,
+        param_bytes=info.param_bytes if info is not None else 0,
+        enabled=model.enabled,
+    )
+
+
+# ---------------------------------------------------------------- device facts
+
+
+def device_score(dev: DeviceInfo, performance: str = "std") -> tuple[int, int, int, int]:
+    """Bigger is better: not degraded, PCIe, USB 3, can give 900 mA (only for "max")."""
+    fast = dev.kind == "pci" or dev.speed_mbps >= 5000
+    power = 1 if performance != "max" or dev.can_supply_max else 0
+    return (int(dev.verdict == "ok"), int(dev.kind == "pci"), int(fast), power)
+
+
+def describe_device(dev: DeviceInfo) -> str:
+    if dev.kind == "pci":
+        text = f"PCIe module {dev.identity}"
+    else:
+        usb = "USB 3" if dev.speed_mbps >= 5000 else "USB 2" if dev.speed_mbps else "USB"
+        text = f"USB accelerator {dev.identity} ({usb})"
+    return text
+
+
+def _matches(selector: str, dev: DeviceInfo) -> bool:
+    if selector == "any":
+        return True
+    if selector in ("pci", "usb"):
+        return dev.kind == selector
+    return dev.identity == selector
+
+
+def _is_pin(selector: str) -> bool:
+    return selector not in ("any", "pci", "usb", CPU)
+
+
+# ---------------------------------------------------------------- the planner
+
+
+class _State:
+    """Working state of one planning run."""
+
+    def __init__(
+        self, devices: Sequence[DeviceInfo], models: Sequence[ModelSpec], current: Plan | None
+    ) -> None:
+        self.all = {d.identity: d for d in devices}
+        self.usable = {d.identity: d for d in devices if d.usable}
+        self.specs = {m.name: m for m in models}
+        self.prev: dict[str, frozenset[str]] = {}
+        self.prev_holders: dict[str, set[str]] = {}
+        if current is not None:
+            for p in current.placements.values():
+                self.prev[p.model] = frozenset(p.targets)
+                for t in p.targets:
+                    self.prev_holders.setdefault(t, set()).add(p.model)
+        self.residents: dict[str, list[str]] = {d: [] for d in self.usable}
+        self.params: dict[str, int] = dict.fromkeys(self.usable, 0)
+        self.targets: dict[str, list[str]] = {}
+        self.why: dict[str, str] = {}
+        self.done: dict[str, Placement] = {}
+
+    def put(self, spec: ModelSpec, dev: str) -> None:
+        self.targets.setdefault(spec.name, []).append(dev)
+        self.residents[dev].append(spec.name)
+        self.params[dev] += spec.param_bytes
+
+    def free_key(self, spec: ModelSpec, dev: str) -> tuple[Any, ...]:
+        """Sort key (smallest first) for a free device: best, then where it is, then unused."""
+        score = device_score(self.usable[dev], spec.performance)
+        mine = dev in self.prev.get(spec.name, ())
+        others = bool(self.prev_holders.get(dev, set()) - {spec.name})
+        return (tuple(-s for s in score), not mine, others, dev)
+
+    def share_key(self, spec: ModelSpec, dev: str) -> tuple[Any, ...]:
+        """Sort key for a device to share: fits on chip, co-compiled, least loaded, ..."""
+        fits = self.params[dev] + spec.param_bytes <= ON_CHIP_BYTES
+        tok = spec.caching_token
+        cocompiled = tok is not None and any(
+            self.specs[r].caching_token == tok for r in self.residents[dev]
+        )
+        top = max((self.specs[r].priority for r in self.residents[dev]), default=-1)
+        mine = dev in self.prev.get(spec.name, ())
+        score = device_score(self.usable[dev], spec.performance)
+        return (
+            not fits,
+            not cocompiled,
+            len(self.residents[dev]),
+            top,
+            not mine,
+            tuple(-s for s in score),
+            dev,
+        )
+
+
+def plan(
+    devices: Sequence[DeviceInfo], models: Sequence[ModelSpec], current: Plan | None = None
+) -> Plan:
+    """Place `models` on `devices`; moves are relative to `current` (None: nothing runs yet)."""
+    st = _State(devices, models, current)
+    order = sorted(models, key=lambda m: (-m.priority, m.name))
+    tpu: list[ModelSpec] = []
+    for spec in order:
+        if not spec.enabled or spec.disabled_reason:
+            why = spec.disabled_reason or "enabled = false in the configuration"
+            st.done[spec.name] = Placement(spec.name, (), "disabled", why)
+        elif spec.device == CPU or not spec.edgetpu:
+            st.done[spec.name] = _cpu_only(spec)
+        else:
+            tpu.append(spec)
+
+    # Rule 1: pins take their device first; a pinned device is no longer free for others.
+    pinned: set[str] = set()
+    for spec in tpu:
+        if not _is_pin(spec.device):
+            continue
+        if spec.device in st.usable:
+            st.put(spec, spec.device)
+            pinned.add(spec.device)
+            st.why[spec.name] = f"pinned by device = {spec.device!r}"
+        else:
+            st.done[spec.name] = _fallback(spec, _pin_problem(spec, st))
+
+    # Rules 2-4: first replicas, in priority order, on free devices; the rest share.
+    overflow: list[ModelSpec] = []
+    crowded = len(tpu) > len(st.usable)  # then co-compiled models go together first
+    for spec in tpu:
+        if spec.name in st.done or _is_pin(spec.device):
+            continue
+        cands = [d for d in st.usable if _matches(spec.device, st.usable[d])]
+        if not cands:
+            st.done[spec.name] = _fallback(spec, _no_device_problem(spec, st))
+            continue
+        free = [d for d in cands if not st.residents[d]]
+        partner = [d for d in cands if st.residents[d] and _joins_cached(st, spec, d)]
+        if crowded and partner:
+            st.put(spec, min(partner, key=lambda d: st.share_key(spec, d)))
+        elif free:
+            st.put(spec, min(free, key=lambda d: st.free_key(spec, d)))
+        else:
+            overflow.append(spec)
+    for spec in overflow:
+        cands = [d for d in st.usable if _matches(spec.device, st.usable[d])]
+        st.put(spec, min(cands, key=lambda d: st.share_key(spec, d)))
+
+    # Extra replicas only take devices nobody else needs: second replicas, then third, ...
+    most = max((s.replicas for s in tpu), default=1)
+    for r in range(1, most):
+        for spec in tpu:
+            if spec.replicas <= r or spec.name not in st.targets or _is_pin(spec.device):
+                continue
+            mine = st.targets[spec.name]
+            free = [
+                d
+                for d in st.usable
+                if not st.residents[d] and d not in mine and _matches(spec.device, st.usable[d])
+            ]
+            if free:
+                st.put(spec, min(free, key=lambda d: st.free_key(spec, d)))
+
+    for spec in tpu:
+        if spec.name not in st.done:
+            st.done[spec.name] = _tpu_placement(spec, st)
+    placements = {m.name: st.done[m.name] for m in models}
+    return Plan(placements, _moves(st, placements, current), tuple(st.usable))
+
+
+# ---------------------------------------------------------------- reasons
+
+
+def _cpu_only(spec: ModelSpec) -> Placement:
+    if not spec.edgetpu:
+        why = "a CPU build (not compiled for the Edge TPU), so it runs on the CPU"
+        return Placement(spec.name, (CPU,), "cpu", why)
+    if spec.cpu_fallback:
+        return Placement(spec.name, (CPU,), "cpu", 'device = "cpu": runs its cpu_model on the CPU')
+    why = 'waiting: device = "cpu" but it has no cpu_model; set cpu_model to its CPU build'
+    return Placement(spec.name, (), "waiting", why)
+
+
+def _fallback(spec: ModelSpec, problem: str) -> Placement:
+    if spec.cpu_fallback:
+        return Placement(spec.name, (CPU,), "cpu", f"{problem}; running its cpu_model on the CPU")
+    hint = "set cpu_model (with runtime.cpu_fallback = true) to run on the CPU meanwhile"
+    return Placement(spec.name, (), "waiting", f"waiting: {problem}; {hint}")
+
+
+def _pin_problem(spec: ModelSpec, st: _State) -> str:
+    dev = st.all.get(spec.device)
+    if dev is None:
+        return f"pinned to {spec.device}, which is not present (check `edgetpud devices`)"
+    if dev.verdict == "rejected":
+        why = "; ".join(dev.reasons) or "see `edgetpud devices`"
+        return f"pinned to {spec.device}, which is rejected: {why}"
+    return f"pinned to {spec.device}, which is gone"
+
+
+def _no_device_problem(spec: ModelSpec, st: _State) -> str:
+    kind = {"pci": "PCIe ", "usb": "USB "}.get(spec.device, "")
+    rejected = [d for d in st.all.values() if d.verdict == "rejected" and _matches(spec.device, d)]
+    text = f"no usable {kind}Edge TPU"
+    if rejected:
+        text += f" ({len(rejected)} rejected: " + "; ".join(
+            f"{d.identity}: {', '.join(d.reasons) or 'see `edgetpud devices`'}" for d in rejected
+        )
+        text += ")"
+    return text
+
+
+def _tpu_placement(spec: ModelSpec, st: _State) -> Placement:
+    targets = tuple(st.targets[spec.name])
+    others = sorted({r for t in targets for r in st.residents[t] if r != spec.name})
+    shared = bool(others)
+    cached = all(_cached_together(st, t) for t in targets)
+    first = st.usable[targets[0]]
+    where = describe_device(first)
+    if len(targets) > 1:
+        where += " and " + ", ".join(targets[1:])
+    parts: list[str] = []
+    if spec.name in st.why:
+        parts.append(st.why[spec.name])
+    elif not shared:
+        parts.append(_dedicated_why(spec, st, targets))
+    if shared:
+        parts.append(_shared_why(spec, st, targets, others))
+    bad = [st.usable[t] for t in targets if st.usable[t].verdict == "degraded"]
+    for dev in bad:
+        why = "; ".join(dev.reasons) or "see `edgetpud devices`"
+        parts.append(f"{dev.identity} is degraded ({why}) but nothing better is free")
+    if spec.replicas > len(targets) and not _is_pin(spec.device):
+        parts.append(
+            f"{len(targets)} of {spec.replicas} replicas: no other free Edge TPU "
+            "(add a device or lower replicas)"
+        )
+    elif spec.replicas > 1 and _is_pin(spec.device):
+        parts.append("a pinned model runs one replica")
+    tier: Tier = "shared" if shared else "dedicated"
+    head = f"shares {where} with {', '.join(others)}" if shared else f"dedicated {where}"
+    return Placement(spec.name, targets, tier, f"{head}: {'; '.join(parts)}", cached, tuple(others))
+
+
+def _joins_cached(st: _State, spec: ModelSpec, dev: str) -> bool:
+    """True when `spec` can join `dev` and every model there keeps its parameters cached."""
+    tok = spec.caching_token
+    return (
+        tok is not None
+        and all(st.specs[r].caching_token == tok for r in st.residents[dev])
+        and st.params[dev] + spec.param_bytes <= ON_CHIP_BYTES
+    )
+
+
+def _cached_together(st: _State, dev: str) -> bool:
+    names = st.residents[dev]
+    if len(names) == 1:
+        return True
+    tokens = {st.specs[n].caching_token for n in names}
+    return len(tokens) == 1 and None not in tokens and st.params[dev] <= ON_CHIP_BYTES
+
+
+def _dedicated_why(spec: ModelSpec, st: _State, targets: tuple[str, ...]) -> str:
+    prio = f"priority {spec.priority}"
+    if set(targets) <= st.prev.get(spec.name, frozenset()):
+        return f"{prio}; kept where it runs (no better device is free for it)"
+    dev = st.usable[targets[0]]
+    best = max(
+        (d for d in st.usable.values() if _matches(spec.device, d)),
+        key=lambda d: device_score(d, spec.performance),
+    )
+    if device_score(dev, spec.performance) >= device_score(best, spec.performance):
+        return f"{prio}; the best kind of device there is for it"
+    return f"{prio}; the best device left after higher-priority models"
+
+
+def _shared_why(spec: ModelSpec, st: _State, targets: tuple[str, ...], others: list[str]) -> str:
+    n_models = sum(1 for s in st.specs.values() if s.name in st.targets)
+    count = f"{n_models} models on {len(st.usable)} Edge TPU(s)"
+    dev = targets[0]
+    if _cached_together(st, dev):
+        return f"co-compiled with {', '.join(others)} (same caching token); parameters stay cached together"
+    mib = st.params[dev] / (1024 * 1024)
+    if st.params[dev] > ON_CHIP_BYTES:
+        return (
+            f"{count}; together {mib:.1f} MiB of parameters exceed the 8 MiB on-chip memory, "
+            "so each switch reloads them; add an Edge TPU to avoid it"
+        )
+    return (
+        f"{count}; lower-priority models share the least-loaded device, and parameters are "
+        "reloaded when models alternate (co-compile them or add an Edge TPU to avoid it)"
+    )
+
+
+def _moves(st: _State, placements: dict[str, Placement], current: Plan | None) -> tuple[Move, ...]:
+    if current is None:
+        return tuple(
+            Move(p.model, (), p.targets, p.reason) for p in placements.values() if p.targets
+        )
+    moves: list[Move] = []
+    for name, p in placements.items():
+        before = current.placements[name].targets if name in current.placements else ()
+        if set(before) != set(p.targets):
+            moves.append(Move(name, before, p.targets, p.reason))
+    for name, old in current.placements.items():
+        if name not in placements and old.targets:
+            moves.append(Move(name, old.targets, (), "removed from the configuration"))
+    return tuple(moves)

@@ -1,0 +1,41 @@
+"""Helpers for placement tests: compact device records and a plan's facts as plain data."""
+
+from __future__ import annotations
+
+from edgetpud.devices.model import DeviceInfo, PowerInfo
+from edgetpud.placement import Placement, device_score
+
+
+def dev(
+    identity: str,
+    *,
+    speed: int = 5000,
+    verdict: str = "ok",
+    budget: int = 900,
+    state: str = "ready",
+    reasons: tuple[str, ...] = (),
+) -> DeviceInfo:
+    """A device record from its identity: "pci:..." is a PCIe module, "usb:B-P" an accelerator."""
+    kind = "pci" if identity.startswith("pci:") else "usb"
+    port = identity.split(":", 1)[1]
+    if kind == "pci":
+        return DeviceInfo(
+            identity, "pci", port, "pci", verdict=verdict, state=state, reasons=reasons
+        )  # type: ignore[arg-type]
+    return DeviceInfo(
+        identity,
+        "usb",
+        port,
+        port.split("-")[0],
+        speed_mbps=speed,
+        power=PowerInfo(budget_ma=budget, needed_ma=500),
+        verdict=verdict,  # type: ignore[arg-type]
+        state=state,  # type: ignore[arg-type]
+        reasons=reasons,
+    )
+
+
+def best_class(p: Placement, devices: dict[str, DeviceInfo]) -> tuple[int, ...]:
+    """The standard-clock score of the best device a placement uses (() for CPU/none)."""
+    scores = [device_score(devices[t])[:3] for t in p.targets if t in devices]
+    return max(scores, default=())
