@@ -129,13 +129,10 @@ def _model(service: Service, rt: ModelRuntime, meter: RateMeter, now: float) -> 
     }
 
 
-def _plugins() -> list[dict[str, Any]]:
+def _plugins() -> list[dict[str, str]]:
     from edgetpud import plugins
 
-    return [
-        {"name": s.name, "kind": s.kind, "state": s.state, "error": s.error or None}
-        for s in sorted(plugins.registry().statuses.values(), key=lambda s: s.name)
-    ]
+    return plugins.registry().health()
 
 
 def status_line(service: Service) -> str:

@@ -421,10 +421,9 @@ class Service:
 
         reg = plugins.registry()
         mcfg = rt.cfg
-        if mcfg.source.options is None or mcfg.postprocess.options is None:
-            raise PluginError(
-                f"plugin {mcfg.source.type}/{mcfg.postprocess.type} unavailable; see plugin status in health"
-            )
+        for table in (mcfg.source, mcfg.postprocess):
+            if table.options is None:
+                raise PluginError(table.error or f'plugin "{table.type}" is unavailable')
         labels = load_labels(mcfg.labels) if mcfg.labels else None
         info = rt.info
         post_cls = reg.get("postprocess", mcfg.postprocess.type)
