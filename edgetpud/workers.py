@@ -1,17 +1,20 @@
-"""Workers: one named thread per assignment (a model on a device), owning one interpreter.
+"""Workers: one assignment (a model on a device) each, with one interpreter in one thread.
 
 A `ModelQueue` holds the requests waiting for one model; every worker serving that
-model (one per replica) takes from it. A `Worker` opens its session in its own
-thread, then loops: take a request, preprocess, invoke, postprocess, hand the
-`Result` to `on_result`. What happens to the worker (opened, open failed, invoke
-errors, recovery, stall, stop) goes to `on_report` as a `WorkerReport`; the
-service decides what to do about it (quarantine a device, move the model).
+model (one per replica) takes from it. A `Worker`'s interpreter thread
+(`worker:<model>@<device>`) opens the session itself and then does nothing but
+invoke; two helper threads take requests from the queue and preprocess them
+(`…/pre`) and postprocess the outputs and hand each `Result` to `on_result`
+(`…/post`), so the device never waits for Python work. What happens to the worker
+(opened, open failed, invoke errors, recovery, stall, stop) goes to `on_report` as
+a `WorkerReport`; the service decides what to do about it.
 
 Nothing is lost: every request a worker takes from the queue is either answered
 (a Result, possibly with `error` set) or handed back (requeued at the front of
 its queue on a stall, or returned from `stop()` when the drain deadline passes).
-A request is never answered twice: the worker claims the right to answer under a
-lock, and a worker that was abandoned discards whatever it finishes later.
+A request is never answered twice: whoever removes it from the worker's owned set
+(under a lock) is the only one who may answer it, so a late result from an
+abandoned thread is discarded.
 
 The hot path is lean on purpose: `invoke()` releases the GIL but everything
 around it does not, so no per-request logging above debug, no copies, and timings
@@ -216,11 +219,30 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-class Worker:
-    """One assignment: one model on one device, one thread, one interpreter.
+class _Job:
+    """One request on its way through a worker's pipeline."""
 
-    The thread opens the session itself (opening can take seconds: firmware
-    upload, parameter transfer), and only that thread ever touches it.
+    __slots__ = ("inputs", "invoke_ms", "outputs", "pre_ms", "prepared", "queue_ms", "req")
+
+    def __init__(self, req: Request, queue_ms: float, pre_ms: float, inputs: list[Array]) -> None:
+        self.req = req
+        self.queue_ms = queue_ms
+        self.pre_ms = pre_ms
+        self.inputs = inputs
+        self.prepared = time.perf_counter()
+        self.outputs: list[Array] = []
+        self.invoke_ms = 0.0
+
+
+class Worker:
+    """One assignment: one model on one device, one interpreter, owned by one thread.
+
+    The thread named `worker:<model>@<device>` opens the session itself (opening can
+    take seconds: firmware upload, parameter transfer) and is the only one that ever
+    touches it. Once open, two helper threads (`…/pre`, `…/post`) take requests from
+    the queue and preprocess them, and postprocess results, so that the device is
+    never idle while Python decodes an image or encodes a result: the interpreter
+    thread does nothing but invoke, and one prepared request waits for it.
     """
 
     def __init__(  # noqa: PLR0917 - the service's calling convention
@@ -243,27 +265,45 @@ class Worker:
         self.queue = queue
         self.stall_timeout = stall_timeout
         self.max_attempts = max_attempts
+        self.info: Any = None  # the session's ModelInfo once opened
         self._open_session = open_session
         self._preprocess = preprocess
         self._postprocess = postprocess
         self._on_result = on_result
         self._on_report = on_report
         self._stop = threading.Event()
-        # _lock guards the hand-over of a request between this thread and whoever
-        # abandons it (check_stall, stop): _in_flight, _invoke_started, _abandoned.
+        # _lock guards everything below that more than one thread touches. A request is
+        # in _owned from the moment it leaves the queue until it is answered or handed
+        # back; whoever removes it (under the lock) is the only one who may answer it.
         self._lock = threading.Lock()
-        self._in_flight: Request | None = None
+        self._slot_free = threading.Condition(self._lock)
+        self._slot_full = threading.Condition(self._lock)
+        self._post_ready = threading.Condition(self._lock)
+        self._owned: dict[str, Request] = {}
+        self._ready: _Job | None = None  # preprocessed, waiting for the interpreter
+        self._post: collections.deque[_Job] = collections.deque()
+        self._invoking: Request | None = None
         self._invoke_started = 0.0  # time.monotonic(); 0.0 when no invoke is running
-        self._abandoned = False
+        self._abandoned = False  # stalled, or stopped past the deadline
+        self._pre_done = False
+        self._invoke_done = False
+        self._threads_left = 0
         self._state: WorkerState = "starting"
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread = threading.Thread(target=self._run_invoke, name=self.name, daemon=True)
+        self._pre_thread = threading.Thread(
+            target=self._run_pre, name=f"{self.name}/pre", daemon=True
+        )
+        self._post_thread = threading.Thread(
+            target=self._run_post, name=f"{self.name}/post", daemon=True
+        )
         self._heartbeat = 0.0
         self._processed = 0
-        self._errors = 0
+        self._pre_errors = 0
+        self._invoke_errors = 0
+        self._post_errors = 0
         self._consecutive_errors = 0
         self._latency_ewma = 0.0
         self._latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
-        self.info: Any = None  # the session's ModelInfo once opened
 
     # -- control, from the service thread -------------------------------------------------
 
@@ -273,7 +313,7 @@ class Worker:
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        return any(t.is_alive() for t in (self._thread, self._pre_thread, self._post_thread))
 
     @property
     def state(self) -> WorkerState:
@@ -284,38 +324,49 @@ class Worker:
         return self._state == "stalled"
 
     def stop(self, deadline: float) -> list[Request]:
-        """Stop taking work and wait for the in-flight request until `deadline` (monotonic).
+        """Stop taking work and let what is in flight finish until `deadline` (monotonic).
 
-        Returns the requests it could not finish, for the caller to requeue or answer.
-        The thread closes its session when its loop ends; a thread stuck past the
-        deadline is abandoned (it is a daemon thread, so it cannot block exit) and
-        anything it finishes later is discarded.
+        Returns the requests it could not finish, in the order they were taken, for the
+        caller to requeue (in reverse, see `ModelQueue.requeue`) or answer. The
+        interpreter thread closes its session when it ends; a thread still stuck at
+        the deadline is abandoned (a daemon thread cannot block exit) and whatever it
+        finishes later is discarded.
         """
         self._stop.set()
-        if self._state not in ("stalled", "failed", "stopped"):
-            self._state = "stopping"
+        with self._lock:
+            if self._state not in ("stalled", "failed", "stopped"):
+                self._state = "stopping"
+            abandoned = self._abandoned
+            self._wake_all()
         if self._thread.ident is None:  # never started
             self._state = "stopped"
             return []
-        if self._thread is not threading.current_thread():
-            self._thread.join(max(0.0, deadline - time.monotonic()))
+        me = threading.current_thread()
+        threads: tuple[threading.Thread, ...] = (self._pre_thread, self._post_thread)
+        if not abandoned:  # a hung interpreter thread is not waited for
+            threads = (self._pre_thread, self._thread, self._post_thread)
+        for thread in threads:
+            if thread.ident is not None and thread is not me:
+                thread.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
-            req = self._in_flight
-            if req is None or not self._thread.is_alive():
-                return []
-            self._abandoned = True
-            self._in_flight = None
-        log.warning(
-            "%s did not finish request %s before the stop deadline; handing it back",
-            self.name,
-            req.id,
-        )
-        return [req]
+            left = list(self._owned.values())
+            self._owned.clear()
+            if left:
+                self._abandoned = True
+                self._wake_all()
+        if left:
+            log.warning(
+                "%s did not finish %d request(s) before the stop deadline; handing them back",
+                self.name,
+                len(left),
+            )
+        return left
 
     def check_stall(self, now: float) -> bool:
         """Called by the service each tick. An invoke running past `stall_timeout` marks this
-        worker hung: its request goes back to the front of the queue (attempts + 1), a
-        "stalled" report goes out, and the thread is abandoned. True only on that transition."""
+        worker hung: its request goes back to the front of the queue (attempts + 1) ahead
+        of the requests the worker had taken but not yet run, a "stalled" report goes
+        out, and the interpreter thread is abandoned. True only on that transition."""
         started = self._invoke_started
         if not started or now - started <= self.stall_timeout:
             return False
@@ -325,16 +376,26 @@ class Worker:
                 return False
             self._abandoned = True
             self._state = "stalled"
-            req, self._in_flight = self._in_flight, None
+            stuck = self._invoking
+            if stuck is not None and self._owned.pop(stuck.id, None) is None:
+                stuck = None
+            # Requests already invoked stay with the postprocessing thread, which answers them.
+            invoked = {job.req.id for job in self._post}
+            back = [req for key, req in self._owned.items() if key not in invoked]
+            for req in back:
+                del self._owned[req.id]
+            self._wake_all()
         self._stop.set()
         waited = now - started
         message = (
-            f"invoke on {self.device} has run {waited:.1f} s (stall_timeout {self.stall_timeout:g} s); "
-            "the device is treated as hung and its work moves elsewhere"
+            f"invoke on {self.device} has run {waited:.1f} s (stall_timeout "
+            f"{self.stall_timeout:g} s); the device is treated as hung and its work moves elsewhere"
         )
         log.error("%s: %s", self.name, message)
-        if req is not None:
-            self._hand_back(req, message)
+        for req in reversed(back):
+            self.queue.requeue(req)
+        if stuck is not None:
+            self._hand_back(stuck, message)
         self._report("stalled", message)
         return True
 
@@ -347,15 +408,21 @@ class Worker:
             state=self._state,
             heartbeat=self._heartbeat,
             processed=self._processed,
-            errors=self._errors,
+            errors=self._pre_errors + self._invoke_errors + self._post_errors,
             consecutive_errors=self._consecutive_errors,
             latency_ms=self._latency_ewma,
             p50_ms=_percentile(ordered, 0.50),
             p99_ms=_percentile(ordered, 0.99),
-            in_flight=self._in_flight is not None,
+            in_flight=bool(self._owned),
         )
 
-    # -- the thread -----------------------------------------------------------------------
+    # -- helpers shared by the threads ----------------------------------------------------
+
+    def _wake_all(self) -> None:
+        """With _lock held: wake every waiting stage so it re-reads the flags."""
+        self._slot_free.notify_all()
+        self._slot_full.notify_all()
+        self._post_ready.notify_all()
 
     def _report(self, kind: ReportKind, error: str = "", exc: BaseException | None = None) -> None:
         report = WorkerReport(
@@ -366,6 +433,14 @@ class Worker:
         except Exception:
             log.exception("%s: the report handler failed on %s", self.name, kind)
 
+    def _claim(self, req: Request) -> bool:
+        """Take the right to answer `req`; False if it was handed back meanwhile."""
+        with self._lock:
+            if self._owned.pop(req.id, None) is not None:
+                return True
+        log.debug("%s: discarding the late result of request %s (handed back)", self.name, req.id)
+        return False
+
     def _answer(self, result: Result) -> None:
         try:
             self._on_result(result)
@@ -375,7 +450,7 @@ class Worker:
             )
 
     def _hand_back(self, req: Request, why: str) -> None:
-        """Requeue an abandoned request for another worker, or answer it if it has had its tries."""
+        """Requeue a stalled request for another worker, or answer it if it has had its tries."""
         attempts = req.attempts + 1
         if attempts >= self.max_attempts:
             self._answer(
@@ -388,7 +463,23 @@ class Worker:
         else:
             self.queue.requeue(dataclasses.replace(req, attempts=attempts))
 
-    def _run(self) -> None:
+    def _thread_done(self) -> None:
+        """Each pipeline thread calls this last; the last one out reports "stopped"."""
+        with self._lock:
+            self._threads_left -= 1
+            last = self._threads_left == 0
+            abandoned = self._abandoned
+        if not last:
+            return
+        if abandoned:
+            log.info("%s: abandoned threads have ended", self.name)
+            return
+        self._state = "stopped"
+        self._report("stopped")
+
+    # -- the interpreter thread -----------------------------------------------------------
+
+    def _run_invoke(self) -> None:
         try:
             session = self._open_session()
         except Exception as exc:
@@ -401,131 +492,224 @@ class Worker:
             self._report("open_failed", message, exc)
             return
         self.info = session.info
-        if not self._stop.is_set():
-            self._state = "running"
+        with self._lock:
+            if self._state == "starting":
+                self._state = "running"
+            self._threads_left = 3
         self._report("opened")
+        self._pre_thread.start()
+        self._post_thread.start()
         try:
-            self._loop(session)
+            self._invoke_loop(session)
         finally:
             try:
                 session.close()
             except Exception:
                 log.exception("%s: closing the session failed", self.name)
             with self._lock:
-                abandoned = self._abandoned
-            if not abandoned:
-                self._state = "stopped"
-                self._report("stopped")
-            else:
-                log.info("%s: abandoned thread finished and closed its session", self.name)
+                self._invoke_done = True
+                self._wake_all()
+            self._thread_done()
 
-    def _loop(self, session: Session) -> None:
-        stop = self._stop
-        get = self.queue.get
+    def _invoke_loop(self, session: Session) -> None:
+        lock, slot_free, slot_full, post_ready = (
+            self._lock,
+            self._slot_free,
+            self._slot_full,
+            self._post_ready,
+        )
+        owned, post = self._owned, self._post
+        invoke = session.invoke
+        perf, mono = time.perf_counter, time.monotonic
+        while True:
+            with lock:
+                while self._ready is None:
+                    if self._pre_done or self._abandoned:
+                        return
+                    slot_full.wait(GET_TIMEOUT)
+                job, self._ready = self._ready, None
+                slot_free.notify()
+                req = job.req
+                if req.id not in owned:  # handed back at a stop deadline
+                    continue
+                self._invoking = req
+                self._invoke_started = mono()
+            t1 = perf()
+            try:
+                outputs = invoke(job.inputs)
+            except Exception as exc:
+                t2 = perf()
+                with lock:
+                    self._invoke_started = 0.0
+                    self._invoking = None
+                    if self._abandoned:
+                        return
+                self._invoke_failed(job, exc, t1, t2)
+                continue
+            t2 = perf()
+            with lock:
+                self._invoke_started = 0.0
+                self._invoking = None
+                if self._abandoned:
+                    return  # stalled: the request was handed back, this result is discarded
+                if req.id in owned:
+                    job.queue_ms += (t1 - job.prepared) * 1000.0
+                    job.outputs = outputs
+                    job.invoke_ms = (t2 - t1) * 1000.0
+                    job.prepared = t2
+                    post.append(job)
+                    post_ready.notify()
+            self._heartbeat = mono()
+            if self._consecutive_errors:
+                self._consecutive_errors = 0
+                log.info("%s: invoke works again", self.name)
+                self._report("recovered")
+
+    def _invoke_failed(self, job: _Job, exc: BaseException, t1: float, t2: float) -> None:
+        # A ModelError other than InvokeError means these inputs do not fit the model (a
+        # preprocessor's bug or a bad tensor request), not that the device failed.
+        fault = isinstance(exc, InvokeError) or not isinstance(exc, ModelError)
+        prefix = f"invoke failed on {self.device}: " if fault else "bad request: "
+        result = Result(
+            job.req,
+            self.device,
+            error=prefix + _describe(exc),
+            timing=Timing(
+                job.queue_ms + (t1 - job.prepared) * 1000.0, job.pre_ms, (t2 - t1) * 1000.0, 0.0
+            ),
+        )
+        self._invoke_errors += 1
+        if self._claim(job.req):
+            self._answer(result)
+        if fault:
+            self._consecutive_errors += 1
+            log.warning("%s: %s", self.name, result.error)
+            self._report("invoke_error", result.error, exc)
+
+    # -- the preprocessing thread ---------------------------------------------------------
+
+    def _run_pre(self) -> None:
+        try:
+            self._pre_loop()
+        finally:
+            with self._lock:
+                self._pre_done = True
+                self._wake_all()
+            self._thread_done()
+
+    def _pre_loop(self) -> None:
+        stop, queue, get = self._stop, self.queue, self.queue.get
+        lock, slot_free, slot_full = self._lock, self._slot_free, self._slot_full
+        owned, info, preprocess = self._owned, self.info, self._preprocess
+        perf, mono = time.perf_counter, time.monotonic
         while not stop.is_set():
             try:
-                self._heartbeat = time.monotonic()
+                self._heartbeat = mono()
+                # Take the next request only once the interpreter has taken the last one:
+                # preprocessing overlaps an invoke, and no more is held than needed.
+                if self._ready is not None:
+                    with lock:
+                        if self._ready is not None and not self._abandoned:
+                            slot_free.wait(GET_TIMEOUT)
+                    continue
                 req = get(GET_TIMEOUT)
                 if req is None:
                     continue
-                with self._lock:
+                queue_ms = (mono() - req.received_mono) * 1000.0
+                with lock:
                     if stop.is_set():  # stopped while waiting: hand it back untouched
-                        self.queue.requeue(req)
+                        queue.requeue(req)
                         return
-                    self._in_flight = req
-                if not self._process(session, req):
-                    return
+                    owned[req.id] = req
+                t0 = perf()
+                try:
+                    inputs = preprocess(req, info)
+                except Exception as exc:
+                    self._pre_failed(req, exc, queue_ms, (perf() - t0) * 1000.0)
+                    continue
+                job = _Job(req, queue_ms, (perf() - t0) * 1000.0, inputs)
+                with lock:
+                    while self._ready is not None and not self._abandoned and not self._invoke_done:
+                        slot_free.wait(GET_TIMEOUT)
+                    if req.id not in owned:  # handed back meanwhile
+                        return
+                    if self._abandoned or self._invoke_done:  # nobody left to run it
+                        del owned[req.id]
+                        queue.requeue(req)
+                        return
+                    self._ready = job
+                    slot_full.notify()
             except Exception:
-                log.exception("%s: unexpected error; carrying on", self.name)
+                log.exception(
+                    "%s: unexpected error while preparing a request; carrying on", self.name
+                )
 
-    def _process(self, session: Session, req: Request) -> bool:
-        """Serve one request; False when this worker was abandoned meanwhile (exit the loop)."""
-        perf = time.perf_counter
-        queue_ms = (time.monotonic() - req.received_mono) * 1000.0
-        info = session.info
-        t0 = perf()
-        try:
-            inputs = self._preprocess(req, info)
-        except Exception as exc:
-            if not isinstance(exc, RequestError):
-                log.exception("%s: preprocess failed on request %s", self.name, req.id)
-            t1 = perf()
-            return self._finish(
+    def _pre_failed(self, req: Request, exc: BaseException, queue_ms: float, pre_ms: float) -> None:
+        if not isinstance(exc, RequestError):
+            log.exception("%s: preprocess failed on request %s", self.name, req.id)
+        self._pre_errors += 1
+        if self._claim(req):
+            self._answer(
                 Result(
                     req,
                     self.device,
                     error=f"bad request: {_describe(exc)}",
-                    timing=Timing(queue_ms, (t1 - t0) * 1000.0, 0.0, 0.0),
-                ),
-                device_fault=False,
-            )
-        t1 = perf()
-        self._invoke_started = time.monotonic()
-        try:
-            outputs = session.invoke(inputs)
-        except Exception as exc:
-            self._invoke_started = 0.0
-            t2 = perf()
-            # A ModelError other than InvokeError means these inputs do not fit the model
-            # (a preprocessor's bug or a bad tensor request), not that the device failed.
-            fault = isinstance(exc, InvokeError) or not isinstance(exc, ModelError)
-            error = f"invoke failed on {self.device}: " if fault else "bad request: "
-            return self._finish(
-                Result(
-                    req,
-                    self.device,
-                    error=error + _describe(exc),
-                    timing=Timing(queue_ms, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0, 0.0),
-                ),
-                device_fault=fault,
-                exc=exc,
-            )
-        self._invoke_started = 0.0
-        t2 = perf()
-        try:
-            output = self._postprocess(outputs, req, info)
-            error = ""
-        except Exception as exc:
-            log.exception("%s: postprocess failed on request %s", self.name, req.id)
-            output, error = None, f"postprocess failed: {_describe(exc)}"
-        t3 = perf()
-        timing = Timing(queue_ms, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0, (t3 - t2) * 1000.0)
-        return self._finish(Result(req, self.device, output, error, timing), device_fault=False)
-
-    def _finish(
-        self, result: Result, *, device_fault: bool, exc: BaseException | None = None
-    ) -> bool:
-        """Claim the request and answer it, unless this worker was abandoned meanwhile."""
-        with self._lock:
-            if self._abandoned:
-                log.info(
-                    "%s: discarding the late result of request %s (already handed back)",
-                    self.name,
-                    result.request.id,
+                    timing=Timing(queue_ms, pre_ms, 0.0, 0.0),
                 )
-                return False
-            self._in_flight = None
-        self._answer(result)
-        if device_fault:
-            self._errors += 1
-            self._consecutive_errors += 1
-            log.warning("%s: %s", self.name, result.error)
-            self._report("invoke_error", result.error, exc)
-            return True
-        if result.timing is not None:
-            timing = result.timing
-            ms = timing.preprocess_ms + timing.invoke_ms + timing.postprocess_ms
-            self._latencies.append(ms)
-            self._latency_ewma = (
-                ms
-                if not self._processed
-                else self._latency_ewma + EWMA_ALPHA * (ms - self._latency_ewma)
             )
-        self._processed += 1
-        if result.error:
-            self._errors += 1
-        elif self._consecutive_errors:
-            self._consecutive_errors = 0
-            log.info("%s: invoke works again", self.name)
-            self._report("recovered")
-        return True
+
+    # -- the postprocessing thread --------------------------------------------------------
+
+    def _run_post(self) -> None:
+        try:
+            self._post_loop()
+        finally:
+            self._thread_done()
+
+    def _post_loop(self) -> None:
+        lock, post_ready, post = self._lock, self._post_ready, self._post
+        owned, info, postprocess, device = self._owned, self.info, self._postprocess, self.device
+        latencies = self._latencies
+        perf = time.perf_counter
+        while True:
+            try:
+                with lock:
+                    while not post:
+                        if self._invoke_done or self._abandoned:
+                            return
+                        post_ready.wait(GET_TIMEOUT)
+                    job = post.popleft()
+                req = job.req
+                t2 = job.prepared
+                try:
+                    output = postprocess(job.outputs, req, info)
+                    error = ""
+                except Exception as exc:
+                    log.exception("%s: postprocess failed on request %s", self.name, req.id)
+                    output, error = None, f"postprocess failed: {_describe(exc)}"
+                    self._post_errors += 1
+                post_ms = (perf() - t2) * 1000.0
+                with lock:
+                    mine = owned.pop(req.id, None) is not None
+                if not mine:
+                    continue
+                self._answer(
+                    Result(
+                        req,
+                        device,
+                        output,
+                        error,
+                        Timing(job.queue_ms, job.pre_ms, job.invoke_ms, post_ms),
+                    )
+                )
+                ms = job.pre_ms + job.invoke_ms + post_ms
+                latencies.append(ms)
+                if self._processed:
+                    self._latency_ewma += EWMA_ALPHA * (ms - self._latency_ewma)
+                else:
+                    self._latency_ewma = ms
+                self._processed += 1
+            except Exception:
+                log.exception(
+                    "%s: unexpected error while finishing a request; carrying on", self.name
+                )

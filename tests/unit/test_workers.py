@@ -214,20 +214,26 @@ def test_model_error_at_open_is_reported_and_takes_no_work() -> None:
     assert w.stop(time.monotonic() + 1) == []
 
 
-def test_stop_lets_the_in_flight_request_finish() -> None:
+def test_stop_lets_the_in_flight_requests_finish_and_leaves_the_rest_queued() -> None:
     q = ModelQueue("m", 100, "block")
     session = ScriptedSession()
     sink = Collector()
     w = make_worker(q, sink, session)
     w.start()
-    slow, waiting = req("hang"), req(2)
+    slow = req("hang")
     q.put(slow)
     assert session.hanging.wait(30)
-    q.put(waiting)
+    waiting = [req(i) for i in range(5)]
+    for r in waiting:
+        q.put(r)
     threading.Timer(0.2, session.release.set).start()
     assert w.stop(time.monotonic() + 30) == []
     assert sink.ids()[slow.id] == 1  # drained: answered, not dropped
-    assert sink.ids()[waiting.id] == 0 and q.drain() == [waiting]  # never taken
+    # One more was already prepared while `slow` ran and may be answered too; the rest wait.
+    queued = q.drain()
+    assert len(queued) >= len(waiting) - 1
+    answered = sink.ids()
+    assert all(answered[r.id] + queued.count(r) == 1 for r in waiting)
     assert session.closed.is_set()
     assert sink.kinds()[-1] == "stopped"
 
