@@ -461,6 +461,8 @@ class MqttLink:
             self._log_refusal(code, rc)
             return
         client = self._client
+        # "online" first, before anyone can see us connected and publish "offline" in stop()
+        client.publish(self.topics.status, ONLINE, qos=1, retain=True)
         with self._lock:
             self._connected = True
             self._connects += 1
@@ -471,7 +473,6 @@ class MqttLink:
             if self._unconfirmed:
                 self._resync_until = time.monotonic() + RESEND_WAIT
         log.info("MQTT: connected to %s", self.broker)
-        client.publish(self.topics.status, ONLINE, qos=1, retain=True)
         self._client.subscribe(self.topics.infer("+"), qos=1)
         self._subscribe(models)
         for topic, config in discovery.items():

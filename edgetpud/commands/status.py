@@ -1,11 +1,208 @@
-"""`edgetpud status`: not built yet."""
+"""`edgetpud status [--fleet]`: the daemon's retained health topic as a table.
+
+Reads `<prefix>/<node>/health` (or `<prefix>/+/health` with --fleet) from the broker
+in the config, so it shows what a dashboard sees. Exit 0 when every node found is
+online, 1 when a node is offline or nothing was found, 2 when the broker or the
+config cannot be used.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from edgetpud import config
+from edgetpud.errors import ConfigError, ConfigUnreadableError
 
 
 def main(args: argparse.Namespace) -> int:
-    print("edgetpud status is not implemented in this version yet", file=sys.stderr)
-    return 2
+    try:
+        cfg = config.load(args.config)
+    except (ConfigError, ConfigUnreadableError) as exc:
+        print(
+            f"error: {exc}\nfix the config (edgetpud check-config {args.config})", file=sys.stderr
+        )
+        return 2
+    from edgetpud import mqtt  # paho is loaded only by the verbs that talk MQTT
+
+    prefix = cfg.mqtt.topic_prefix
+    node = "+" if args.fleet else cfg.node_id
+    try:
+        health = mqtt.read_retained(cfg.mqtt, f"{prefix}/{node}/health", args.timeout)
+        status = mqtt.read_retained(cfg.mqtt, f"{prefix}/{node}/status", args.timeout)
+    except ConnectionError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    nodes: dict[str, dict[str, Any]] = {}
+    for topic, data in health.items():
+        name = topic[len(prefix) + 1 : -len("/health")]
+        try:
+            body = json.loads(data)
+        except ValueError:
+            body = {}
+        nodes[name] = body if isinstance(body, dict) else {}
+    online = {
+        t[len(prefix) + 1 : -len("/status")]: d.decode(errors="replace") for t, d in status.items()
+    }
+    for name in online:
+        nodes.setdefault(name, {})
+    if not nodes:
+        where = f"{prefix}/+/health" if args.fleet else f"{prefix}/{cfg.node_id}/health"
+        print(
+            f"no retained health on {where} at {cfg.mqtt.host}:{cfg.mqtt.port}; is edgetpud "
+            "running and using this broker and topic prefix?",
+            file=sys.stderr,
+        )
+        return 1
+    print(render(nodes, online))
+    return 0 if all(online.get(n) == "online" for n in nodes) else 1
+
+
+def render(
+    nodes: Mapping[str, Mapping[str, Any]], online: Mapping[str, str], now: float | None = None
+) -> str:
+    """Three tables (nodes, devices, models) with a NODE column, one row per item."""
+    now = time.time() if now is None else now
+    node_rows = []
+    device_rows = []
+    model_rows = []
+    for name in sorted(nodes):
+        h = nodes[name]
+        daemon = h.get("daemon") or {}
+        mq = h.get("mqtt") or {}
+        age = now - h["time"] if isinstance(h.get("time"), (int, float)) else None
+        node_rows.append(
+            [
+                name,
+                online.get(name, "?"),
+                daemon.get("version", ""),
+                _duration(daemon.get("uptime_s", daemon.get("uptime"))),
+                str(daemon.get("config_generation", "")),
+                _duration(age) + " ago" if age is not None else "",
+                str(mq.get("backlog", "")),
+                str(daemon.get("last_reload_error") or ""),
+            ]
+        )
+        for dev in _items(h.get("devices"), "identity"):
+            device_rows.append(
+                [
+                    name,
+                    str(dev.get("identity", "")),
+                    str(dev.get("kind", "")),
+                    str(dev.get("speed", "")),
+                    str(dev.get("verdict", "")),
+                    str(dev.get("state", "")),
+                    _num(dev.get("temperature"), "°C"),
+                    ", ".join(map(str, dev.get("models") or ())),
+                    "; ".join(map(str, dev.get("reasons") or ())),
+                ]
+            )
+        for model in _items(h.get("models"), "name"):
+            placement = model.get("placement", model.get("device", ""))
+            if isinstance(placement, (list, tuple)):
+                placement = ", ".join(map(str, placement))
+            model_rows.append(
+                [
+                    name,
+                    str(model.get("name", "")),
+                    str(model.get("state", "")),
+                    str(placement),
+                    str(model.get("tier", "")),
+                    _num(model.get("rate"), "/s"),
+                    _num(model.get("p50_ms"), " ms"),
+                    _num(model.get("p99_ms"), " ms"),
+                    str(model.get("queue_depth", "")),
+                    str(model.get("dropped", "")),
+                    str(model.get("errors", "")),
+                ]
+            )
+    parts = [
+        _table(
+            [
+                "NODE",
+                "STATUS",
+                "VERSION",
+                "UPTIME",
+                "CONFIG",
+                "HEALTH",
+                "BACKLOG",
+                "LAST RELOAD ERROR",
+            ],
+            node_rows,
+        )
+    ]
+    if device_rows:
+        parts.append(
+            _table(
+                [
+                    "NODE",
+                    "DEVICE",
+                    "KIND",
+                    "SPEED",
+                    "VERDICT",
+                    "STATE",
+                    "TEMP",
+                    "MODELS",
+                    "REASONS",
+                ],
+                device_rows,
+            )
+        )
+    if model_rows:
+        parts.append(
+            _table(
+                [
+                    "NODE",
+                    "MODEL",
+                    "STATE",
+                    "PLACEMENT",
+                    "TIER",
+                    "RATE",
+                    "P50",
+                    "P99",
+                    "QUEUE",
+                    "DROPPED",
+                    "ERRORS",
+                ],
+                model_rows,
+            )
+        )
+    return "\n\n".join(parts)
+
+
+def _items(section: Any, key: str) -> Iterable[Mapping[str, Any]]:
+    """A health section as a list of records, whether it is a list or a mapping by name."""
+    if isinstance(section, Mapping):
+        return [{key: k, **v} if isinstance(v, Mapping) else {key: k} for k, v in section.items()]
+    if isinstance(section, list):
+        return [x for x in section if isinstance(x, Mapping)]
+    return []
+
+
+def _num(value: Any, unit: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return ""
+    return f"{value:.1f}{unit}"
+
+
+def _duration(seconds: Any) -> str:
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        return ""
+    s = int(max(0, seconds))
+    if s < 120:
+        return f"{s}s"
+    if s < 7200:
+        return f"{s // 60}m"
+    if s < 172800:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600}h"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    return "\n".join(lines)

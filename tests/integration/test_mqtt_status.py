@@ -1,0 +1,87 @@
+"""`edgetpud status` reads the retained health of one node, or of the fleet."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from edgetpud import cli
+from edgetpud.config import MqttConfig
+from edgetpud.mqtt import MqttLink
+from tests.support.broker import Broker, wait_until
+
+HEALTH = {
+    "daemon": {"version": "0.1.0", "uptime_s": 3725, "config_generation": 2},
+    "devices": [
+        {"identity": "usb:2-1.3", "kind": "usb", "speed": "5000M", "verdict": "ok", "state": "serving",
+         "temperature": None, "models": ["birds"], "reasons": []},
+    ],
+    "models": {"birds": {"state": "running", "placement": "usb:2-1.3", "rate": 41.5, "p50_ms": 3.2,
+                         "p99_ms": 7.9, "queue_depth": 0, "dropped": 0, "errors": 1}},
+}  # fmt: skip
+
+
+def write_config(tmp_path: Path, broker: Broker, node: str) -> Path:
+    path = tmp_path / f"{node}.toml"
+    path.write_text(
+        f'[daemon]\nnode_id = "{node}"\n[mqtt]\nhost = "{broker.host}"\nport = {broker.port}\n'
+    )
+    return path
+
+
+def run_link(broker: Broker, node: str) -> MqttLink:
+    link = MqttLink(
+        replace(MqttConfig(), host=broker.host, port=broker.port), node, on_request=lambda r: None
+    )
+    link.start()
+    wait_until(lambda: link.stats().connected, what="connect")
+    link.publish_health(HEALTH)
+    return link
+
+
+def test_status_prints_the_retained_health(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Broker(tmp_path) as broker:
+        link = run_link(broker, "box1")
+        try:
+            code = cli.main(["status", "--config", str(write_config(tmp_path, broker, "box1"))])
+        finally:
+            link.stop()
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "box1" in out and "online" in out
+    assert "usb:2-1.3" in out and "serving" in out
+    assert "birds" in out and "41.5/s" in out and "7.9 ms" in out
+    assert "62m" in out  # uptime
+
+
+def test_status_fleet_shows_every_node_and_who_is_offline(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with Broker(tmp_path) as broker:
+        a, b = run_link(broker, "node-a"), run_link(broker, "node-b")
+        b.stop()
+        try:
+            config = write_config(tmp_path, broker, "node-a")
+            code = cli.main(["status", "--fleet", "--config", str(config)])
+        finally:
+            a.stop()
+    out = capsys.readouterr().out
+    assert code == 1  # node-b is offline
+    rows = {line.split()[0]: line for line in out.splitlines()[1:3]}
+    assert "online" in rows["node-a"]
+    assert "offline" in rows["node-b"]
+
+
+def test_status_without_a_broker_says_what_to_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broker = Broker(tmp_path)  # never started: nothing listens on its port
+    code = cli.main(
+        ["status", "--timeout", "2", "--config", str(write_config(tmp_path, broker, "x"))]
+    )
+    assert code == 2
+    assert "cannot reach the MQTT broker" in capsys.readouterr().err
