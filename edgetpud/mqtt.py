@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 ONLINE = b"online"
 OFFLINE = b"offline"
 WINDOW = 1000  # messages handed to paho but not yet confirmed written/acknowledged
+BATCH = 256  # messages handed to paho per turn of the sender
 RESEND_WAIT = 10.0  # after reconnect, how long to wait for paho's resends before moving on
 AUTH_REFUSED = {4, 5, 134, 135}  # 3.1.1 and MQTT 5 codes for bad credentials / not authorised
 
@@ -179,6 +180,8 @@ class MqttLink:
         self._outbox: deque[_Out] = deque()
         self._unconfirmed: dict[int, _Out] = {}  # mid -> message handed to paho
         self._early: set[int] = set()  # mids confirmed before publish() returned
+        self._epoch = 0  # connection breaks so far
+        self._window_wait = False
         self._dropped = 0
         self._published = 0
         self._accepted = 0
@@ -424,6 +427,7 @@ class MqttLink:
                 self._cond.notify()
 
     def _send_loop(self) -> None:
+        """Hand the outbox to paho in order, in batches, at most WINDOW unconfirmed at a time."""
         client = self._client
         while True:
             with self._cond:
@@ -433,25 +437,41 @@ class MqttLink:
                     and len(self._unconfirmed) < WINDOW
                     and not (self._unconfirmed and time.monotonic() < self._resync_until)
                 ):
+                    self._window_wait = True
                     self._cond.wait(0.5)
+                self._window_wait = False
                 if self._stopping:
                     return
                 self._resync_until = 0.0
-                out = self._outbox.popleft()
-            try:
-                info = client.publish(
-                    out.topic, out.payload, qos=out.qos, retain=out.retain, properties=out.props
-                )
-            except Exception:
-                log.exception("MQTT: could not publish to %s; message dropped", out.topic)
-                continue
-            with self._cond:
+                epoch = self._epoch
+                n = min(len(self._outbox), WINDOW - len(self._unconfirmed), BATCH)
+                batch = [self._outbox.popleft() for _ in range(n)]
+            sent: list[tuple[int, _Out]] = []
+            unsent: list[_Out] = []
+            for i, out in enumerate(batch):
+                try:
+                    info = client.publish(
+                        out.topic, out.payload, qos=out.qos, retain=out.retain, properties=out.props
+                    )
+                except Exception:
+                    log.exception("MQTT: could not publish to %s; message dropped", out.topic)
+                    continue
                 if info.rc == paho.MQTT_ERR_NO_CONN and out.qos == 0:
-                    self._outbox.appendleft(out)  # not sent: keep it first in line
-                elif info.mid in self._early:
-                    self._early.discard(info.mid)
-                else:
-                    self._unconfirmed[info.mid] = out
+                    unsent = batch[i:]  # not sent: keep these first in line
+                    break
+                sent.append((info.mid, out))
+            with self._cond:
+                broken = self._epoch != epoch
+                for mid, out in sent:
+                    if mid in self._early:
+                        self._early.discard(mid)
+                    elif broken and out.qos == 0:
+                        unsent.append(out)  # the link broke meanwhile: send again rather than lose
+                    else:
+                        self._unconfirmed[mid] = out
+                self._outbox.extendleft(reversed(unsent))
+                if len(self._early) > 4 * WINDOW:
+                    self._early.clear()  # confirmations of direct publishes (health, status)
 
     # ----------------------------------------------------------------- paho callbacks (network thread)
 
@@ -523,6 +543,7 @@ class MqttLink:
             for mid in reversed(lost):
                 self._outbox.appendleft(self._unconfirmed.pop(mid))
             self._early.clear()
+            self._epoch += 1
             self._cond.notify_all()
         if was and not self._stopping:
             log.warning(
@@ -539,7 +560,7 @@ class MqttLink:
             self._published += 1
             if self._unconfirmed.pop(mid, None) is None:
                 self._early.add(mid)
-            if len(self._unconfirmed) < WINDOW:
+            if self._window_wait:
                 self._cond.notify_all()
 
     def _notify_connection(self, up: bool) -> None:
