@@ -194,11 +194,11 @@ class _State:
         self.all = {d.identity: d for d in devices}
         self.usable = {d.identity: d for d in devices if d.usable}
         self.specs = {m.name: m for m in models}
-        self.prev: dict[str, frozenset[str]] = {}
+        self.prev: dict[str, tuple[str, ...]] = {}
         self.prev_holders: dict[str, set[str]] = {}
         if current is not None:
             for p in current.placements.values():
-                self.prev[p.model] = frozenset(p.targets)
+                self.prev[p.model] = p.targets
                 for t in p.targets:
                     self.prev_holders.setdefault(t, set()).add(p.model)
         self.residents: dict[str, list[str]] = {d: [] for d in self.usable}
@@ -215,9 +215,10 @@ class _State:
     def free_key(self, spec: ModelSpec, dev: str) -> tuple[Any, ...]:
         """Sort key (smallest first) for a free device: best, then where it is, then unused."""
         score = device_score(self.usable[dev], spec.performance)
-        mine = dev in self.prev.get(spec.name, ())
+        prev = self.prev.get(spec.name, ())
+        mine = prev.index(dev) if dev in prev else len(self.usable)  # its first replica first
         others = bool(self.prev_holders.get(dev, set()) - {spec.name})
-        return (tuple(-s for s in score), not mine, others, dev)
+        return (tuple(-s for s in score), mine, others, dev)
 
     def share_key(self, spec: ModelSpec, dev: str) -> tuple[Any, ...]:
         """Sort key for a device to share: fits on chip, co-compiled, least loaded, ..."""
@@ -270,7 +271,11 @@ def plan(
 
     # Rules 2-4: first replicas, in priority order, on free devices; the rest share.
     overflow: list[ModelSpec] = []
-    crowded = len(tpu) > len(st.usable)  # then co-compiled models go together first
+    crowded = sum(1 for s in tpu if any(_matches(s.device, d) for d in st.usable.values())) > len(
+        st.usable
+    )  # then co-compiled models go together first
+    # Models that may only use one kind of device: "any" models leave them enough of it.
+    waiting_kinds = {k: sum(1 for s in tpu if s.device == k) for k in ("pci", "usb")}
     for spec in tpu:
         if spec.name in st.done or _is_pin(spec.device):
             continue
@@ -279,6 +284,10 @@ def plan(
             st.done[spec.name] = _fallback(spec, _no_device_problem(spec, st))
             continue
         free = [d for d in cands if not st.residents[d]]
+        if spec.device == "any":
+            free = _unreserved(st, free, waiting_kinds) or free
+        elif spec.device in waiting_kinds:
+            waiting_kinds[spec.device] -= 1
         partner = [d for d in cands if st.residents[d] and _joins_cached(st, spec, d)]
         if crowded and partner:
             st.put(spec, min(partner, key=lambda d: st.share_key(spec, d)))
@@ -386,6 +395,14 @@ def _tpu_placement(spec: ModelSpec, st: _State) -> Placement:
     return Placement(spec.name, targets, tier, f"{head}: {'; '.join(parts)}", cached, tuple(others))
 
 
+def _unreserved(st: _State, free: list[str], demand: dict[str, int]) -> list[str]:
+    """Free devices an "any" model may take without starving kind-restricted models."""
+    count = {"pci": 0, "usb": 0}
+    for d in free:
+        count[st.usable[d].kind] += 1
+    return [d for d in free if count[st.usable[d].kind] > demand[st.usable[d].kind]]
+
+
 def _joins_cached(st: _State, spec: ModelSpec, dev: str) -> bool:
     """True when `spec` can join `dev` and every model there keeps its parameters cached."""
     tok = spec.caching_token
@@ -406,7 +423,7 @@ def _cached_together(st: _State, dev: str) -> bool:
 
 def _dedicated_why(spec: ModelSpec, st: _State, targets: tuple[str, ...]) -> str:
     prio = f"priority {spec.priority}"
-    if set(targets) <= st.prev.get(spec.name, frozenset()):
+    if set(targets) <= set(st.prev.get(spec.name, ())):
         return f"{prio}; kept where it runs (no better device is free for it)"
     dev = st.usable[targets[0]]
     best = max(
