@@ -549,7 +549,7 @@ class MqttLink:
             log.warning(
                 "MQTT: lost connection to %s (%s); keeping up to %d results until it is back",
                 self.broker,
-                f"code {rc}" if _rc_value(rc) else "closed",
+                str(rc) if _rc_value(rc) else "closed by the broker",
                 self.cfg.backlog_limit,
             )
         if was:

@@ -211,7 +211,7 @@ def _check_tensor(model: str, payload: bytes, nbytes: int | None, desc: str) -> 
 
 
 def _check_image(payload: bytes, fmt: str, max_pixels: int) -> Decoded:
-    from PIL import Image  # noqa: PLC0415 - Pillow is loaded only once an image arrives
+    from PIL import Image  # Pillow is loaded only once an image arrives
 
     try:
         with Image.open(io.BytesIO(payload), formats=[fmt]) as im:

@@ -98,7 +98,9 @@ class Broker:
             "log_type information",
         ]
         if os.geteuid() == 0:
-            lines.append("user root")  # else mosquitto drops to "mosquitto" and cannot read tmp_path
+            lines.append(
+                "user root"
+            )  # else mosquitto drops to "mosquitto" and cannot read tmp_path
         if max_queued_messages is not None:
             lines.append(f"max_queued_messages {max_queued_messages}")
         if tls:
@@ -201,7 +203,7 @@ class Subscriber:
         client_id: str = "",
         persistent: bool = False,
     ) -> None:
-        import paho.mqtt.client as paho  # noqa: PLC0415 - tests only
+        import paho.mqtt.client as paho
 
         self._paho = paho
         self.broker = broker
@@ -217,7 +219,7 @@ class Subscriber:
         if not v5:
             kw["clean_session"] = not persistent
         try:
-            from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
+            from paho.mqtt.enums import CallbackAPIVersion
 
             self.client = paho.Client(CallbackAPIVersion.VERSION2, **kw)
             self.client.on_connect = lambda c, u, f, rc, p=None: self._connected()
@@ -230,8 +232,8 @@ class Subscriber:
         self.client.reconnect_delay_set(0.2, 1)
         self._connect_kw: dict[str, Any] = {}
         if v5 and persistent:
-            from paho.mqtt.packettypes import PacketTypes  # noqa: PLC0415
-            from paho.mqtt.properties import Properties  # noqa: PLC0415
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
 
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = 3600
@@ -288,8 +290,8 @@ class Subscriber:
         """Publish, with MQTT 5 properties by name (ResponseTopic=..., CorrelationData=...)."""
         properties = None
         if props:
-            from paho.mqtt.packettypes import PacketTypes  # noqa: PLC0415
-            from paho.mqtt.properties import Properties  # noqa: PLC0415
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
 
             properties = Properties(PacketTypes.PUBLISH)
             for key, value in props.items():
