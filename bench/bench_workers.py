@@ -68,6 +68,11 @@ def parse_args() -> argparse.Namespace:
         help="skip the comparison run of bare invoke loops (no Python work) after each run",
     )
     p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="lower the library's invoke_ms until one bare invoke really takes --invoke-ms",
+    )
+    p.add_argument(
         "--switch-interval",
         type=float,
         default=0.0,
@@ -176,9 +181,9 @@ def one_run(args: argparse.Namespace, devices: list[str], payload: Any) -> dict[
     feeder = threading.Thread(target=feed, name="bench-feeder", daemon=True)
     feeder.start()
     time.sleep(args.warmup)
-    n0, t0, sums0 = len(done), time.perf_counter(), list(sums)
+    n0, t0, c0, sums0 = len(done), time.perf_counter(), time.process_time(), list(sums)
     time.sleep(args.seconds)
-    n1, t1, sums1 = len(done), time.perf_counter(), list(sums)
+    n1, t1, c1, sums1 = len(done), time.perf_counter(), time.process_time(), list(sums)
     stop.set()
     feeder.join(10)
     end = time.monotonic() + 30
@@ -190,6 +195,7 @@ def one_run(args: argparse.Namespace, devices: list[str], payload: Any) -> dict[
     stats = [w.stats() for w in workers]
     return {
         "rate": (n1 - n0) / (t1 - t0),
+        "cpu_ms_per_result": (c1 - c0) * 1000.0 / n,
         "results": n1 - n0,
         "errors": len(errors),
         "mean_ms": dict(zip(("queue", "preprocess", "invoke", "postprocess"), mean)),
@@ -199,7 +205,7 @@ def one_run(args: argparse.Namespace, devices: list[str], payload: Any) -> dict[
     }
 
 
-def bare_run(args: argparse.Namespace, devices: list[str], payload: Any) -> float:
+def bare_run(args: argparse.Namespace, devices: list[str], payload: Any) -> tuple[float, float]:
     """The same sessions invoked in a tight loop, one thread each, no Python work around
     them: what this machine can do right now, to compare the workers against."""
     import numpy as np
@@ -222,15 +228,46 @@ def bare_run(args: argparse.Namespace, devices: list[str], payload: Any) -> floa
     for t in threads:
         t.start()
     time.sleep(args.warmup)
-    n0, t0 = sum(counts), time.perf_counter()
+    n0, t0, c0 = sum(counts), time.perf_counter(), time.process_time()
     time.sleep(args.seconds)
-    n1, t1 = sum(counts), time.perf_counter()
+    n1, t1, c1 = sum(counts), time.perf_counter(), time.process_time()
     stop.set()
     for t in threads:
         t.join()
     for s in sessions:
         s.close()
-    return (n1 - n0) / (t1 - t0)
+    return (n1 - n0) / (t1 - t0), (c1 - c0) * 1000.0 / max(n1 - n0, 1)
+
+
+def measure_invoke_ms(args: argparse.Namespace, device: str, n: int = 300) -> float:
+    """Mean wall time of one bare invoke on `device`, as the caller sees it."""
+    import numpy as np
+
+    from edgetpud.runtime import open_session
+
+    session = open_session(args.models / MODEL, device, library=str(args.library))
+    inputs = [np.zeros(session.info.inputs[0].shape, dtype=np.uint8)]
+    for _ in range(20):
+        session.invoke(inputs)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        session.invoke(inputs)
+    took = (time.perf_counter() - t0) * 1000.0 / n
+    session.close()
+    return took
+
+
+def calibrate(args: argparse.Namespace, control: Any, device: str) -> tuple[float, float]:
+    """The library's invoke_ms that makes one invoke take args.invoke_ms as the caller sees it
+    (timer overshoot and the library's own work otherwise add 0.2-0.6 ms here)."""
+    setting = args.invoke_ms
+    seen = args.invoke_ms
+    for _ in range(3):
+        control.set(invoke_ms=round(setting, 3))
+        seen = measure_invoke_ms(args, device)
+        setting = max(0.0, setting - (seen - args.invoke_ms))
+    control.set(invoke_ms=round(setting, 3))
+    return setting, seen
 
 
 def make_payload(args: argparse.Namespace) -> Any:
@@ -271,6 +308,19 @@ def main() -> int:
         bed.add_usb(port)
     devices = [f"usb:{port}" for port in ports]
 
+    nominal_seen = measure_invoke_ms(args, devices[0])
+    setting = args.invoke_ms
+    if args.calibrate:
+        setting, seen = calibrate(args, control, devices[0])
+        print(
+            f"calibrated: invoke_ms={setting:.3f} in the library gives {seen:.3f} ms per invoke "
+            f"(invoke_ms={args.invoke_ms:g} gave {nominal_seen:.3f} ms)"
+        )
+    else:
+        print(
+            f"one invoke at invoke_ms={args.invoke_ms:g} takes {nominal_seen:.3f} ms as the caller "
+            "sees it (timer overshoot and the library's own work); --calibrate compensates"
+        )
     ceiling = args.devices * 1000.0 / args.invoke_ms
     target = TARGET_SHARE * ceiling
     payload = make_payload(args)
@@ -283,13 +333,15 @@ def main() -> int:
         sys.setswitchinterval(args.switch_interval / 1000.0)
     print(
         f"{'run':>3} {'inf/s':>8} {'% ceil':>7} {'bare/s':>7} {'% bare':>7} {'queue':>7} {'pre':>6} "
-        f"{'invoke':>7} {'post':>6}  load"
+        f"{'invoke':>7} {'post':>6} {'cpu/req':>7} {'bare':>5}  load"
     )
     runs = []
     try:
         for i in range(args.runs):
             r = one_run(args, devices, payload)
-            r["bare_rate"] = bare_run(args, devices, payload) if args.bare else 0.0
+            r["bare_rate"], r["bare_cpu_ms"] = (
+                bare_run(args, devices, payload) if args.bare else (0.0, 0.0)
+            )
             runs.append(r)
             m = r["mean_ms"]
             bare = r["bare_rate"]
@@ -297,7 +349,8 @@ def main() -> int:
             print(
                 f"{i + 1:>3} {r['rate']:>8.0f} {100 * r['rate'] / ceiling:>6.1f}% {bare:>7.0f} {share} "
                 f"{m['queue']:>7.2f} {m['preprocess']:>6.3f} {m['invoke']:>7.3f} "
-                f"{m['postprocess']:>6.3f}  {r['loadavg_1m']:.2f}"
+                f"{m['postprocess']:>6.3f} {r['cpu_ms_per_result']:>7.3f} {r['bare_cpu_ms']:>5.3f}  "
+                f"{r['loadavg_1m']:.2f}"
             )
     finally:
         bed.close()
@@ -326,6 +379,9 @@ def main() -> int:
             "seconds": args.seconds,
             "payload": args.payload,
             "model": MODEL,
+            "calibrated": args.calibrate,
+            "library_invoke_ms": setting,
+            "seen_invoke_ms_at_nominal": nominal_seen,
             "switch_interval_ms": args.switch_interval or sys.getswitchinterval() * 1000.0,
         },
         "ceiling_per_s": ceiling,
