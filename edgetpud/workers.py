@@ -629,7 +629,7 @@ class Worker:
                     continue
                 job = _Job(req, queue_ms, (perf() - t0) * 1000.0, inputs)
                 with lock:
-                    while self._ready is not None and not self._abandoned and not self._invoke_done:
+                    while self._slot_taken():
                         slot_free.wait(GET_TIMEOUT)
                     if req.id not in owned:  # handed back meanwhile
                         return
@@ -643,6 +643,10 @@ class Worker:
                 log.exception(
                     "%s: unexpected error while preparing a request; carrying on", self.name
                 )
+
+    def _slot_taken(self) -> bool:
+        """With _lock held: a prepared request waits and the interpreter thread will take it."""
+        return self._ready is not None and not self._abandoned and not self._invoke_done
 
     def _pre_failed(self, req: Request, exc: BaseException, queue_ms: float, pre_ms: float) -> None:
         if not isinstance(exc, RequestError):
