@@ -1,0 +1,138 @@
+"""Table tests for each placement rule, written as plain data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from edgetpud.placement import ModelSpec, plan
+from tests.support.placement import dev
+
+PCI = "pci:0000:03:00.0"
+U3 = "usb:2-1"
+U2 = "usb:1-2"
+MIB = 1024 * 1024
+
+# (case, devices as {identity: dev() keyword args}, models as ModelSpec kwargs, expected {model: (tier, targets)})
+CASES: list[
+    tuple[
+        str, dict[str, dict[str, Any]], list[dict[str, Any]], dict[str, tuple[str, tuple[str, ...]]]
+    ]
+] = [
+    (
+        "rejected device gets nothing",
+        {U3: {"verdict": "rejected"}},
+        [{"name": "a"}],
+        {"a": ("waiting", ())},
+    ),
+    (
+        "pinned to a usable device",
+        {PCI: {}, U3: {}},
+        [{"name": "a", "priority": 90}, {"name": "b", "device": U3, "priority": 10}],
+        {"a": ("dedicated", (PCI,)), "b": ("dedicated", (U3,))},
+    ),
+    (
+        "pinned to a rejected device falls back",
+        {U3: {"verdict": "rejected"}},
+        [{"name": "a", "device": U3, "cpu_fallback": True}],
+        {"a": ("cpu", ("cpu",))},
+    ),
+    (
+        "higher priority gets PCIe",
+        {PCI: {}, U3: {}},
+        [{"name": "low", "priority": 10}, {"name": "high", "priority": 90}],
+        {"high": ("dedicated", (PCI,)), "low": ("dedicated", (U3,))},
+    ),
+    (
+        "USB 3 before USB 2",
+        {U2: {"speed": 480}, U3: {}},
+        [{"name": "a"}],
+        {"a": ("dedicated", (U3,))},
+    ),
+    (
+        "900 mA port for max",
+        {U3: {"budget": 500}, "usb:3-1": {"budget": 900}},
+        [{"name": "a", "performance": "max"}],
+        {"a": ("dedicated", ("usb:3-1",))},
+    ),
+    (
+        "degraded only when nothing better",
+        {U2: {"verdict": "degraded", "speed": 5000}, U3: {}},
+        [{"name": "a"}, {"name": "b", "priority": 10}],
+        {"a": ("dedicated", (U3,)), "b": ("dedicated", (U2,))},
+    ),
+    (
+        "replicas on distinct devices",
+        {PCI: {}, U3: {}, U2: {}},
+        [{"name": "a", "replicas": 2}, {"name": "b", "priority": 10}],
+        {"a": ("dedicated", (PCI, U3)), "b": ("dedicated", (U2,))},
+    ),
+    (
+        "lowest priority share",
+        {PCI: {}, U3: {}},
+        [
+            {"name": "a", "priority": 90},
+            {"name": "b", "priority": 50},
+            {"name": "c", "priority": 10},
+        ],
+        {"a": ("dedicated", (PCI,)), "b": ("shared", (U3,)), "c": ("shared", (U3,))},
+    ),
+    (
+        "co-compiled together first",
+        {PCI: {}, U3: {}},
+        [
+            {"name": "a", "priority": 90},
+            {"name": "b", "priority": 50, "caching_token": 7},
+            {"name": "c", "priority": 10, "caching_token": 7},
+        ],
+        {"a": ("dedicated", (PCI,)), "b": ("shared", (U3,)), "c": ("shared", (U3,))},
+    ),
+    (
+        "memory limit respected",
+        {PCI: {}, U3: {}},
+        [
+            {"name": "a", "priority": 90, "param_bytes": 2 * MIB},
+            {"name": "b", "priority": 50, "param_bytes": 6 * MIB},
+            {"name": "c", "priority": 10, "param_bytes": 5 * MIB},
+        ],
+        {"a": ("shared", (PCI,)), "b": ("dedicated", (U3,)), "c": ("shared", (PCI,))},
+    ),
+    ("no TPU: CPU fallback", {}, [{"name": "a", "cpu_fallback": True}], {"a": ("cpu", ("cpu",))}),
+    ("no TPU, no cpu_model: waiting", {}, [{"name": "a"}], {"a": ("waiting", ())}),
+    (
+        "CPU build runs on CPU",
+        {PCI: {}},
+        [{"name": "a", "edgetpu": False}],
+        {"a": ("cpu", ("cpu",))},
+    ),
+    ("disabled", {PCI: {}}, [{"name": "a", "enabled": False}], {"a": ("disabled", ())}),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "devices", "models", "expected"), CASES, ids=[c[0] for c in CASES]
+)
+def test_rule(
+    case: str,
+    devices: dict[str, dict[str, Any]],
+    models: list[dict[str, Any]],
+    expected: dict[str, tuple[str, tuple[str, ...]]],
+) -> None:
+    result = plan([dev(i, **kw) for i, kw in devices.items()], [ModelSpec(**m) for m in models])
+    got = {name: (p.tier, p.targets) for name, p in result.placements.items() if name in expected}
+    assert got == expected, case
+    assert all(p.reason for p in result.placements.values())
+
+
+def test_stability_keeps_models_where_they_run_and_hotplug_moves_only_the_concerned() -> None:
+    devices = [dev(U3), dev("usb:3-1"), dev("usb:4-1")]
+    models = [ModelSpec("a", 90), ModelSpec("b", 50), ModelSpec("c", 10)]
+    first = plan(devices, models)
+    assert plan(devices, models, first).moves == ()
+    on = {m: p.targets[0] for m, p in first.placements.items()}
+    unplugged = plan([d for d in devices if d.identity != on["c"]], models, first)
+    assert [m.model for m in unplugged.moves] == ["c"]
+    plugged = plan([*devices, dev(PCI)], models, first)
+    assert [m.model for m in plugged.moves] == ["a"]  # the top model improves USB -> PCIe
+    assert plugged.placements["a"].targets == (PCI,)
