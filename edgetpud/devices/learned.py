@@ -60,8 +60,8 @@ class LearnedPorts:
     def _load(self) -> None:
         try:
             text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return
+        except (FileNotFoundError, NotADirectoryError):
+            return  # nothing learned yet; a save that cannot happen will say why
         except OSError as exc:
             self._warn(
                 f"cannot read {self.path} ({exc.strerror}); starting with no learned bad ports"

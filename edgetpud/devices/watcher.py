@@ -32,6 +32,8 @@ from edgetpud.devices.verdict import judge
 log = logging.getLogger(__name__)
 
 IDLE_WAIT = 1.0  # longest sleep of the watcher thread between checks
+RECONCILE_AFTER = 0.5  # quiet seconds after udev activity before a full re-scan
+RECEIVE_BUFFER = 16 * 1024 * 1024  # udev monitor socket buffer: room for event bursts
 ADD_ACTIONS = frozenset({"add", "change", "bind", "move"})
 
 
@@ -85,6 +87,7 @@ class DeviceWatcher:
         self._records: dict[str, DeviceInfo] = {}
         self._stop = threading.Event()
         self._observer: Any = None
+        self._ctx: Any = None
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -96,9 +99,14 @@ class DeviceWatcher:
             if self._thread is not None or self._closed:
                 return self.snapshot()
             ctx = self._context if self._context is not None else new_context()
+            self._ctx = ctx
             monitor = pyudev.Monitor.from_netlink(ctx)
             for subsystem in SUBSYSTEMS:
                 monitor.filter_by(subsystem)
+            try:
+                monitor.set_receive_buffer_size(RECEIVE_BUFFER)
+            except (OSError, ValueError) as exc:  # needs CAP_NET_ADMIN; the default still works
+                log.debug("kept the default udev receive buffer: %s", exc)
             monitor.start()
             self._observer = pyudev.MonitorObserver(
                 monitor, callback=self._on_udev, name="devices:udev"
@@ -149,6 +157,7 @@ class DeviceWatcher:
                 self._observer.join(timeout=5)
             except Exception:  # pragma: no cover - shutting down anyway
                 log.debug("udev monitor did not stop cleanly", exc_info=True)
+            self._observer = None  # drops the last reference: libudev closes the socket
         if self._thread is not None:
             self._thread.join(timeout=5)
 
@@ -162,9 +171,11 @@ class DeviceWatcher:
     # -- the devices:watch thread ------------------------------------------
 
     def _run(self) -> None:
+        dirty = False  # udev events were handled since the last full re-scan
         while not self._stop.is_set():
+            timeout = min(self._wait_time(), RECONCILE_AFTER) if dirty else self._wait_time()
             try:
-                item = self._raw.get(timeout=self._wait_time())
+                item = self._raw.get(timeout=timeout)
             except queue.Empty:
                 item = None
             if self._stop.is_set():
@@ -172,6 +183,10 @@ class DeviceWatcher:
             try:
                 if item is not None:
                     self._handle(*item)
+                    dirty = True
+                elif dirty:
+                    dirty = False
+                    self._reconcile()
                 self._expire()
             except Exception:
                 log.exception("could not handle a udev event; carrying on")
@@ -215,6 +230,25 @@ class DeviceWatcher:
                     self._drop(ident)
             if gone:
                 self._update()
+
+    def _reconcile(self) -> None:
+        """Re-scan after a burst: netlink drops events when its queue overflows, so the
+        present devices are checked against what the events said."""
+        found = {f.identity: f for f in scan(self._ctx)}
+        with self._lock:
+            for ident in list(self._facts):
+                if ident not in found and ident not in self._pending:
+                    log.info("%s is gone though udev did not report it (events were lost)", ident)
+                    self._drop(ident)
+            for ident, facts in found.items():
+                if self._facts.get(ident) != facts:
+                    if ident not in self._facts:
+                        log.info(
+                            "%s is present though udev did not report it (events were lost)", ident
+                        )
+                    self._put(facts)
+                    self._pending.pop(ident, None)
+            self._update()
 
     def _expire(self) -> None:
         with self._lock:

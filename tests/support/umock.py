@@ -12,6 +12,11 @@ for pyudev, for the fake libedgetpu, and for subprocesses started from the test
     acc = tb.firmware_load(acc)          # now 18d1:9302 on the same port
     tb.unplug(acc)
     tb.close()
+
+Limit: umockdev 0.17 aborts the *sending* process when a listening udev monitor has
+`net.unix.max_dgram_qlen` (10 by default) unread events. Keep fewer than that in flight
+per listener (wait for the listener's reaction between groups of events; see
+EVENT_WINDOW), and close every monitor you stop reading.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+EVENT_WINDOW = 8  # uevents a test may send before waiting for the listener to catch up
 READY = ("18d1", "9302")
 DFU = ("1a6e", "089a")
 
@@ -82,12 +88,17 @@ def _strv(d: Mapping[str, str]) -> ctypes.Array[ctypes.c_char_p]:
 class Testbed:
     """One umockdev testbed; `close()` removes every device and the testbed folder."""
 
+    __test__ = False  # not a pytest test class
+
     def __init__(self) -> None:
         self._tb: int | None = _um.umockdev_testbed_new()
         if not _um.umockdev_in_mock_environment():
             self.close()
             raise RuntimeError("run the tests under umockdev-wrapper (make test does)")
         self.root = _take(_um.umockdev_testbed_get_root_dir(self._tb))
+        # umockdev set UMOCKDEV_DIR with C setenv; mirror it so subprocesses started with
+        # env={**os.environ, ...} see the testbed too
+        os.environ["UMOCKDEV_DIR"] = self.root
         self._devnum: dict[int, int] = {}
 
     # -- low level ----------------------------------------------------------
@@ -133,6 +144,8 @@ class Testbed:
         if self._tb is not None:
             _go.g_object_unref(self._tb)
             self._tb = None
+            if os.environ.get("UMOCKDEV_DIR") == self.root:
+                del os.environ["UMOCKDEV_DIR"]
 
     # -- Coral hardware -----------------------------------------------------
 
