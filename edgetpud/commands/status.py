@@ -58,14 +58,22 @@ def main(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    print(render(nodes, online))
+    print(render(nodes, online, fleet=args.fleet))
     return 0 if all(online.get(n) == "online" for n in nodes) else 1
 
 
 def render(
-    nodes: Mapping[str, Mapping[str, Any]], online: Mapping[str, str], now: float | None = None
+    nodes: Mapping[str, Mapping[str, Any]],
+    online: Mapping[str, str],
+    now: float | None = None,
+    *,
+    fleet: bool = False,
 ) -> str:
-    """Three tables (nodes, devices, models) with a NODE column, one row per item."""
+    """Three tables (nodes, devices, models) with a NODE column, one row per item.
+
+    With `fleet`, a fourth table sums each model over the online nodes: how many
+    serve it, on how many devices, the total rate, queue and results.
+    """
     now = time.time() if now is None else now
     node_rows = []
     device_rows = []
@@ -93,18 +101,20 @@ def render(
                     name,
                     str(dev.get("identity", "")),
                     str(dev.get("kind", "")),
-                    str(dev.get("speed", "")),
+                    _speed(dev),
                     str(dev.get("verdict", "")),
                     str(dev.get("state", "")),
-                    _num(dev.get("temperature"), "°C"),
+                    _num(_first(dev, "temperature_c", "temperature"), "°C"),
                     ", ".join(map(str, dev.get("models") or ())),
                     "; ".join(map(str, dev.get("reasons") or ())),
                 ]
             )
         for model in _items(h.get("models"), "name"):
-            placement = model.get("placement", model.get("device", ""))
+            placement = _first(model, "devices", "placement", "device") or ""
             if isinstance(placement, (list, tuple)):
                 placement = ", ".join(map(str, placement))
+            latency = model.get("latency_ms")
+            latency = latency if isinstance(latency, Mapping) else {}
             model_rows.append(
                 [
                     name,
@@ -112,9 +122,9 @@ def render(
                     str(model.get("state", "")),
                     str(placement),
                     str(model.get("tier", "")),
-                    _num(model.get("rate"), "/s"),
-                    _num(model.get("p50_ms"), " ms"),
-                    _num(model.get("p99_ms"), " ms"),
+                    _num(_first(model, "rate_per_s", "rate"), "/s"),
+                    _num(_first(latency, "p50") or model.get("p50_ms"), " ms"),
+                    _num(_first(latency, "p99") or model.get("p99_ms"), " ms"),
                     str(model.get("queue_depth", "")),
                     str(model.get("dropped", "")),
                     str(model.get("errors", "")),
@@ -171,7 +181,47 @@ def render(
                 model_rows,
             )
         )
+    if fleet and model_rows:
+        parts.append(_fleet_table(nodes, online))
     return "\n\n".join(parts)
+
+
+def _fleet_table(nodes: Mapping[str, Mapping[str, Any]], online: Mapping[str, str]) -> str:
+    totals: dict[str, dict[str, float]] = {}
+    for name, h in nodes.items():
+        if online.get(name) != "online":
+            continue  # a dead node's last health is stale: it serves nothing now
+        for model in _items(h.get("models"), "name"):
+            t = totals.setdefault(
+                str(model.get("name", "")),
+                {"nodes": 0, "devices": 0, "rate": 0.0, "queue": 0, "results": 0, "errors": 0},
+            )
+            devices = _first(model, "devices", "placement", "device") or ()
+            t["nodes"] += 1 if model.get("state") == "running" else 0
+            t["devices"] += len(devices) if isinstance(devices, (list, tuple)) else 1
+            for key, field in (
+                ("rate", "rate_per_s"),
+                ("queue", "queue_depth"),
+                ("results", "results"),
+                ("errors", "errors"),
+            ):
+                value = _first(model, field, "rate") if key == "rate" else model.get(field)
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    t[key] += value
+    rows = [
+        [
+            model,
+            str(int(t["nodes"])),
+            str(int(t["devices"])),
+            _num(t["rate"], "/s"),
+            str(int(t["queue"])),
+            str(int(t["results"])),
+            str(int(t["errors"])),
+        ]
+        for model, t in sorted(totals.items())
+    ]
+    header = ["FLEET MODEL", "NODES", "DEVICES", "RATE", "QUEUE", "RESULTS", "ERRORS"]
+    return _table(header, rows)
 
 
 def _items(section: Any, key: str) -> Iterable[Mapping[str, Any]]:
@@ -181,6 +231,21 @@ def _items(section: Any, key: str) -> Iterable[Mapping[str, Any]]:
     if isinstance(section, list):
         return [x for x in section if isinstance(x, Mapping)]
     return []
+
+
+def _first(record: Mapping[str, Any], *keys: str) -> Any:
+    """The first of `keys` present in a health record (the daemon's names, then older ones)."""
+    for key in keys:
+        if record.get(key) is not None:
+            return record[key]
+    return None
+
+
+def _speed(dev: Mapping[str, Any]) -> str:
+    mbps = dev.get("speed_mbps")
+    if isinstance(mbps, (int, float)) and not isinstance(mbps, bool) and mbps:
+        return f"{mbps:g}M"
+    return str(dev.get("speed") or "")
 
 
 def _num(value: Any, unit: str) -> str:
