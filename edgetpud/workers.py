@@ -48,6 +48,7 @@ WorkerState = Literal["starting", "running", "failed", "stalled", "stopping", "s
 LATENCY_WINDOW = 256  # recent requests kept for p50/p99
 EWMA_ALPHA = 0.1  # weight of the newest request in the moving-average latency
 GET_TIMEOUT = 0.1  # how often an idle worker looks at its stop flag
+POST_BACKLOG = 4  # invoked requests that may wait for postprocessing before the device waits
 
 Array = npt.NDArray[Any]
 
@@ -279,6 +280,7 @@ class Worker:
         self._slot_free = threading.Condition(self._lock)
         self._slot_full = threading.Condition(self._lock)
         self._post_ready = threading.Condition(self._lock)
+        self._post_room = threading.Condition(self._lock)
         self._owned: dict[str, Request] = {}
         self._ready: _Job | None = None  # preprocessed, waiting for the interpreter
         self._post: collections.deque[_Job] = collections.deque()
@@ -423,6 +425,7 @@ class Worker:
         self._slot_free.notify_all()
         self._slot_full.notify_all()
         self._post_ready.notify_all()
+        self._post_room.notify_all()
 
     def _report(self, kind: ReportKind, error: str = "", exc: BaseException | None = None) -> None:
         report = WorkerReport(
@@ -512,12 +515,8 @@ class Worker:
             self._thread_done()
 
     def _invoke_loop(self, session: Session) -> None:
-        lock, slot_free, slot_full, post_ready = (
-            self._lock,
-            self._slot_free,
-            self._slot_full,
-            self._post_ready,
-        )
+        lock, slot_free, slot_full = self._lock, self._slot_free, self._slot_full
+        post_ready, post_room = self._post_ready, self._post_room
         owned, post = self._owned, self._post
         invoke = session.invoke
         perf, mono = time.perf_counter, time.monotonic
@@ -552,6 +551,10 @@ class Worker:
                 self._invoking = None
                 if self._abandoned:
                     return  # stalled: the request was handed back, this result is discarded
+                # Postprocessing that falls behind slows the device down instead of
+                # piling up outputs.
+                while len(post) >= POST_BACKLOG and not self._abandoned:
+                    post_room.wait(GET_TIMEOUT)
                 if req.id in owned:
                     job.queue_ms += (t1 - job.prepared) * 1000.0
                     job.outputs = outputs
@@ -671,7 +674,12 @@ class Worker:
             self._thread_done()
 
     def _post_loop(self) -> None:
-        lock, post_ready, post = self._lock, self._post_ready, self._post
+        lock, post_ready, post_room, post = (
+            self._lock,
+            self._post_ready,
+            self._post_room,
+            self._post,
+        )
         owned, info, postprocess, device = self._owned, self.info, self._postprocess, self.device
         latencies = self._latencies
         perf = time.perf_counter
@@ -683,6 +691,7 @@ class Worker:
                             return
                         post_ready.wait(GET_TIMEOUT)
                     job = post.popleft()
+                    post_room.notify()
                 req = job.req
                 t2 = job.prepared
                 try:

@@ -17,7 +17,7 @@ import pytest
 from edgetpud.errors import ModelError, RequestError
 from edgetpud.messages import Request
 from edgetpud.runtime import InvokeError
-from edgetpud.workers import ModelQueue, Worker
+from edgetpud.workers import POST_BACKLOG, ModelQueue, Worker
 from tests.support.workers import (
     Collector,
     ScriptedSession,
@@ -315,3 +315,38 @@ def test_a_request_that_hangs_every_device_is_answered_in_the_end() -> None:
         session.release.set()
     for w in workers:
         w.stop(time.monotonic() + 30)
+
+
+def test_slow_postprocessing_holds_the_device_back_instead_of_piling_up() -> None:
+    q = ModelQueue("m", 100, "block")
+    session = ScriptedSession()
+    sink = Collector()
+    gate = threading.Event()
+
+    def slow_post(outputs: list[Any], request: Request, info: Any) -> Any:
+        gate.wait(60)
+        return first_item(outputs, request, info)
+
+    w = Worker(
+        "m",
+        "usb:0",
+        q,
+        lambda: session,
+        array_pre,
+        slow_post,
+        sink.on_result,
+        sink.on_report,
+        stall_timeout=60,
+    )
+    w.start()
+    sent = [req(i) for i in range(20)]
+    for r in sent:
+        q.put(r)
+    # 1 in postprocessing + POST_BACKLOG waiting + 1 invoked and waiting for room, 1 prepared.
+    held = 1 + POST_BACKLOG + 1 + 1
+    wait_until(lambda: q.depth == len(sent) - held, what="the worker to stop taking work")
+    assert session.invokes == held - 1
+    gate.set()
+    wait_until(lambda: len(sink.results) == len(sent), what="every request answered")
+    assert all(sink.ids()[r.id] == 1 for r in sent)
+    w.stop(time.monotonic() + 30)
