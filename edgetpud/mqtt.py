@@ -408,8 +408,14 @@ class MqttLink:
 
     def _enqueue(self, out: _Out) -> None:
         with self._lock:
-            if len(self._outbox) >= self.cfg.backlog_limit:
-                if self.cfg.backlog_limit == 0:
+            # the limit is for outages; while connected a short queue always passes
+            cap = (
+                self.cfg.backlog_limit
+                if not self._connected
+                else max(self.cfg.backlog_limit, WINDOW)
+            )
+            if len(self._outbox) >= cap:
+                if cap == 0:
                     self._dropped += 1
                     return
                 self._outbox.popleft()

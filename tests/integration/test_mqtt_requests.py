@@ -275,14 +275,15 @@ def test_events_and_health(broker: Broker) -> None:
     consumer = Consumer()
     link = make_link(broker, consumer)
     try:
-        with Subscriber(broker, [f"edgetpud/{NODE}/events"]) as sub:
+        with Subscriber(broker, [f"edgetpud/{NODE}/events", f"edgetpud/{NODE}/health"]) as sub:
             link.publish_event({"event": "device_added", "device": "usb:2-1"})
             (msg,) = sub.wait_for(f"edgetpud/{NODE}/events")
             event = json.loads(msg.payload)
             assert event["schema"] == "edgetpud.event/1"
             assert event["event"] == "device_added"
             assert not msg.retain
-        link.publish_health({"daemon": {"version": "0.1.0"}, "devices": [], "models": {}})
+            link.publish_health({"daemon": {"version": "0.1.0"}, "devices": [], "models": {}})
+            sub.wait_for(f"edgetpud/{NODE}/health")  # it reached the broker
         with Subscriber(broker, [f"edgetpud/{NODE}/health"]) as late:
             (msg,) = late.wait_for(f"edgetpud/{NODE}/health")
             health = json.loads(msg.payload)
@@ -303,6 +304,8 @@ def test_home_assistant_discovery(broker: Broker) -> None:
     }
     try:
         link.publish_health(health)
+        # online + 5 configs + health acknowledged by the broker: all retained there now
+        wait_until(lambda: link.stats().published >= 7, what="the broker to take the configs")
         with Subscriber(broker, ["homeassistant/#"]) as sub:
             msgs = sub.wait_for("homeassistant/#", count=5)
     finally:

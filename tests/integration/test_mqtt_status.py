@@ -38,6 +38,8 @@ def run_link(broker: Broker, node: str) -> MqttLink:
     link.start()
     wait_until(lambda: link.stats().connected, what="connect")
     link.publish_health(HEALTH)
+    # "online" and the health acknowledged by the broker: both retained there now
+    wait_until(lambda: link.stats().published >= 2, what="the broker to take the health")
     return link
 
 
