@@ -52,7 +52,7 @@ def snapshot(service: Service) -> dict[str, Any]:
                 "state": dev.state,
                 "verdict": dev.verdict,
                 "reasons": list(dev.reasons),
-                "temperature_c": dev.thermal.temp_c if dev.thermal is not None else None,
+                "temperature": dev.thermal.temp_c if dev.thermal is not None else None,
                 "throttled": dev.thermal.throttled if dev.thermal is not None else False,
                 "health": _device_health(dh, now),
                 "models": list(device_models.get(dev.identity, ())),
@@ -76,11 +76,7 @@ def snapshot(service: Service) -> dict[str, Any]:
         "devices": devices,
         "models": models,
         "plugins": _plugins(),
-        "mqtt": {
-            "connected": bool(getattr(mqtt, "connected", False)),
-            "backlog": int(getattr(mqtt, "backlog", 0)),
-            "backlog_dropped": int(getattr(mqtt, "backlog_dropped", 0)),
-        },
+        "mqtt": mqtt.as_dict() if mqtt is not None else {"connected": False},
     }
 
 
@@ -119,8 +115,9 @@ def _model(service: Service, rt: ModelRuntime, meter: RateMeter, now: float) -> 
         if placement is not None
         else ("disabled" if rt.disabled else "waiting"),
         "devices": sorted(rt.workers),
-        "rate_per_s": meter.rate(rt.name, rt.results + rt.errors, now),
-        "latency_ms": {"p50": round(p50, 3), "p99": round(p99, 3)},
+        "rate": meter.rate(rt.name, rt.results + rt.errors, now),
+        "p50_ms": round(p50, 3),
+        "p99_ms": round(p99, 3),
         "queue_depth": rt.queue.depth,
         "dropped": rt.queue.dropped,
         "results": rt.results,
