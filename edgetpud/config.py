@@ -359,7 +359,8 @@ def parse(
         if key in SECTIONS:
             sections[key] = load_table(SECTIONS[key], value, key, ctx)
         elif key != "models":
-            ctx.error(key, "unknown section" + did_you_mean(key, [*SECTIONS, "models"]))
+            where = key or '""'  # TOML allows [""]; the issue still needs a path to point at
+            ctx.error(where, "unknown section" + did_you_mean(key, [*SECTIONS, "models"]))
     models = _load_models(data.get("models", {}), ctx, reg, lenient_plugins)
     for name, cls in SECTIONS.items():
         sections.setdefault(name, cls())
