@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 FILENAME = "learned-ports.json"
 SCHEMA = "edgetpud.learned-ports/1"
+MAX_BYTES = 1 << 20
 
 
 class LearnedPorts:
@@ -59,7 +60,8 @@ class LearnedPorts:
 
     def _load(self) -> None:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            with self.path.open("rb") as fh:  # bytes: bad UTF-8 is corruption, not a crash
+                text = fh.read(MAX_BYTES + 1)  # bounded: a link to /dev/zero must not hang us
         except (FileNotFoundError, NotADirectoryError):
             return  # nothing learned yet; a save that cannot happen will say why
         except OSError as exc:
@@ -68,6 +70,8 @@ class LearnedPorts:
             )
             return
         try:
+            if len(text) > MAX_BYTES:
+                raise ValueError(f"larger than {MAX_BYTES} bytes")
             data = json.loads(text)
             ports = data["ports"]
             if not isinstance(ports, dict) or not all(isinstance(v, dict) for v in ports.values()):
