@@ -67,6 +67,13 @@ $(STAMPS)/paho16: pyproject.toml $(STAMPS)/apt
 	$(PAHO16)/bin/python -m pip install -q -e . 'paho-mqtt==1.6.1' pytest pytest-timeout
 	@mkdir -p $(STAMPS) && touch $@
 
+# The soak run (bench/soak.py): the daemon under load through broker kills and replugs.
+# Not part of make test. SOAK_SECONDS=120 shortens it; writes bench/results/soak.json.
+SOAK_SECONDS ?= 600
+.PHONY: soak
+soak: $(STAMPS)/venv $(FAKE_LIB)
+	umockdev-wrapper $(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS)
+
 test-paho16: $(STAMPS)/paho16
 	$(PAHO16)/bin/python -m pytest -p no:cacheprovider $(MQTT_TESTS)
 
