@@ -264,3 +264,22 @@ def test_burst_of_100_events_loses_and_duplicates_nothing(
     assert sorted(d.identity for d in watcher.snapshot()) == sorted(
         plugged[p] for p in paths.values()
     )
+
+
+def test_rescan_after_activity_catches_a_lost_remove_event(
+    umock: Testbed,  # noqa: F811
+    watch: Callable[..., DeviceWatcher],
+    events: Events,
+) -> None:
+    root = umock.add_root_hub(2, 5000)
+    lost = umock.add_accelerator(root, 1)
+    watcher = watch()
+    assert [d.identity for d in watcher.start()] == ["usb:2-1"]
+    umock.remove_device(lost)  # gone from sysfs, but its uevent never arrives
+    umock.add_accelerator(root, 2)  # any later activity triggers the re-scan
+    events.wait_for(has("removed", "usb:2-1", state="gone"))
+    assert [d.identity for d in watcher.snapshot()] == ["usb:2-2"]
+    assert [(e.action, e.device.identity) for e in events.settle()] == [
+        ("added", "usb:2-2"),
+        ("removed", "usb:2-1"),
+    ]
