@@ -15,6 +15,7 @@ holds across an outage. Contract and payloads: docs/mqtt.md.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import threading
@@ -98,6 +99,19 @@ class Topics:
     def fleet_subscription(self, model: str) -> str:
         return f"$share/{self.fleet_group}/{self.fleet_infer(model)}"
 
+    @property
+    def fleet_state(self) -> str:
+        """Retained `edgetpud.fleet/1`: the models this node serves and those it has paused."""
+        return f"{self.base}/fleet"
+
+    def peer_of(self, topic: str) -> tuple[str, str] | None:
+        """(node, "status" | "fleet") for another node's status or fleet-state topic, else None."""
+        head, _, rest = topic.partition("/")
+        node, _, leaf = rest.partition("/")
+        if head != self.prefix or leaf not in ("status", "fleet") or node in ("", self.node):
+            return None
+        return node, leaf
+
     def model_of(self, topic: str) -> str | None:
         """The model named by an infer topic of this node or of the fleet, else None."""
         for head in (f"{self.base}/models/", f"{self.prefix}/fleet/models/"):
@@ -127,6 +141,16 @@ class MqttStats:
             "requests_rejected": dict(self.requests_rejected),
             "connects": self.connects,
         }
+
+
+@dataclass
+class _Peer:
+    """Another node of the fleet, as its retained status and fleet state tell."""
+
+    online: bool = False
+    group: str = ""
+    models: frozenset[str] = frozenset()
+    paused: frozenset[str] = frozenset()
 
 
 class _Out(NamedTuple):
@@ -195,6 +219,7 @@ class MqttLink:
         self._models: dict[str, int | None] = {}
         self._input_desc: dict[str, str] = {}
         self._fleet_paused: set[str] = set()
+        self._peers: dict[str, _Peer] = {}
         self._health: bytes | None = None
         self._discovery: dict[str, bytes] = {}
         self._connect_failures = 0
@@ -327,18 +352,28 @@ class MqttLink:
             if gone:
                 self._client.unsubscribe([self.topics.fleet_subscription(m) for m in gone])
             self._subscribe(sorted(set(sizes) - old))
+            self._publish_fleet_state()
 
-    def pause_fleet(self, model: str) -> None:
-        """Stop taking fleet requests for `model` (back-pressure); its node topic stays subscribed."""
+    def pause_fleet(self, model: str) -> bool:
+        """Stop taking fleet requests for `model` (back-pressure); its node topic stays subscribed.
+
+        Refused (False) while no other online node of the group serves `model` unpaused:
+        with every member unsubscribed the broker would discard new fleet requests
+        ("no matching subscribers"), so the last one with the topic keeps taking them.
+        """
         if not self.topics.fleet_group:
-            return
+            return False
         with self._lock:
             if model in self._fleet_paused:
-                return
+                return True
+            if not self._peer_has_room(model):
+                return False
             self._fleet_paused.add(model)
             connected = self._connected and model in self._models
         if connected:
             self._client.unsubscribe(self.topics.fleet_subscription(model))
+            self._publish_fleet_state()
+        return True
 
     def resume_fleet(self, model: str) -> None:
         if not self.topics.fleet_group:
@@ -350,6 +385,70 @@ class MqttLink:
             connected = self._connected and model in self._models
         if connected:
             self._client.subscribe(self.topics.fleet_subscription(model), qos=1)
+            self._publish_fleet_state()
+
+    def fleet_paused(self, model: str) -> bool:
+        """Whether this node has stopped taking fleet requests for `model`."""
+        with self._lock:
+            return model in self._fleet_paused
+
+    def fleet_peers(self) -> dict[str, dict[str, Any]]:
+        """The other nodes of the group as last seen: online, models served, models paused."""
+        with self._lock:
+            return {
+                name: {"online": p.online, "models": sorted(p.models), "paused": sorted(p.paused)}
+                for name, p in self._peers.items()
+                if p.group == self.topics.fleet_group
+            }
+
+    def _peer_has_room(self, model: str) -> bool:
+        """Another online node of our group serves `model` and takes fleet requests (lock held)."""
+        group = self.topics.fleet_group
+        return any(
+            p.online and p.group == group and model in p.models and model not in p.paused
+            for p in self._peers.values()
+        )
+
+    def _publish_fleet_state(self) -> None:
+        with self._lock:
+            body = {
+                "schema": "edgetpud.fleet/1",
+                "node": self.node_id,
+                "group": self.topics.fleet_group,
+                "models": sorted(self._models),
+                "paused": sorted(self._fleet_paused),
+                "time": time.time(),
+            }
+            connected = self._connected
+        if connected:
+            data = payloads.to_json(body)
+            self._client.publish(self.topics.fleet_state, data, qos=1, retain=True)
+
+    def _take_peer(self, node: str, leaf: str, payload: bytes) -> None:
+        """Another node's status or fleet state changed; a paused model with no one else to
+        take its requests resumes at once (e.g. the other node died or paused too)."""
+        with self._lock:
+            peer = self._peers.setdefault(node, _Peer())
+            if leaf == "status":
+                peer.online = payload == ONLINE
+            else:
+                try:
+                    body = json.loads(payload) if payload else {}
+                except ValueError:
+                    body = {}
+                body = body if isinstance(body, dict) else {}
+                peer.group = str(body.get("group", ""))
+                peer.models = frozenset(map(str, body.get("models") or ()))
+                peer.paused = frozenset(map(str, body.get("paused") or ()))
+            stranded = sorted(m for m in self._fleet_paused if not self._peer_has_room(m))
+        for model in stranded:
+            log.info(
+                "model %s: no other node of fleet group %s takes its requests now; "
+                "taking fleet requests again",
+                model,
+                self.topics.fleet_group,
+            )
+            self.resume_fleet(model)
 
     def publish_result(self, result: Result) -> None:
         """Queue one result (never blocks): to the request's reply topic, else the results topic."""
@@ -501,6 +600,10 @@ class MqttLink:
         log.info("MQTT: connected to %s", self.broker)
         self._client.subscribe(self.topics.infer("+"), qos=1)
         self._subscribe(models)
+        if self.topics.fleet_group:
+            prefix = self.topics.prefix
+            self._client.subscribe([(f"{prefix}/+/status", 1), (f"{prefix}/+/fleet", 1)])
+            self._publish_fleet_state()
         for topic, config in discovery.items():
             client.publish(topic, config, qos=1, retain=True)
         if health is not None:
@@ -591,6 +694,10 @@ class MqttLink:
 
     def _handle_message(self, msg: Any) -> None:
         try:
+            peer = self.topics.peer_of(msg.topic) if self.topics.fleet_group else None
+            if peer is not None:
+                self._take_peer(peer[0], peer[1], bytes(msg.payload))
+                return
             self._take_request(msg)
         except Exception:
             log.exception("MQTT: request on %s could not be handled", getattr(msg, "topic", "?"))

@@ -9,6 +9,7 @@ only the difference between the plan and what runs.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import queue
@@ -69,6 +70,14 @@ class ModelRuntime:
     errors: int = 0
     results: int = 0
     started_at: float = field(default_factory=time.monotonic)
+    # fleet requests the broker handed over while the queue was full, oldest first: they
+    # join the queue's tail as room appears, so a full node never serves newest-first
+    fleet_overflow: collections.deque[Request] = field(default_factory=collections.deque)
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting: the queue and the fleet overflow."""
+        return self.queue.depth + len(self.fleet_overflow)
 
 
 class Service:
@@ -106,7 +115,8 @@ class Service:
         self._last_watchdog = 0.0
         self._last_status = ""
         self._mqtt_connected = False
-        self._fleet_paused: set[str] = set()
+        self._fleet_held: set[str] = set()  # full, but the last node taking fleet requests
+        self._fleet_lock = threading.Lock()  # guards every ModelRuntime.fleet_overflow
         self._lock = threading.Lock()  # guards counters touched from worker threads
 
     # ---- signals ---------------------------------------------------------------------
@@ -227,9 +237,9 @@ class Service:
     def _drain(self, deadline: float) -> None:
         """Let queued and in-flight requests finish on the devices that have them."""
         while time.monotonic() < deadline:
+            self._feed_fleet_overflow()
             busy = any(
-                (rt.queue.depth and rt.workers)
-                or any(w.stats().in_flight for w in rt.workers.values())
+                (rt.waiting and rt.workers) or any(w.stats().in_flight for w in rt.workers.values())
                 for rt in self.models.values()
             )
             if not busy:
@@ -293,6 +303,7 @@ class Service:
                 replan = True
         if replan:
             self._replan("device health changed")
+        self._feed_fleet_overflow()
         if self.cfg.fleet.group:
             self._fleet_backpressure()
         if now - self._last_health >= self.cfg.daemon.health_interval or (
@@ -327,18 +338,44 @@ class Service:
         """A full model stops taking fleet requests until its queue is half empty again.
 
         The broker then hands the shared subscription's messages to nodes with room,
-        instead of this node refusing or dropping them.
+        instead of this node refusing or dropping them. The link refuses to pause while
+        no other online node of the group takes the model's requests (the broker would
+        discard them): then this node keeps taking them, queued over the limit.
         """
         for name, rt in self.models.items():
-            depth, limit = rt.queue.depth, rt.queue.maxsize
-            if name not in self._fleet_paused and depth >= limit:
-                self._fleet_paused.add(name)
-                self.mqtt.pause_fleet(name)
-                log.info("model %s: queue full (%d); pausing fleet requests", name, depth)
-            elif name in self._fleet_paused and depth <= limit // 2:
-                self._fleet_paused.discard(name)
+            depth, limit = rt.waiting, rt.queue.maxsize
+            paused = self.mqtt.fleet_paused(name)
+            if not paused and depth >= limit:
+                if self.mqtt.pause_fleet(name):
+                    self._fleet_held.discard(name)
+                    log.info(
+                        "model %s: queue full (%d waiting, queue_size %d); pausing fleet requests",
+                        name,
+                        depth,
+                        limit,
+                    )
+                elif name not in self._fleet_held:  # "held": say it once per full spell
+                    self._fleet_held.add(name)
+                    log.info(
+                        "model %s: queue full (%d) but no other node of the fleet takes its "
+                        "requests now; keeping fleet requests (queued over the limit)",
+                        name,
+                        depth,
+                    )
+            elif paused and depth <= limit // 2:
                 self.mqtt.resume_fleet(name)
                 log.info("model %s: queue drained (%d); taking fleet requests again", name, depth)
+            if depth < limit:
+                self._fleet_held.discard(name)
+
+    def _feed_fleet_overflow(self, rt: ModelRuntime | None = None) -> None:
+        """Move fleet requests kept over the limit into their queue, oldest first, while room."""
+        for r in [rt] if rt is not None else list(self.models.values()):
+            if not r.fleet_overflow:
+                continue
+            with self._fleet_lock:
+                while r.fleet_overflow and r.queue.put(r.fleet_overflow[0], timeout=0):
+                    r.fleet_overflow.popleft()
 
     # ---- devices ---------------------------------------------------------------------
 
@@ -447,12 +484,16 @@ class Service:
             return f'unknown model "{request.model}"'
         if rt.disabled:
             return f"model {request.model} is disabled: {rt.disabled}"
-        if rt.queue.put(request, timeout=MQTT_PUT_TIMEOUT):
-            return None
         if request.source == "mqtt-fleet":
-            # The broker already gave this one to us: keep it (over the limit) rather than
-            # drop it; the tick pauses our fleet subscription so the next go elsewhere.
-            rt.queue.requeue(request)
+            # The broker already gave this one to us: keep it (over the limit, behind the
+            # others) rather than refuse or drop it; the tick pauses our fleet subscription
+            # so the next go elsewhere.
+            with self._fleet_lock:
+                if not rt.fleet_overflow and rt.queue.put(request, timeout=MQTT_PUT_TIMEOUT):
+                    return None
+                rt.fleet_overflow.append(request)
+            return None
+        if rt.queue.put(request, timeout=MQTT_PUT_TIMEOUT):
             return None
         return f"busy: the queue of model {request.model} is full ({rt.cfg.queue_size} waiting); retry later"
 
@@ -594,7 +635,10 @@ class Service:
         )
 
     def _answer_leftovers(self, rt: ModelRuntime, reason: str) -> None:
-        for request in rt.queue.drain():
+        with self._fleet_lock:
+            leftovers = [*rt.queue.drain(), *rt.fleet_overflow]
+            rt.fleet_overflow.clear()
+        for request in leftovers:
             self._on_result(rt, rt.source, Result(request, "", error=reason))
 
     def _on_result(self, rt: ModelRuntime, source: Any, result: Result) -> None:
@@ -606,6 +650,8 @@ class Service:
                 rt.results += 1
         if self.mqtt is not None:
             self.mqtt.publish_result(result)
+        if rt.fleet_overflow:
+            self._feed_fleet_overflow(rt)  # top the queue up now rather than at the next tick
         if source is not None:
             try:
                 source.completed(result)
@@ -638,7 +684,11 @@ class Service:
             self._replan(f"open failed on {device}")
         elif report.kind == "invoke_error":
             limit = self.cfg.devices.quarantine_after
-            if device != "cpu" and report.consecutive_errors >= limit:
+            dh = self.device_health.get(device)
+            # errors reported after the quarantine began (the worker is still stopping)
+            # must not quarantine it again: that would double the backoff at once
+            already = dh is not None and dh.blocked(time.monotonic())
+            if device != "cpu" and report.consecutive_errors >= limit and not already:
                 self._quarantine(
                     device,
                     f"{report.consecutive_errors} consecutive inference errors: {report.error}",
@@ -714,7 +764,7 @@ class Service:
         ):
             log.info("MQTT settings changed: reconnecting")
             self.mqtt.stop(timeout=2.0)
-            self._fleet_paused.clear()
+            self._fleet_held.clear()
             self._start_mqtt()
         if new.runtime != old.runtime:
             self._check_runtime()

@@ -11,8 +11,10 @@ Figures (split, losses) are printed for docs/fleet.md: run with `-s` to see them
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,3 +106,63 @@ def test_each_request_answered_once_and_split_follows_capacity(
     totals = [line.split() for line in lines if line.startswith("alpha")]
     assert totals and totals[0][1:3] == ["2", "3"], out.stdout  # 2 nodes, 3 devices
     print(out.stdout)
+
+
+def test_a_killed_node_leaves_the_rest_to_the_others(fleet: Fleet, client: FleetClient) -> None:
+    big = fleet.add("big", ["2-1", "2-2"], invoke_ms=20)
+    small = fleet.add("small", ["2-3"], invoke_ms=20)
+    serving(fleet, client)
+    ids = [f"k{i}" for i in range(1200)]
+    killed: list[int] = []
+    kill_time: list[float] = []
+
+    def kill_mid_run(c: FleetClient) -> None:
+        if not killed and c.answered() >= 300:
+            assert big.daemon.proc is not None
+            big.daemon.proc.kill()  # SIGKILL: no drain, no clean offline
+            killed.append(c.answered())
+            kill_time.append(time.monotonic())
+
+    # A client that retries a request left unanswered for 5 s, deduping by correlation id.
+    took = client.run(ids, window=40, timeout=240, retry_after=5.0, on_progress=kill_mid_run)
+    assert killed, "the run ended before the kill"
+    assert set(client.answers) == set(ids), f"{len(set(ids) - set(client.answers))} unanswered"
+    assert not client.errors(), list(client.errors().items())[:5]
+    retried = client.retried()
+    late = [r for r in retried if client.first_sent[r] > kill_time[0] + 1.0]
+    after = {r for r in ids if client.answers[r][0]["node"] == "small"}
+    print(
+        f"\nkilled big after {killed[0]} answers; {len(retried)} request(s) retried "
+        f"(lost in flight), {len(client.duplicates())} answered twice, "
+        f"{client.no_subscribers} refused by the broker; small answered {len(after)}; "
+        f"{took:.1f} s"
+    )
+    # what big held (its queue, its pipeline, its unacknowledged deliveries) is lost with
+    # it and comes back only through the client's retry: never more than the window
+    assert len(retried) <= 40
+    assert not late, f"{len(late)} request(s) sent well after the kill went unanswered"
+    # small, the last node serving alpha, never let go of the fleet topic though full
+    assert client.no_subscribers == 0
+    assert "no other node of the fleet takes its requests now" in small.daemon.log()
+    assert all(client.answers[r][-1]["node"] == "small" for r in retried)
+    assert big.daemon.proc is not None and big.daemon.proc.poll() is not None
+    assert small.daemon.stop() == 0
+
+
+def test_a_full_node_hands_its_share_to_the_others(fleet: Fleet, client: FleetClient) -> None:
+    slow = fleet.add("slow", ["2-1"], invoke_ms=100, queue_size=4)
+    fleet.add("fast", ["2-3"], invoke_ms=5, queue_size=1000)
+    serving(fleet, client)
+    ids = [f"b{i}" for i in range(600)]
+    client.run(ids, window=30, timeout=180)
+    assert set(client.answers) == set(ids), f"{len(set(ids) - set(client.answers))} unanswered"
+    assert not client.errors(), list(client.errors().items())[:5]  # no "busy" reply
+    assert not client.duplicates()
+    assert client.no_subscribers == 0  # the broker never found the fleet topic unserved
+    split = client.by_node()
+    print(f"\nback-pressure split {split}")
+    log = slow.daemon.log()
+    assert re.search(r"queue full \(\d+ waiting, queue_size 4\); pausing fleet requests", log), log
+    assert "taking fleet requests again" in log
+    # round-robin alone would give the slow node half; its pauses send most elsewhere
+    assert split.get("slow", 0) < len(ids) / 4, split

@@ -149,7 +149,8 @@ class FleetClient:
         self.reply_topic = f"{PREFIX}/replies/{name}"
         self.payload = bytes(range(256)) * (INPUT_BYTES // 256)
         self.answers: dict[str, list[dict[str, Any]]] = {}
-        self.sent_at: dict[str, float] = {}
+        self.sent_at: dict[str, float] = {}  # last send
+        self.first_sent: dict[str, float] = {}
         self.sends: dict[str, int] = {}
         self.no_subscribers = 0  # PUBACKs saying the broker had nobody to give the request to
         self._cond = threading.Condition()
@@ -201,6 +202,7 @@ class FleetClient:
         props.ContentType = "application/octet-stream"
         with self._cond:
             self.sent_at[rid] = time.monotonic()
+            self.first_sent.setdefault(rid, self.sent_at[rid])
             self.sends[rid] = self.sends.get(rid, 0) + 1
         self.client.publish(self.topic, self.payload, qos=1, properties=props)
 
