@@ -169,7 +169,8 @@ def test_a_device_failing_every_invoke_is_quarantined_not_looped_on(
         wait_for(lambda: len(rig.answered("beta")) >= len(ids), 120, "every beta answer")
         errors_then = [r for r in rig.results("beta") if "error" in r]
         # failed requests are answered with the reason, the rest ran on another device
-        assert 1 <= len(errors_then) <= 3 + 1, len(errors_then)
+        # the 3 that tripped it, plus what the worker had in hand while it stopped
+        assert 3 <= len(errors_then) <= 10, len(errors_then)
         assert all("failed" in r["error"] or "error" in r["error"] for r in errors_then)
         fine = [r for r in rig.answered("beta").values() if "error" not in r]
         assert fine and all(r["device"] != bad for r in fine[-50:])

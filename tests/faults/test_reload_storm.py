@@ -18,6 +18,9 @@ from tests.support.faults import fault_rig, threads
 
 pytestmark = pytest.mark.e2e
 
+ALL = ("alpha", "beta", "gamma")
+
+
 MODELS = """
 [models.alpha]
 model = "{m}/mobilenet_v1_0.25_128_quant_edgetpu.tflite"
@@ -27,6 +30,10 @@ queue_size = 1000
 model = "{m}/mobilenet_v1_0.5_160_quant_edgetpu.tflite"
 priority = 50
 queue_size = 1000
+[models.gamma]
+model = "{m}/mobilenet_v1_0.25_128_quant_cocompiled_with_mobilenet_v1_0.5_160_quant_edgetpu.tflite"
+priority = 5
+device = "any"
 """
 
 
@@ -41,7 +48,9 @@ def test_fifty_hups_alternating_valid_and_invalid_end_on_the_last_valid(
         d = rig.daemon(models=MODELS)
         d.wait_ready()
         assert d.proc is not None
-        wait_for(lambda: rig.placement("alpha") and rig.placement("beta"), 30, "both placed")
+        wait_for(lambda: all(rig.placement(m) for m in ALL), 30, "every model placed")
+        # the final valid file pins gamma to the device it is not on now: a visible marker
+        pin = "usb:2-2" if rig.placement("gamma") == ["usb:2-1"] else "usb:2-1"
         time.sleep(2)
         baseline = threads(d.proc.pid)
         good = d.config.read_text()
@@ -56,31 +65,31 @@ def test_fifty_hups_alternating_valid_and_invalid_end_on_the_last_valid(
                 d.config.write_text(bad)
             d.signal(signal.SIGHUP)
             time.sleep(0.1)
-        # the file now is the invalid one; the last valid one was #48 (priority 58)
-        d.config.write_text(last_valid)
+        # the file now is the invalid one: fix it the way an admin would, with gamma
+        # pinned, so the final state can only come from this last valid file
+        final = last_valid.replace('device = "any"', f'device = "{pin}"')
+        d.config.write_text(final)
         d.signal(signal.SIGHUP)
-        wait_for(
-            lambda: (
-                rig.health().get("daemon", {}).get("last_reload_error") is None
-                and rig.events("reload_ok")
-                and rig.events("reload_ok")[-1].get("generation") is not None
-            ),
-            60,
-            "a final successful reload",
-        )
+
+        def settled() -> bool:
+            h = rig.health()
+            oks = rig.events("reload_ok")
+            return bool(
+                oks
+                and oks[-1]["models"] == ["alpha", "beta", "gamma"]
+                and h.get("daemon", {}).get("config_generation") == oks[-1]["generation"]
+                and h["daemon"]["last_reload_error"] is None
+                and sorted(h["models"]) == ["alpha", "beta", "gamma"]
+                and rig.placement("gamma") == [pin]
+            )
+
+        wait_for(settled, 90, "health on the last valid config")
         assert d.proc.poll() is None, d.log()[-3000:]
-        # the loop coalesces HUPs: fewer reloads than signals, never a crash
+        # HUPs that arrive while a reload runs are coalesced: at most one reload per signal
         oks, fails = rig.events("reload_ok"), rig.events("reload_failed")
-        assert 1 <= len(oks) + len(fails) <= 51
-        assert any("models.beta.priority" in e for f in fails for e in f["errors"]) or not fails
-        final_gen = oks[-1]["generation"]
-        wait_for(
-            lambda: rig.health()["daemon"]["config_generation"] == final_gen,
-            30,
-            "health on the final generation",
-        )
-        wait_for(lambda: rig.placement("alpha") and rig.placement("beta"), 30, "both placed")
-        assert sorted(rig.health()["models"]) == ["alpha", "beta"]
+        assert 2 <= len(oks) + len(fails) <= 51
+        assert all(any("models.beta.priority" in e for e in f["errors"]) for f in fails)
+        wait_for(lambda: all(rig.placement(m) for m in ALL), 30, "every model placed")
         assert "Traceback" not in d.log()
         rig.send("beta", ["after-storm"])
         wait_for(lambda: "after-storm" in rig.answered("beta"), 30, "beta still serving")
