@@ -25,6 +25,7 @@ APT_PACKAGES += debhelper dh-python pybuild-plugin-pyproject python3-all python3
 help:
 	@echo "make demo   run the end-to-end demo (installs what it needs)"
 	@echo "make test   ruff check, ruff format --check, mypy --strict, pytest (installs what it needs)"
+	@echo "make bench  the benchmark suite (< 15 min); make bench-quick: its 60-second subset"
 
 $(STAMPS)/apt: Makefile
 	@missing=$$(for p in $(APT_PACKAGES); do \
@@ -99,3 +100,20 @@ deb: $(STAMPS)/apt
 		lintian --info --display-info --pedantic edgetpud_*.changes | tee lintian.log
 	@! grep -q '^E: ' $(DEB_DIR)/lintian.log
 	@ls $(DEB_DIR)/*.deb
+
+# The benchmark suite (bench/run.py, docs/benchmarks.md): matplotlib for the plots, and
+# ai-edge-litert in its own venv (it needs numpy 2, tflite-runtime 2.14 needs numpy<2).
+.PHONY: bench bench-quick
+LITERT := .venv-litert
+$(STAMPS)/bench: pyproject.toml $(STAMPS)/venv
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	@[ -x $(LITERT)/bin/python ] || $(PYTHON) -m venv $(LITERT)
+	$(LITERT)/bin/python -m pip install -q ai-edge-litert \
+		|| echo "ai-edge-litert could not be installed: the CPU fallback benchmark reports it"
+	@touch $@
+
+bench: $(STAMPS)/bench $(FAKE_LIB)
+	umockdev-wrapper $(BIN)/python bench/run.py
+
+bench-quick: $(STAMPS)/bench $(FAKE_LIB)
+	umockdev-wrapper $(BIN)/python bench/run.py --quick

@@ -1,0 +1,325 @@
+"""Shared pieces of the benchmark suite: machine facts, result files, tables, and a rig.
+
+A `Rig` is what the end-to-end tests use, reused here by import (tests/support): a
+umockdev testbed of K USB accelerators, the fake libedgetpu in simulate mode (every
+invoke sleeps `invoke_ms`, plus `swap_ms` when the caching token changes on a device),
+a real mosquitto, and `edgetpud run` as a subprocess. A `Tap` is a `mosquitto_sub`
+process (C, so counting costs the daemon no CPU) that writes one line per message with
+its arrival time.
+
+Every benchmark module has `run(quick: bool) -> dict` (the record written to
+bench/results/<name>.json) and a `main()` for running it alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+RESULTS = ROOT / "bench" / "results"
+MODELS = Path(os.environ.get("EDGETPUD_MODELS", ROOT.parent / "shared" / "models"))
+FAKE_LIB = ROOT / "build" / "libfake_edgetpu.so"
+PREFIX = "bench"
+NODE = "box"
+BASE = f"{PREFIX}/{NODE}"
+INVOKE_MS = 2.6  # Coral USB Accelerator (USB 3), MobileNet v2 224: the published figure
+MODEL_128 = "mobilenet_v1_0.25_128_quant_edgetpu.tflite"
+LABELS = "imagenet_labels.txt"
+
+
+def ensure_umockdev() -> None:
+    """Re-run this process under umockdev-wrapper unless it already is."""
+    if "umockdev" in os.environ.get("LD_PRELOAD", ""):
+        return
+    wrapper = shutil.which("umockdev-wrapper")
+    if wrapper is None:
+        sys.exit(
+            "umockdev-wrapper not found: install the Debian package umockdev (make bench does)"
+        )
+    os.execv(wrapper, [wrapper, sys.executable, *sys.argv])
+
+
+def check_inputs() -> None:
+    if not FAKE_LIB.is_file():
+        sys.exit(f"{FAKE_LIB} is missing: run `make build/libfake_edgetpu.so` (make bench does)")
+    if not (MODELS / MODEL_128).is_file():
+        sys.exit(f"{MODELS / MODEL_128} is missing: set EDGETPUD_MODELS to ../shared/models")
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict[str, Any]:
+    """Facts that make a figure comparable: cores, CPU, load right now, versions."""
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "numpy": _version("numpy"),
+        "tflite_runtime": _version("tflite-runtime"),
+        "paho_mqtt": _version("paho-mqtt"),
+        "mosquitto": _mosquitto_version(),
+    }
+
+
+def _mosquitto_version() -> str:
+    from tests.support.broker import MOSQUITTO
+
+    try:
+        out = subprocess.run(
+            [MOSQUITTO, "-h"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except OSError:
+        return "unknown"
+    first = out.splitlines()[0] if out else ""
+    return first.replace("mosquitto version", "").strip() or "unknown"
+
+
+def write_record(name: str, record: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def new_record(name: str, quick: bool, params: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "schema": f"edgetpud.bench.{name}/1",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "quick": quick,
+        "machine": machine(),
+        "params": params,
+    }
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain text table (also valid Markdown)."""
+    cells = [[str(h) for h in headers], *[[_fmt(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+    return str(value)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    from tests.support.daemon import wait_for as _wait_for
+
+    return _wait_for(predicate, timeout, what)
+
+
+# -- the rig -------------------------------------------------------------------------------
+
+
+def model_table(
+    name: str,
+    model: str,
+    *,
+    device: str = "any",
+    source: str = "",
+    postprocess: str = 'type = "classify"\ntop_k = 3',
+    labels: bool = True,
+    extra: str = "",
+) -> str:
+    """One `[models.<name>]` table; `source` is the body of its source table (empty: none)."""
+    text = f'[models.{name}]\nmodel = "{MODELS / model}"\ndevice = "{device}"\n'
+    if labels:
+        text += f'labels = "{MODELS / LABELS}"\n'
+    text += extra
+    if source:
+        text += f"[models.{name}.source]\n{source}\n"
+    if postprocess:
+        text += f"[models.{name}.postprocess]\n{postprocess}\n"
+    return text
+
+
+@dataclass
+class Rig:
+    """A testbed, a broker, the fake library's control file and daemons, in one temp dir."""
+
+    tmp: Path
+    tb: Any
+    broker: Any
+    control: Any
+    accelerators: list[str] = field(default_factory=list)
+    daemons: list[Any] = field(default_factory=list)
+    taps: list[Tap] = field(default_factory=list)
+
+    def add_accelerators(self, count: int, bus: int = 2) -> list[str]:
+        """`count` ready USB 3 accelerators on their own root hub; returns identities."""
+        root = self.tb.add_root_hub(bus, 5000, maxchild=max(count, 1))
+        out = []
+        for port in range(1, count + 1):
+            path = self.tb.add_accelerator(root, port)
+            self.accelerators.append(path)
+            out.append(f"usb:{bus}-{port}")
+        return out
+
+    def config(self, models: str, *, qos: int = 0, extra: str = "", debounce: str = "300ms") -> str:
+        return f"""
+[daemon]
+node_id = "{NODE}"
+state_dir = "{self.tmp / "state"}"
+health_interval = "1s"
+stall_timeout = "5s"
+drain_timeout = "5s"
+log_level = "warning"
+[mqtt]
+host = "127.0.0.1"
+port = {self.broker.port}
+topic_prefix = "{PREFIX}"
+qos = {qos}
+[runtime]
+library = "{FAKE_LIB}"
+[devices]
+firmware_debounce = "{debounce}"
+{extra}
+{models}
+"""
+
+    def daemon(self, models: str, *, qos: int = 0, extra: str = "", debounce: str = "300ms") -> Any:
+        from tests.support.daemon import Daemon
+
+        d = Daemon(
+            self.tmp / f"daemon{len(self.daemons)}",
+            self.config(models, qos=qos, extra=extra, debounce=debounce),
+            env=self.control.env(),
+        )
+        self.daemons.append(d)
+        d.start()
+        d.wait_ready(timeout=120)
+        return d
+
+    def tap(self, topic: str, *, qos: int = 0, payload: bool = False) -> Tap:
+        t = Tap(self.broker, topic, self.tmp / f"tap{len(self.taps)}.txt", qos, payload)
+        self.taps.append(t)
+        return t
+
+    def close(self) -> None:
+        for t in self.taps:
+            t.stop()
+        for d in self.daemons:
+            with suppress(AssertionError):
+                d.stop(timeout=30)
+            d.close()
+
+
+@contextmanager
+def rig(invoke_ms: float = INVOKE_MS, swap_ms: float = 0.0) -> Iterator[Rig]:
+    from tests.support.broker import Broker
+    from tests.support.fakelib import Control
+    from tests.support.umock import testbed
+
+    tmp = Path(tempfile.mkdtemp(prefix="edgetpud-bench."))
+    (tmp / "state").mkdir()
+    control = Control(tmp / "fake_edgetpu.control")
+    control.set(mode="simulate", invoke_ms=invoke_ms, swap_ms=swap_ms)
+    try:
+        broker = Broker(tmp, max_queued_messages=0)
+        if os.environ.get("BENCH_NODELAY", "1") == "1":
+            # the broker writes each message at once (no Nagle): what a low-latency site sets
+            with broker.conf.open("a") as conf:
+                conf.write("set_tcp_nodelay true\n")
+        with testbed() as tb, broker:
+            r = Rig(tmp, tb, broker, control)
+            try:
+                yield r
+            finally:
+                r.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class Tap:
+    """`mosquitto_sub` writing "<unix time> <topic>[ <payload>]" per message to a file."""
+
+    def __init__(self, broker: Any, topic: str, path: Path, qos: int, payload: bool) -> None:
+        self.path = path
+        fmt = "%U %t %p" if payload else "%U %t"
+        self._out = path.open("wb")
+        self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+            ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-t", topic,
+             "-q", str(qos), "-F", fmt, "-V", "5"],
+            stdout=self._out, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(0.3)  # let it subscribe before anything is published
+
+    def lines(self) -> list[tuple[float, str, str]]:
+        """(arrival time, topic, payload) for every message so far (a partial last line is left)."""
+        self._out.flush()
+        out = []
+        for raw in self.path.read_bytes().split(b"\n")[:-1]:
+            parts = raw.decode(errors="replace").split(" ", 2)
+            if len(parts) >= 2:
+                out.append((float(parts[0]), parts[1], parts[2] if len(parts) > 2 else ""))
+        return out
+
+    def count(self) -> int:
+        return self.path.read_bytes().count(b"\n")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.proc = None
+        self._out.close()
+
+
+def rate_between(times: Sequence[float], t0: float, t1: float) -> float:
+    """Messages per second that arrived within [t0, t1) (wall-clock times)."""
+    n = sum(1 for t in times if t0 <= t < t1)
+    return n / (t1 - t0) if t1 > t0 else 0.0
+
+
+def health(tap: Tap) -> dict[str, Any]:
+    """The last health snapshot a payload tap on `…/health` saw."""
+    for _, topic, payload in reversed(tap.lines()):
+        if topic.endswith("/health"):
+            try:
+                data: dict[str, Any] = json.loads(payload)
+                return data
+            except json.JSONDecodeError:
+                continue
+    return {}

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""What users write today instead of edgetpud: one thread per Edge TPU, each running
+preprocess -> invoke -> postprocess -> publish in a loop (the pattern of Coral's
+two-models-two-TPUs example, plus an MQTT publish).
+
+It does the same work per inference as the daemon in bench/efficiency.py: a uint8
+frame (cycled from 8 noise frames) fitted to the model input (with PIL bilinear only
+when its size differs; at the model's size it is just copied into the input tensor), invoke through tflite_runtime with
+`load_delegate(library, {"device": "usb:N"})`, top-3 with labels, a JSON payload
+published with paho to `<prefix>/<node>/models/m<N>/results`.
+
+    .venv/bin/python bench/plain_script.py --devices 4 --port 1883 --seconds 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from PIL import Image
+from tflite_runtime.interpreter import Interpreter, load_delegate
+
+
+def load_labels(path: Path) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for n, line in enumerate(path.read_text().splitlines()):
+        parts = line.strip().split(maxsplit=1)
+        if len(parts) == 2 and parts[0].isdigit():
+            out[int(parts[0])] = parts[1]
+        elif parts:
+            out[n] = line.strip()
+    return out
+
+
+def worker(  # noqa: PLR0917 - a thread target
+    index: int,
+    args: argparse.Namespace,
+    client: Any,
+    labels: dict[int, str],
+    frames: list[Any],
+    stop: threading.Event,
+    counts: list[int],
+) -> None:
+    delegate = load_delegate(str(args.library), {"device": f"usb:{index}"})
+    interpreter = Interpreter(model_path=str(args.model), experimental_delegates=[delegate])
+    interpreter.allocate_tensors()
+    inp = interpreter.get_input_details()[0]
+    out = interpreter.get_output_details()[0]
+    _, height, width, _ = inp["shape"]
+    scale, zero = out["quantization"]
+    topic = f"{args.prefix}/{args.node}/models/m{index}/results"
+    n = 0
+    while not stop.is_set():
+        # preprocess: fit the frame to the model input
+        frame = frames[n % len(frames)]
+        if frame.shape[:2] != (height, width):
+            image = Image.fromarray(frame, "RGB").resize(
+                (int(width), int(height)), Image.Resampling.BILINEAR
+            )
+            frame = np.asarray(image, dtype=np.uint8)
+        interpreter.set_tensor(inp["index"], frame[np.newaxis, ...])
+        t0 = time.monotonic()
+        interpreter.invoke()
+        t1 = time.monotonic()
+        # postprocess: top 3 with labels
+        scores = interpreter.get_tensor(out["index"])[0]
+        top = np.argpartition(scores, -3)[-3:]
+        top = top[np.argsort(scores[top])[::-1]]
+        result = [
+            {
+                "id": int(i),
+                "label": labels.get(int(i), str(i)),
+                "score": float((int(scores[i]) - zero) * scale),
+            }
+            for i in top
+        ]
+        payload = json.dumps(
+            {"model": f"m{index}", "frame": n, "invoke_ms": (t1 - t0) * 1000, "result": result}
+        )
+        client.publish(topic, payload, qos=args.qos)
+        n += 1
+        counts[index] = n
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--devices", type=int, required=True)
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--labels", type=Path, required=True)
+    p.add_argument("--library", type=Path, required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=1883)
+    p.add_argument("--qos", type=int, default=0)
+    p.add_argument("--prefix", default="bench")
+    p.add_argument("--node", default="box")
+    p.add_argument("--frame", type=int, default=128, help="frame width and height")
+    p.add_argument("--seconds", type=float, default=0, help="stop after this long (0: on SIGTERM)")
+    args = p.parse_args()
+
+    labels = load_labels(args.labels)
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (args.frame, args.frame, 3), dtype=np.uint8) for _ in range(8)]
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.connect(args.host, args.port)
+    client.loop_start()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    counts = [0] * args.devices
+    threads = [
+        threading.Thread(
+            target=worker,
+            args=(i, args, client, labels, frames, stop, counts),
+            name=f"tpu{i}",
+            daemon=True,
+        )
+        for i in range(args.devices)
+    ]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + args.seconds if args.seconds else float("inf")
+    while not stop.wait(0.2) and time.monotonic() < deadline:
+        pass
+    stop.set()
+    for t in threads:
+        t.join(10)
+    client.disconnect()
+    client.loop_stop()
+    print(json.dumps({"inferences": sum(counts)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

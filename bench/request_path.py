@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""3. Request path over MQTT: requests in on `…/models/<m>/infer`, replies on a response topic.
+
+One simulated Edge TPU (fake libedgetpu, 2.6 ms per invoke), `edgetpud run` serving one
+model (mobilenet_v1_0.25_128 Edge TPU build, top-3 classify) with no source of its own.
+A paho MQTT 5 load generator in this process publishes raw 128x128x3 uint8 tensors
+(49152 bytes, content type application/octet-stream) at QoS 1 with a response topic and
+correlation data, and timestamps each reply in its on_message callback.
+
+- latency phase: requests paced at a steady rate well below capacity; figure: p50/p99 of
+  (reply received - request sent - simulated invoke time), i.e. what edgetpud, paho and
+  mosquitto add around the device.
+- baseline: the same paced requests answered at once by bench/echo_responder.py (a bare
+  paho client): what the broker, paho and this machine's load cost on their own.
+- throughput phase: a closed loop keeping `window` requests outstanding; replies/s.
+
+    umockdev-wrapper .venv/bin/python bench/request_path.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common
+from loadgen import LoadGen
+
+HERE = Path(__file__).resolve().parent
+NAME = "request_path"
+TARGET_P50_MS = 1.0
+MODEL = "req"
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def paced(gen: LoadGen, prefix: str, payload: bytes, rate: float, count: int) -> list[float]:
+    """Send `count` requests at `rate`/s; returns each round trip in ms."""
+    due = time.monotonic()
+    for i in range(count):
+        gen.send(MODEL, f"{prefix}{i}", payload)
+        due += 1.0 / rate
+        time.sleep(max(0.0, due - time.monotonic()))
+    ids = [f"{prefix}{i}" for i in range(count)]
+    common.wait_for(lambda: all(i in gen.replies for i in ids), 60, "every paced reply")
+    return [
+        (gen.replies[f"{prefix}{i}"].received - gen.sent[f"{prefix}{i}"]) * 1000.0
+        for i in range(count)
+    ]
+
+
+def run(quick: bool = False) -> dict[str, Any]:
+    rate, count = (100.0, 200) if quick else (100.0, 2000)
+    window, seconds = 16, (2.0 if quick else 8.0)
+    record = common.new_record(
+        NAME,
+        quick,
+        {
+            "simulated_invoke_ms": common.INVOKE_MS,
+            "model": common.MODEL_128,
+            "request": "raw 128x128x3 uint8 tensor, 49152 bytes, MQTT 5, QoS 1, response topic",
+            "reply_qos": 1,
+            "latency_phase": {"rate_per_s": rate, "requests": count},
+            "throughput_phase": {"window": window, "seconds": seconds},
+        },
+    )
+    payload = np.random.default_rng(0).integers(0, 256, 128 * 128 * 3, dtype=np.uint8).tobytes()
+    with common.rig(common.INVOKE_MS) as r:
+        (device,) = r.add_accelerators(1)
+        # baseline: the same paced requests answered at once by a bare paho client
+        echo = subprocess.Popen(
+            [sys.executable, str(HERE / "echo_responder.py"), "--port", str(r.broker.port),
+             "--base", common.BASE],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        gen = LoadGen(r.broker.host, r.broker.port, common.BASE, "echo")
+        try:
+
+            def echo_ready() -> bool:
+                gen.send(MODEL, f"ew{len(gen.sent)}", payload)
+                time.sleep(0.2)
+                return gen.answered() > 0
+
+            common.wait_for(echo_ready, 60, "the echo responder")
+            echo_rtt = paced(gen, "e", payload, rate, count)
+        finally:
+            gen.stop()
+            echo.terminate()
+            echo.wait(30)
+        models = common.model_table(
+            MODEL, common.MODEL_128, device=device, extra="queue_size = 64\n"
+        )
+        r.daemon(models, qos=1)
+        gen = LoadGen(r.broker.host, r.broker.port, common.BASE)
+        try:
+            for i in range(20):  # warm up: the first requests open the path end to end
+                gen.send(MODEL, f"w{i}", payload)
+            common.wait_for(lambda: gen.answered() >= 20, 60, "warm-up replies")
+            rtt = paced(gen, "l", payload, rate, count)
+            lat = [gen.replies[f"l{i}"] for i in range(count)]
+            added = [x - common.INVOKE_MS for x in rtt]
+            errors = sum(1 for x in lat if x.error)
+            legs = {
+                "in_ms (sent -> daemon received_at)": [
+                    (x.daemon_received - x.sent) * 1000.0 for x in lat
+                ],
+                "daemon_ms (received_at -> finished_at)": [
+                    (x.daemon_finished - x.daemon_received) * 1000.0 for x in lat
+                ],
+                "out_ms (finished_at -> reply received)": [
+                    (x.received - x.daemon_finished) * 1000.0 for x in lat
+                ],
+            }
+            inside = {
+                k: statistics.median(x.timing.get(k, 0.0) for x in lat)
+                for k in ("queue_ms", "preprocess_ms", "invoke_ms", "postprocess_ms")
+            }
+            # throughput phase: closed loop, `window` outstanding
+            n, t_end = 0, time.monotonic() + seconds
+            start_answered, t0 = gen.answered(), time.time()
+            while time.monotonic() < t_end:
+                if gen.outstanding() < window:
+                    gen.send(MODEL, f"t{n}", payload)
+                    n += 1
+                else:
+                    time.sleep(0.0005)
+            t1 = time.time()
+            throughput = (gen.answered() - start_answered) / (t1 - t0)
+            common.wait_for(lambda: gen.outstanding() == 0, 60, "every throughput-phase reply")
+            duplicates = gen.duplicates
+        finally:
+            gen.stop()
+    echo_p50 = percentile(echo_rtt, 0.50)
+    fig = {
+        "latency_requests": count,
+        "errors": errors,
+        "added_ms_p50": round(percentile(added, 0.50), 3),
+        "added_ms_p90": round(percentile(added, 0.90), 3),
+        "added_ms_p99": round(percentile(added, 0.99), 3),
+        "round_trip_ms_p50": round(percentile(added, 0.50) + common.INVOKE_MS, 3),
+        "daemon_timing_median_ms": {k: round(v, 3) for k, v in inside.items()},
+        "legs_median_ms": {k: round(percentile(v, 0.5), 3) for k, v in legs.items()},
+        "throughput_per_s": round(throughput, 1),
+        "ceiling_per_s": round(1000.0 / common.INVOKE_MS, 1),
+        "duplicates": duplicates,
+        "echo_round_trip_ms_p50": round(echo_p50, 3),
+        "echo_round_trip_ms_p99": round(percentile(echo_rtt, 0.99), 3),
+        "added_over_echo_ms_p50": round(percentile(added, 0.50) - echo_p50, 3),
+    }
+    record["figures"] = fig
+    record["target"] = {
+        "added_p50_ms_max": TARGET_P50_MS,
+        "measured": fig["added_ms_p50"],
+        "met": fig["added_ms_p50"] <= TARGET_P50_MS,
+    }
+    record["table"] = common.table(
+        ["figure", "value"],
+        [
+            ["added latency p50 (ms)", fig["added_ms_p50"]],
+            ["added latency p99 (ms)", fig["added_ms_p99"]],
+            ["round trip p50 (ms, incl. 2.6 ms invoke)", fig["round_trip_ms_p50"]],
+            [
+                "bare paho echo round trip p50 / p99 (ms)",
+                f"{fig['echo_round_trip_ms_p50']} / {fig['echo_round_trip_ms_p99']}",
+            ],
+            ["added p50 minus echo p50 (ms)", fig["added_over_echo_ms_p50"]],
+            ["throughput, window 16 (replies/s)", fig["throughput_per_s"]],
+            ["errors / duplicates", f"{errors} / {duplicates}"],
+        ],
+    )
+    print(record["table"])
+    common.write_record(NAME, record)
+    return record
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    common.check_inputs()
+    common.ensure_umockdev()
+    run(args.quick)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
