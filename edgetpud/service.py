@@ -843,8 +843,17 @@ class Service:
         log.warning("SIGUSR1: %d threads\n%s", len(lines), "\n".join(lines))
 
 
+# Workers spend most of their time in invoke(), which releases the GIL; when it returns the
+# thread needs the GIL back at once or its Edge TPU idles. CPython's default switch interval
+# (5 ms, about two MobileNet inferences) lets a busy Python thread (pre/postprocessing, MQTT)
+# keep the GIL that long first. At 1 ms, 4 simulated TPUs at 2.6 ms/invoke served 20-60 %
+# more inferences/s on 2 cores (bench/efficiency.py; docs/benchmarks.md).
+SWITCH_INTERVAL_S = 0.001
+
+
 def run(cfg: Config) -> int:
     """Entry point for `edgetpud run`: build the service, wire signals, run it."""
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     service = Service(cfg)
     service.install_signal_handlers()
     log.info("edgetpud %s starting (config %s, node %s)", __version__, cfg.path, cfg.daemon.node_id)
