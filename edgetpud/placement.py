@@ -20,6 +20,7 @@ Rules, in order (see docs/placement.md):
 
 from __future__ import annotations
 
+import heapq
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -204,21 +205,59 @@ class _State:
         self.residents: dict[str, list[str]] = {d: [] for d in self.usable}
         self.params: dict[str, int] = dict.fromkeys(self.usable, 0)
         self.targets: dict[str, list[str]] = {}
+        self.cands: dict[str, list[str]] = {}
+        self.scores: dict[tuple[str, str], tuple[int, int, int, int]] = {}
         self.why: dict[str, str] = {}
+        self.notes: dict[str, list[str]] = {}
         self.done: dict[str, Placement] = {}
+
+    def candidates(self, spec: ModelSpec) -> list[str]:
+        """Usable devices the model's `device` selector allows, in input order."""
+        found = self.cands.get(spec.name)
+        if found is None:
+            found = [d for d in self.usable if _matches(spec.device, self.usable[d])]
+            self.cands[spec.name] = found
+        return found
+
+    def score(self, spec: ModelSpec, dev: str) -> tuple[int, int, int, int]:
+        key = (dev, spec.performance)
+        found = self.scores.get(key)
+        if found is None:
+            found = self.scores[key] = device_score(self.usable[dev], spec.performance)
+        return found
 
     def put(self, spec: ModelSpec, dev: str) -> None:
         self.targets.setdefault(spec.name, []).append(dev)
         self.residents[dev].append(spec.name)
         self.params[dev] += spec.param_bytes
 
+    def take(self, spec: ModelSpec, dev: str) -> None:
+        """Remove the model's replica from `dev`."""
+        self.targets[spec.name].remove(dev)
+        self.residents[dev].remove(spec.name)
+        self.params[dev] -= spec.param_bytes
+
+    def move(self, spec: ModelSpec, old: str, new: str) -> None:
+        """Move one replica from `old` to `new`, keeping its position among the replicas."""
+        mine = self.targets[spec.name]
+        mine[mine.index(old)] = new
+        self.residents[old].remove(spec.name)
+        self.params[old] -= spec.param_bytes
+        self.residents[new].append(spec.name)
+        self.params[new] += spec.param_bytes
+
+    def free(self, spec: ModelSpec) -> list[str]:
+        """Allowed devices nobody uses, that the model is not already on."""
+        mine = self.targets.get(spec.name, ())
+        return [d for d in self.candidates(spec) if not self.residents[d] and d not in mine]
+
     def free_key(self, spec: ModelSpec, dev: str) -> tuple[Any, ...]:
-        """Sort key (smallest first) for a free device: best, then where it is, then unused."""
-        score = device_score(self.usable[dev], spec.performance)
+        """Sort key (smallest first) for a free device: best, then where it was, then unused."""
+        score = self.score(spec, dev)
         prev = self.prev.get(spec.name, ())
         mine = prev.index(dev) if dev in prev else len(self.usable)  # its first replica first
         others = bool(self.prev_holders.get(dev, set()) - {spec.name})
-        return (tuple(-s for s in score), mine, others, dev)
+        return (-score[0], -score[1], -score[2], -score[3], mine, others, dev)
 
     def share_key(self, spec: ModelSpec, dev: str) -> tuple[Any, ...]:
         """Sort key for a device to share: fits on chip, co-compiled, least loaded, ..."""
@@ -229,7 +268,7 @@ class _State:
         )
         top = max((self.specs[r].priority for r in self.residents[dev]), default=-1)
         mine = dev in self.prev.get(spec.name, ())
-        score = device_score(self.usable[dev], spec.performance)
+        score = self.score(spec, dev)
         return (
             not fits,
             not cocompiled,
@@ -240,13 +279,28 @@ class _State:
             dev,
         )
 
+    def note(self, name: str, text: str) -> None:
+        self.notes.setdefault(name, []).append(text)
+
+
+def _rank(spec: ModelSpec) -> tuple[int, str]:
+    """Processing order: higher priority first, then by name."""
+    return (-spec.priority, spec.name)
+
 
 def plan(
     devices: Sequence[DeviceInfo], models: Sequence[ModelSpec], current: Plan | None = None
 ) -> Plan:
-    """Place `models` on `devices`; moves are relative to `current` (None: nothing runs yet)."""
+    """Place `models` on `devices`; moves are relative to `current` (None: nothing runs yet).
+
+    Stability first: every replica keeps the device it runs on while that device is
+    usable and allowed. Models without an Edge TPU are then placed by the rules; a model
+    moves otherwise only to get better off, or to give its device to a model that needs
+    it more (a strictly higher-priority model, or another model's first replica when it
+    is an extra replica).
+    """
     st = _State(devices, models, current)
-    order = sorted(models, key=lambda m: (-m.priority, m.name))
+    order = sorted(models, key=_rank)
     tpu: list[ModelSpec] = []
     for spec in order:
         if not spec.enabled or spec.disabled_reason:
@@ -268,57 +322,230 @@ def plan(
             st.why[spec.name] = f"pinned by device = {spec.device!r}"
         else:
             st.done[spec.name] = _fallback(spec, _pin_problem(spec, st))
+    movable = [s for s in tpu if not _is_pin(s.device)]
 
-    # Rules 2-4: first replicas, in priority order, on free devices; the rest share.
-    overflow: list[ModelSpec] = []
-    crowded = sum(1 for s in tpu if any(_matches(s.device, d) for d in st.usable.values())) > len(
-        st.usable
-    )  # then co-compiled models go together first
-    # Models that may only use one kind of device: "any" models leave them enough of it.
-    waiting_kinds = {k: sum(1 for s in tpu if s.device == k) for k in ("pci", "usb")}
-    for spec in tpu:
-        if spec.name in st.done or _is_pin(spec.device):
-            continue
-        cands = [d for d in st.usable if _matches(spec.device, st.usable[d])]
-        if not cands:
-            st.done[spec.name] = _fallback(spec, _no_device_problem(spec, st))
-            continue
-        free = [d for d in cands if not st.residents[d]]
-        if spec.device == "any":
-            free = _unreserved(st, free, waiting_kinds) or free
-        elif spec.device in waiting_kinds:
-            waiting_kinds[spec.device] -= 1
-        partner = [d for d in cands if st.residents[d] and _joins_cached(st, spec, d)]
-        if crowded and partner:
-            st.put(spec, min(partner, key=lambda d: st.share_key(spec, d)))
-        elif free:
-            st.put(spec, min(free, key=lambda d: st.free_key(spec, d)))
-        else:
-            overflow.append(spec)
-    for spec in overflow:
-        cands = [d for d in st.usable if _matches(spec.device, st.usable[d])]
-        st.put(spec, min(cands, key=lambda d: st.share_key(spec, d)))
+    # Rule 6: every replica stays where it runs while that device is usable and allowed.
+    for spec in movable:
+        for t in st.prev.get(spec.name, ()):
+            if len(st.targets.get(spec.name, ())) >= spec.replicas:
+                break
+            if t in st.usable and t not in st.targets.get(spec.name, ()):
+                if _matches(spec.device, st.usable[t]):
+                    st.put(spec, t)
 
-    # Extra replicas only take devices nobody else needs: second replicas, then third, ...
-    most = max((s.replicas for s in tpu), default=1)
-    for r in range(1, most):
-        for spec in tpu:
-            if spec.replicas <= r or spec.name not in st.targets or _is_pin(spec.device):
-                continue
-            mine = st.targets[spec.name]
-            free = [
-                d
-                for d in st.usable
-                if not st.residents[d] and d not in mine and _matches(spec.device, st.usable[d])
-            ]
-            if free:
-                st.put(spec, min(free, key=lambda d: st.free_key(spec, d)))
+    crowded = sum(1 for s in tpu if st.candidates(s)) > len(st.usable)
+    _place_first_replicas(st, [s for s in movable if not st.targets.get(s.name)], crowded)
+    _improve(st, movable)
+    _add_replicas(st, movable)
 
     for spec in tpu:
         if spec.name not in st.done:
             st.done[spec.name] = _tpu_placement(spec, st)
     placements = {m.name: st.done[m.name] for m in models}
     return Plan(placements, _moves(st, placements, current), tuple(st.usable))
+
+
+def _place_first_replicas(st: _State, todo: list[ModelSpec], crowded: bool) -> None:
+    """Rules 2-4 for models without an Edge TPU, highest priority first.
+
+    A free device (leaving kind-restricted models devices of their kind); else one
+    held by another model's extra replica; else, for a model restricted to a kind of
+    device, one whose model can move to a free device of its own; else one held alone
+    by a strictly lower-priority model, which is then placed again itself; else share.
+    """
+    queue = [(_rank(s), s) for s in todo]
+    heapq.heapify(queue)
+    # Models that may only use one kind of device: "any" models leave them enough of it.
+    demand = {k: sum(1 for s in todo if s.device == k) for k in ("pci", "usb")}
+    overflow: list[ModelSpec] = []
+    while queue:
+        spec = heapq.heappop(queue)[1]
+        if spec.device in demand:
+            demand[spec.device] -= 1
+        cands = st.candidates(spec)
+        if not cands:
+            st.done[spec.name] = _fallback(spec, _no_device_problem(spec, st))
+            continue
+        free = st.free(spec)
+        if spec.device == "any":
+            free = _unreserved(st, free, demand) or free
+        partner = [d for d in cands if st.residents[d] and _joins_cached(st, spec, d)]
+        if crowded and partner:
+            st.put(spec, min(partner, key=lambda d: st.share_key(spec, d)))
+            continue
+        if free:
+            st.put(spec, min(free, key=lambda d: st.free_key(spec, d)))
+            continue
+        spare = [d for d in cands if _extra_replica_only(st, d)]
+        if spare:
+            dev = min(spare, key=lambda d: st.free_key(spec, d))
+            owner = st.specs[st.residents[dev][0]]
+            st.take(owner, dev)
+            st.note(owner.name, f"gave up {dev} to {spec.name}: first replicas come before extra ones")
+            st.put(spec, dev)
+            continue
+        if spec.device != "any":
+            relocatable = [d for d in cands if _can_relocate(st, d)]
+            if relocatable:
+                dev = min(
+                    relocatable,
+                    key=lambda d: (st.specs[st.residents[d][0]].priority, st.free_key(spec, d)),
+                )
+                owner = st.specs[st.residents[dev][0]]
+                new = min(st.free(owner), key=lambda d: st.free_key(owner, d))
+                st.move(owner, dev, new)
+                st.note(
+                    owner.name,
+                    f"moved from {dev} to free {new}: {spec.name} can only use {spec.device!r}",
+                )
+                st.put(spec, dev)
+                continue
+        held = [d for d in cands if _held_by_lower(st, spec, d)]
+        if held:
+            dev = min(
+                held, key=lambda d: (st.specs[st.residents[d][0]].priority, st.free_key(spec, d))
+            )
+            owner = st.specs[st.residents[dev][0]]
+            st.take(owner, dev)
+            st.note(
+                owner.name,
+                f"gave up {dev} to {spec.name} (priority {spec.priority} > {owner.priority})",
+            )
+            st.put(spec, dev)
+            if not st.targets[owner.name]:
+                if owner.device in demand:
+                    demand[owner.device] += 1
+                heapq.heappush(queue, (_rank(owner), owner))
+            continue
+        overflow.append(spec)
+    for spec in overflow:
+        st.put(spec, min(st.candidates(spec), key=lambda d: st.share_key(spec, d)))
+
+
+def _extra_replica_only(st: _State, dev: str) -> bool:
+    """True when `dev` holds only one model's second (third, ...) replica."""
+    names = st.residents[dev]
+    return len(names) == 1 and st.targets[names[0]][0] != dev
+
+
+def _can_relocate(st: _State, dev: str) -> bool:
+    """True when `dev` holds one movable model that could have a free device to itself."""
+    names = st.residents[dev]
+    if len(names) != 1:
+        return False
+    owner = st.specs[names[0]]
+    return not _is_pin(owner.device) and bool(st.free(owner))
+
+
+def _held_by_lower(st: _State, spec: ModelSpec, dev: str) -> bool:
+    """True when `dev` holds one movable model, of lower priority than `spec`."""
+    names = st.residents[dev]
+    if len(names) != 1:
+        return False
+    owner = st.specs[names[0]]
+    return owner.priority < spec.priority and not _is_pin(owner.device)
+
+
+def _improve(st: _State, movable: list[ModelSpec]) -> None:
+    """Use free devices to make models better off, highest priority first, until none can.
+
+    A model sharing a TPU gets one to itself: it moves to a better free device, or else
+    the lowest-priority model it shares with moves out to the free one. A model alone
+    on a TPU moves to a strictly better free device. Nobody is made worse off.
+    """
+    changed = True
+    while changed:
+        changed = False
+        for spec in movable:
+            for t in list(st.targets.get(spec.name, ())):
+                free = st.free(spec)
+                if not free:
+                    break
+                best = min(free, key=lambda d: st.free_key(spec, d))
+                better = st.score(spec, best) > st.score(spec, t)
+                if len(st.residents[t]) > 1:
+                    if not better and len(st.residents[t]) == 2 and _evict_lowest(st, spec, t):
+                        changed = True
+                        continue
+                    st.move(spec, t, best)
+                    st.note(spec.name, f"moved from shared {t} to free {best}")
+                    changed = True
+                elif better:
+                    st.move(spec, t, best)
+                    st.note(spec.name, f"moved from {t} to the better {best}")
+                    changed = True
+        if not changed:
+            changed = _swap_with_lower(st, movable)
+
+
+def _swap_with_lower(st: _State, movable: list[ModelSpec]) -> bool:
+    """Priority: a model trades places with a strictly lower-priority model that has a
+    TPU to itself when that leaves it better off: it shares a TPU (parameters not cached)
+    or has a worse device. The other model must be allowed on the TPU it gets, and the
+    on-chip memory rule still holds there. Makes one trade; True if it did."""
+    for spec in movable:
+        mine = st.targets.get(spec.name, ())
+        for here in mine[:1]:  # the first replica: extra ones never displace anyone
+            crowded = len(st.residents[here]) > 1
+            if crowded and _cached_together(st, here):
+                continue
+            fit_before = st.params[here] <= ON_CHIP_BYTES
+            options = []
+            for d in st.candidates(spec):
+                names = st.residents[d]
+                if len(names) != 1 or d in mine:
+                    continue
+                low = st.specs[names[0]]
+                if low.priority >= spec.priority or _is_pin(low.device):
+                    continue
+                if here in st.targets[low.name] or not _matches(low.device, st.usable[here]):
+                    continue
+                if not crowded and st.score(spec, d) <= st.score(spec, here):
+                    continue
+                load = st.params[here] - spec.param_bytes + low.param_bytes
+                if crowded and fit_before and load > ON_CHIP_BYTES:
+                    continue
+                options.append((low.priority, st.free_key(spec, d), d, low))
+            if options:
+                _, _, d, low = min(options)
+                st.move(spec, here, d)
+                st.move(low, d, here)
+                st.note(
+                    low.name,
+                    f"gave up {d} to {spec.name} (priority {spec.priority} > {low.priority})",
+                )
+                return True
+    return False
+
+
+def _evict_lowest(st: _State, spec: ModelSpec, dev: str) -> bool:
+    """Move the lowest-priority model sharing `dev` with `spec` to a free device of its own."""
+    others = [
+        st.specs[r]
+        for r in st.residents[dev]
+        if r != spec.name and not _is_pin(st.specs[r].device)
+        and st.specs[r].priority < spec.priority
+    ]
+    for other in sorted(others, key=lambda s: (s.priority, s.name), reverse=False):
+        free = st.free(other)
+        if free:
+            new = min(free, key=lambda d: st.free_key(other, d))
+            st.move(other, dev, new)
+            st.note(other.name, f"moved from shared {dev} to free {new}")
+            return True
+    return False
+
+
+def _add_replicas(st: _State, movable: list[ModelSpec]) -> None:
+    """Extra replicas only take devices nobody else needs: second replicas, then third, ..."""
+    most = max((s.replicas for s in movable), default=1)
+    for r in range(1, most):
+        for spec in movable:
+            if spec.replicas <= r or len(st.targets.get(spec.name, ())) != r:
+                continue
+            free = st.free(spec)
+            if free:
+                st.put(spec, min(free, key=lambda d: st.free_key(spec, d)))
 
 
 # ---------------------------------------------------------------- reasons

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from edgetpud.devices.model import DeviceInfo, PowerInfo
-from edgetpud.placement import Placement, device_score
+from edgetpud.placement import CPU, TIER_RANK, Placement, Plan, device_score
 
 
 def dev(
@@ -39,3 +39,24 @@ def best_class(p: Placement, devices: dict[str, DeviceInfo]) -> tuple[int, ...]:
     """The standard-clock score of the best device a placement uses (() for CPU/none)."""
     scores = [device_score(devices[t])[:3] for t in p.targets if t in devices]
     return max(scores, default=())
+
+
+def standing(
+    p: Placement, devices: dict[str, DeviceInfo], performance: str = "std"
+) -> tuple[object, ...]:
+    """How well off a model is, as docs/placement.md defines it (bigger is better):
+    its tier, then how many replicas run on Edge TPUs, then its devices' classes,
+    best first."""
+    tpus = [t for t in p.targets if t != CPU]
+    classes = sorted((device_score(devices[t], performance) for t in tpus), reverse=True)
+    return (TIER_RANK[p.tier], len(tpus), tuple(classes))
+
+
+def targets(p: Plan) -> dict[str, frozenset[str]]:
+    return {name: frozenset(pl.targets) for name, pl in p.placements.items()}
+
+
+def moved(before: Plan, after: Plan) -> set[str]:
+    """Models whose set of targets changed (what the service would stop or start)."""
+    old = targets(before)
+    return {m for m, t in targets(after).items() if old.get(m, frozenset()) != t}
