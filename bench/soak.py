@@ -117,8 +117,13 @@ def soak(rig: Rig, args: argparse.Namespace) -> dict[str, Any]:
     next_broker = began + args.broker_every
     next_replug = began + args.replug_every
     restarts = replugs = 0
+    samples: list[tuple[int, int]] = []  # (seconds, RSS KiB): a step or a slope?
+    next_sample = began
     while time.monotonic() < deadline:
         now = time.monotonic()
+        if now >= next_sample:
+            samples.append((round(now - began), rss_kb(pid)))
+            next_sample += 60
         if now >= next_broker:
             before = onlines()
             running.clear()  # nobody can publish requests to a dead broker
@@ -176,6 +181,7 @@ def soak(rig: Rig, args: argparse.Namespace) -> dict[str, Any]:
         "rss_kb_start": start["rss_kb"],
         "rss_kb_end": end["rss_kb"],
         "rss_growth_pct": round(100 * (end["rss_kb"] - start["rss_kb"]) / start["rss_kb"], 2),
+        "rss_kb_every_60s": samples,
         "open_fds_start": start["fds"],
         "open_fds_end": end["fds"],
         "threads_start": start["threads"],
