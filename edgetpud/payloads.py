@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -214,8 +215,12 @@ def _check_image(payload: bytes, fmt: str, max_pixels: int) -> Decoded:
     from PIL import Image  # Pillow is loaded only once an image arrives
 
     try:
-        with Image.open(io.BytesIO(payload), formats=[fmt]) as im:
-            width, height = im.size
+        with warnings.catch_warnings():
+            # Pillow warns (and past 2x its limit, raises) while reading the header of a
+            # huge image; our own max_pixels check below gives the reasoned refusal.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(payload), formats=[fmt]) as im:
+                width, height = im.size
     except Image.DecompressionBombError as exc:
         raise BadRequest(
             IMAGE_TOO_LARGE, f"the image is too large to decode safely: {exc}"
