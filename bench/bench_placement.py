@@ -32,18 +32,24 @@ def main() -> None:
     ]
     first = plan(devices, models)
     fresh, replan = [], []
-    for _ in range(200):
-        t0 = time.perf_counter()
+    cpu = {"fresh plan": 0.0, "re-plan after unplug": 0.0}
+    runs = 200
+    for _ in range(runs):
+        t0, c0 = time.perf_counter(), time.process_time()
         plan(devices, models)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         plan(devices[1:], models, first)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         fresh.append(t1 - t0)
         replan.append(t2 - t1)
+        cpu["fresh plan"] += c1 - c0
+        cpu["re-plan after unplug"] += c2 - c1
+    # Wall time includes whatever else the machine is doing; CPU time is the planner's own.
     for name, xs in (("fresh plan", fresh), ("re-plan after unplug", replan)):
         print(
             f"{name}: 64 models / 16 devices: median {statistics.median(xs) * 1000:.2f} ms, "
-            f"max {max(xs) * 1000:.2f} ms (target < 10 ms)"
+            f"max {max(xs) * 1000:.2f} ms wall; {cpu[name] / runs * 1000:.2f} ms CPU "
+            "(target < 10 ms)"
         )
 
 

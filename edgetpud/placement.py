@@ -15,7 +15,11 @@ Rules, in order (see docs/placement.md):
    never over the on-chip memory when another choice exists, then the
    lowest-priority models on the least-loaded device.
 5. No TPU: CPU fallback when the model has a cpu_model and fallback is on, else wait.
-6. Ties go to where a model already is, then to devices nobody else is using.
+6. Stability: every replica stays where it runs while its device is usable. A model
+   moves only to be better off (a better tier or device, another replica), or to give
+   its device to a model that needs it more: a strictly higher-priority one, another
+   model's first replica (when it is an extra replica), or a model restricted to that
+   kind of device while it keeps its tier elsewhere. Never for an equal-priority model.
 """
 
 from __future__ import annotations
@@ -210,6 +214,8 @@ class _State:
         self.why: dict[str, str] = {}
         self.notes: dict[str, list[str]] = {}
         self.done: dict[str, Placement] = {}
+        self.cached: dict[str, bool] = {}  # per device, once placement is final
+        self.n_placed = 0  # models on Edge TPUs, once placement is final
 
     def candidates(self, spec: ModelSpec) -> list[str]:
         """Usable devices the model's `device` selector allows, in input order."""
@@ -329,15 +335,17 @@ def plan(
         for t in st.prev.get(spec.name, ()):
             if len(st.targets.get(spec.name, ())) >= spec.replicas:
                 break
-            if t in st.usable and t not in st.targets.get(spec.name, ()):
-                if _matches(spec.device, st.usable[t]):
-                    st.put(spec, t)
+            mine = st.targets.get(spec.name, ())
+            if t in st.usable and t not in mine and _matches(spec.device, st.usable[t]):
+                st.put(spec, t)
 
     crowded = sum(1 for s in tpu if st.candidates(s)) > len(st.usable)
     _place_first_replicas(st, [s for s in movable if not st.targets.get(s.name)], crowded)
     _improve(st, movable)
     _add_replicas(st, movable)
 
+    st.cached = {d: _cached_together(st, d) for d in st.usable}
+    st.n_placed = sum(1 for names in st.targets.values() if names)
     for spec in tpu:
         if spec.name not in st.done:
             st.done[spec.name] = _tpu_placement(spec, st)
@@ -369,8 +377,10 @@ def _place_first_replicas(st: _State, todo: list[ModelSpec], crowded: bool) -> N
         free = st.free(spec)
         if spec.device == "any":
             free = _unreserved(st, free, demand) or free
-        partner = [d for d in cands if st.residents[d] and _joins_cached(st, spec, d)]
-        if crowded and partner:
+        partner = []
+        if crowded and spec.caching_token is not None:
+            partner = [d for d in cands if st.residents[d] and _joins_cached(st, spec, d)]
+        if partner:
             st.put(spec, min(partner, key=lambda d: st.share_key(spec, d)))
             continue
         if free:
@@ -381,7 +391,9 @@ def _place_first_replicas(st: _State, todo: list[ModelSpec], crowded: bool) -> N
             dev = min(spare, key=lambda d: st.free_key(spec, d))
             owner = st.specs[st.residents[dev][0]]
             st.take(owner, dev)
-            st.note(owner.name, f"gave up {dev} to {spec.name}: first replicas come before extra ones")
+            st.note(
+                owner.name, f"gave up {dev} to {spec.name}: first replicas come before extra ones"
+            )
             st.put(spec, dev)
             continue
         if spec.device != "any":
@@ -402,9 +414,9 @@ def _place_first_replicas(st: _State, todo: list[ModelSpec], crowded: bool) -> N
                 continue
         held = [d for d in cands if _held_by_lower(st, spec, d)]
         if held:
-            dev = min(
-                held, key=lambda d: (st.specs[st.residents[d][0]].priority, st.free_key(spec, d))
-            )
+            # The lowest priority first; an unrestricted one before one that can only
+            # run on that kind of device.
+            dev = min(held, key=lambda d: (*_victim_key(st, d), st.free_key(spec, d)))
             owner = st.specs[st.residents[dev][0]]
             st.take(owner, dev)
             st.note(
@@ -435,6 +447,11 @@ def _can_relocate(st: _State, dev: str) -> bool:
         return False
     owner = st.specs[names[0]]
     return not _is_pin(owner.device) and bool(st.free(owner))
+
+
+def _victim_key(st: _State, dev: str) -> tuple[int, bool]:
+    owner = st.specs[st.residents[dev][0]]
+    return (owner.priority, owner.device != "any")
 
 
 def _held_by_lower(st: _State, spec: ModelSpec, dev: str) -> bool:
@@ -481,8 +498,9 @@ def _improve(st: _State, movable: list[ModelSpec]) -> None:
 def _swap_with_lower(st: _State, movable: list[ModelSpec]) -> bool:
     """Priority: a model trades places with a strictly lower-priority model that has a
     TPU to itself when that leaves it better off: it shares a TPU (parameters not cached)
-    or has a worse device. The other model must be allowed on the TPU it gets, and the
-    on-chip memory rule still holds there. Makes one trade; True if it did."""
+    or has a worse device (then only with an unrestricted model: one restricted to a kind
+    of device keeps its device). The other model must be allowed on the TPU it gets, and
+    the on-chip memory rule still holds there. Makes one trade; True if it did."""
     for spec in movable:
         mine = st.targets.get(spec.name, ())
         for here in mine[:1]:  # the first replica: extra ones never displace anyone
@@ -500,8 +518,10 @@ def _swap_with_lower(st: _State, movable: list[ModelSpec]) -> bool:
                     continue
                 if here in st.targets[low.name] or not _matches(low.device, st.usable[here]):
                     continue
-                if not crowded and st.score(spec, d) <= st.score(spec, here):
-                    continue
+                if not crowded and (
+                    low.device != "any" or st.score(spec, d) <= st.score(spec, here)
+                ):
+                    continue  # a kind-restricted model keeps its device of that kind
                 load = st.params[here] - spec.param_bytes + low.param_bytes
                 if crowded and fit_before and load > ON_CHIP_BYTES:
                     continue
@@ -523,7 +543,8 @@ def _evict_lowest(st: _State, spec: ModelSpec, dev: str) -> bool:
     others = [
         st.specs[r]
         for r in st.residents[dev]
-        if r != spec.name and not _is_pin(st.specs[r].device)
+        if r != spec.name
+        and not _is_pin(st.specs[r].device)
         and st.specs[r].priority < spec.priority
     ]
     for other in sorted(others, key=lambda s: (s.priority, s.name), reverse=False):
@@ -594,7 +615,7 @@ def _tpu_placement(spec: ModelSpec, st: _State) -> Placement:
     targets = tuple(st.targets[spec.name])
     others = sorted({r for t in targets for r in st.residents[t] if r != spec.name})
     shared = bool(others)
-    cached = all(_cached_together(st, t) for t in targets)
+    cached = all(st.cached[t] for t in targets)
     first = st.usable[targets[0]]
     where = describe_device(first)
     if len(targets) > 1:
@@ -610,6 +631,8 @@ def _tpu_placement(spec: ModelSpec, st: _State) -> Placement:
     for dev in bad:
         why = "; ".join(dev.reasons) or "see `edgetpud devices`"
         parts.append(f"{dev.identity} is degraded ({why}) but nothing better is free")
+    if st.prev and set(targets) != set(st.prev.get(spec.name, ())):
+        parts.extend(st.notes.get(spec.name, ()))  # why it moved
     if spec.replicas > len(targets) and not _is_pin(spec.device):
         parts.append(
             f"{len(targets)} of {spec.replicas} replicas: no other free Edge TPU "
@@ -653,20 +676,16 @@ def _dedicated_why(spec: ModelSpec, st: _State, targets: tuple[str, ...]) -> str
     if set(targets) <= set(st.prev.get(spec.name, ())):
         return f"{prio}; kept where it runs (no better device is free for it)"
     dev = st.usable[targets[0]]
-    best = max(
-        (d for d in st.usable.values() if _matches(spec.device, d)),
-        key=lambda d: device_score(d, spec.performance),
-    )
-    if device_score(dev, spec.performance) >= device_score(best, spec.performance):
+    best = max(st.score(spec, d) for d in st.candidates(spec))
+    if st.score(spec, dev.identity) >= best:
         return f"{prio}; the best kind of device there is for it"
     return f"{prio}; the best device left after higher-priority models"
 
 
 def _shared_why(spec: ModelSpec, st: _State, targets: tuple[str, ...], others: list[str]) -> str:
-    n_models = sum(1 for s in st.specs.values() if s.name in st.targets)
-    count = f"{n_models} models on {len(st.usable)} Edge TPU(s)"
+    count = f"{st.n_placed} models on {len(st.usable)} Edge TPU(s)"
     dev = targets[0]
-    if _cached_together(st, dev):
+    if st.cached[dev]:
         return f"co-compiled with {', '.join(others)} (same caching token); parameters stay cached together"
     mib = st.params[dev] / (1024 * 1024)
     if st.params[dev] > ON_CHIP_BYTES:

@@ -136,3 +136,51 @@ def test_stability_keeps_models_where_they_run_and_hotplug_moves_only_the_concer
     plugged = plan([*devices, dev(PCI)], models, first)
     assert [m.model for m in plugged.moves] == ["a"]  # the top model improves USB -> PCIe
     assert plugged.placements["a"].targets == (PCI,)
+
+
+# Stability cases, as plain data: (case, devices before, devices after, models,
+# models expected to move, expected placements after).
+STABILITY: list[
+    tuple[str, list[str], list[str], list[dict[str, Any]], set[str], dict[str, tuple[str, ...]]]
+] = [
+    (
+        "a new device never demotes an equal-priority model",
+        [U3, "usb:3-1"],
+        [U3, "usb:3-1", "usb:4-1"],
+        [{"name": n} for n in ("a", "b", "c", "d")],
+        {"a"},  # one model of a shared pair gets the new device; nobody loses a TPU
+        {"a": ("usb:4-1",), "b": ("usb:3-1",), "c": (U3,), "d": ("usb:3-1",)},
+    ),
+    (
+        "an unplug does not make equal-priority replicas trade devices",
+        [PCI, U3, "usb:3-1", "usb:4-1"],
+        [PCI, U3, "usb:3-1"],
+        [{"name": "a", "replicas": 2}, {"name": "b", "replicas": 2}],
+        {"b"},
+        {"a": (PCI, "usb:3-1"), "b": (U3,)},
+    ),
+    (
+        "a PCIe-only model gets the module; the other model moves to a free accelerator",
+        [PCI, "pci:0000:04:00.0", U3],
+        [PCI, U3],
+        [{"name": "any"}, {"name": "pcionly", "device": "pci"}],
+        {"any", "pcionly"},
+        {"any": (U3,), "pcionly": (PCI,)},
+    ),
+]
+
+
+Stability = tuple[
+    str, list[str], list[str], list[dict[str, Any]], set[str], dict[str, tuple[str, ...]]
+]
+
+
+@pytest.mark.parametrize("example", STABILITY, ids=[c[0] for c in STABILITY])
+def test_stability(example: Stability) -> None:
+    case, before, after, models, movers, expected = example
+    specs = [ModelSpec(**m) for m in models]
+    first = plan([dev(i) for i in before], specs)
+    second = plan([dev(i) for i in after], specs, first)
+    assert {m.model for m in second.moves} == movers, (case, first, second)
+    got = {name: p.targets for name, p in second.placements.items()}
+    assert got == expected, case

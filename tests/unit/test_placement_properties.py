@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 from edgetpud.devices.model import DeviceInfo
@@ -29,9 +29,12 @@ MIB = 1024 * 1024
 CASES = settings(max_examples=examples(2000), deadline=None)
 
 
-# Each record is drawn as one integer whose digits pick its attributes: far cheaper than
-# one draw per attribute (2,000 cases per property stay fast), and it still shrinks to 0,
-# the plainest record.
+# Hypothesis costs about a millisecond per example whatever the test does, so the
+# properties are checked in two tests, each generated case against every property of
+# its group (each property still sees all 2,000 cases), and each set of records is one
+# draw: a byte string whose first byte picks how many records and whose other bytes pick
+# their attributes. It shrinks to fewer and plainer records (zero bytes: no record, or
+# the plainest one).
 
 
 def _pick(code: int, base: int, choices: list[Any]) -> Any:
@@ -53,9 +56,11 @@ def _device(i: int, code: int) -> DeviceInfo:
 DEVICE_CODES = 420
 
 
-def device_sets(min_size: int = 0) -> st.SearchStrategy[list[DeviceInfo]]:
-    codes = st.lists(st.integers(0, DEVICE_CODES - 1), min_size=min_size, max_size=6)
-    return codes.map(lambda cs: [_device(i, c) for i, c in enumerate(cs)])
+def devices_from(data: bytes) -> list[DeviceInfo]:
+    """The first byte says how many devices (0-6), then two bytes per device."""
+    count = data[0] % 7
+    codes = [int.from_bytes(data[1 + 2 * i : 3 + 2 * i], "big") for i in range(count)]
+    return [_device(i, c % DEVICE_CODES) for i, c in enumerate(codes)]
 
 
 SELECTORS = ["any"] * 6 + ["pci", "usb", "cpu", "usb:1-1", "pci:0000:00:00.0", "usb:9-9"]
@@ -80,9 +85,23 @@ def _model(i: int, code: int) -> ModelSpec:
 MODEL_CODES = 25 * 76800
 
 
-def model_sets() -> st.SearchStrategy[list[ModelSpec]]:
-    codes = st.lists(st.integers(0, MODEL_CODES - 1), max_size=7)
-    return codes.map(lambda cs: [_model(i, c) for i, c in enumerate(cs)])
+def models_from(data: bytes) -> list[ModelSpec]:
+    """The first byte says how many models (0-7), then three bytes per model."""
+    count = data[0] % 8
+    codes = [int.from_bytes(data[1 + 3 * i : 4 + 3 * i], "big") for i in range(count)]
+    return [_model(i, c % MODEL_CODES) for i, c in enumerate(codes)]
+
+
+DEVICE_BYTES, MODEL_BYTES = 13, 22
+CASE = DEVICE_BYTES + MODEL_BYTES
+
+
+def case_from(data: bytes) -> tuple[list[DeviceInfo], list[ModelSpec]]:
+    """Devices and models from DEVICE_BYTES + MODEL_BYTES bytes, noted for a failure report."""
+    devices, models = devices_from(data[:DEVICE_BYTES]), models_from(data[DEVICE_BYTES:CASE])
+    note(f"devices = {devices!r}")
+    note(f"models = {models!r}")
+    return devices, models
 
 
 def _allows(selector: str, device: DeviceInfo) -> bool:
@@ -90,12 +109,14 @@ def _allows(selector: str, device: DeviceInfo) -> bool:
     return selector in ("any", device.kind) or selector == device.identity
 
 
-@CASES
-@given(device_sets(), model_sets())
-def test_only_usable_devices_and_distinct_replicas(
-    devices: list[DeviceInfo], models: list[ModelSpec]
+# ---------------------------------------------------------------- one plan
+
+
+def check_only_usable_devices_and_distinct_replicas(
+    devices: list[DeviceInfo], models: list[ModelSpec], result: Plan
 ) -> None:
-    result = plan(devices, models)
+    """No model on a rejected (or gone) device or one its selector does not allow;
+    replicas on distinct devices; every placement has a reason."""
     usable = {d.identity: d for d in devices if d.usable}
     specs = {m.name: m for m in models}
     for name, p in result.placements.items():
@@ -110,8 +131,8 @@ def test_only_usable_devices_and_distinct_replicas(
 
 
 def _memory_excuse(result: Plan, specs: dict[str, ModelSpec], a: str, b: str) -> bool:
-    """Model `a` shares its TPU with a model whose parameters would not fit next to `b`'s
-    on `b`'s TPU (the on-chip memory rule comes before priority)."""
+    """Model `a` shares its TPU with a lower-priority model whose parameters would not fit
+    next to `b`'s on `b`'s TPU (the on-chip memory rule comes before priority)."""
     loads = {d: sum(specs[m].param_bytes for m in ms) for d, ms in result.device_models().items()}
     b_load = max(loads[t] for t in result.placements[b].targets if t in loads)
     return any(
@@ -121,20 +142,17 @@ def _memory_excuse(result: Plan, specs: dict[str, ModelSpec], a: str, b: str) ->
     )
 
 
-@CASES
-@given(device_sets(), model_sets())
-def test_higher_priority_never_worse_off(
-    devices: list[DeviceInfo], models: list[ModelSpec]
+def check_higher_priority_never_worse_off(
+    devices: list[DeviceInfo], models: list[ModelSpec], result: Plan
 ) -> None:
     """A higher-priority model is never worse off than a lower-priority one on a TPU it
     could use. Two stated exceptions (docs/placement.md): (1) the on-chip memory rule
     comes first: a model may share with a lower-priority model whose parameters would not
     fit next to the other's; (2) a model restricted to device = "pci"/"usb" keeps a device
     of its kind: a higher-priority unrestricted model may get a lower class of device for
-    it, or share a TPU the restricted model could not move to. Pinned models and co-compiled groups that stay cached
-    together (they count as dedicated) are placed by their own rules (1 and 4): they are
-    compared by tier, never by class of device."""
-    result = plan(devices, models)
+    it, or share a TPU the restricted model could not move to. Pinned models and
+    co-compiled groups that stay cached together (they count as dedicated) are placed by
+    their own rules (1 and 4): they are compared by tier, never by class of device."""
     by_id = {d.identity: d for d in devices}
     specs = {m.name: m for m in models}
     on_tpu = {
@@ -163,10 +181,10 @@ def test_higher_priority_never_worse_off(
                 assert best_class(pa, by_id) >= theirs, (pa, pb)
 
 
-@CASES
-@given(device_sets(), model_sets())
-def test_free_pcie_before_usb(devices: list[DeviceInfo], models: list[ModelSpec]) -> None:
-    result = plan(devices, models)
+def check_free_pcie_before_usb(
+    devices: list[DeviceInfo], models: list[ModelSpec], result: Plan
+) -> None:
+    """While a PCIe module (not degraded) is idle, no unrestricted model runs on USB."""
     used = result.device_models()
     idle_pci = [
         d
@@ -183,17 +201,28 @@ def test_free_pcie_before_usb(devices: list[DeviceInfo], models: list[ModelSpec]
 
 
 @CASES
-@given(device_sets(), model_sets(), device_sets(), model_sets())
-def test_replanning_unchanged_input_moves_nothing(
-    devices: list[DeviceInfo],
-    models: list[ModelSpec],
-    other_devices: list[DeviceInfo],
-    other_models: list[ModelSpec],
+@given(st.binary(min_size=CASE, max_size=CASE))
+def test_a_plan_keeps_the_rules(data: bytes) -> None:
+    """Every generated case is checked against each property of a single plan."""
+    devices, models = case_from(data)
+    result = plan(devices, models)
+    check_only_usable_devices_and_distinct_replicas(devices, models, result)
+    check_higher_priority_never_worse_off(devices, models, result)
+    check_free_pcie_before_usb(devices, models, result)
+
+
+# ---------------------------------------------------------------- re-planning
+
+
+def check_replanning_unchanged_input_moves_nothing(
+    devices: list[DeviceInfo], models: list[ModelSpec], earlier: Plan
 ) -> None:
-    earlier = plan(other_devices, other_models)
+    """Whatever ran before, planning again with the same devices and models moves
+    nothing."""
     first = plan(devices, models, earlier)
+    check_only_usable_devices_and_distinct_replicas(devices, models, first)
     again = plan(devices, models, first)
-    assert again.moves == ()
+    assert again.moves == (), again.moves
     assert targets(again) == targets(first)
 
 
@@ -238,28 +267,23 @@ def _unjustified_moves(
     return out
 
 
-@CASES
-@given(device_sets(), model_sets(), st.integers(0, DEVICE_CODES - 1))
-def test_adding_a_device_never_makes_a_model_worse_off(
-    devices: list[DeviceInfo], models: list[ModelSpec], code: int
+def check_adding_a_device_never_makes_a_model_worse_off(
+    devices: list[DeviceInfo], models: list[ModelSpec], new: DeviceInfo
 ) -> None:
     """No model gets a worse tier, and one that moves either is better off for it or
     made room for a model that needed it more (the same reasons as for a removal)."""
-    new = _device(len(devices), code)
     before = plan(devices, models)
     after = plan([*devices, new], models, before)
-    by_id = {d.identity: d for d in [*devices, new]}
     for name, now in after.placements.items():
         old = before.placements[name]
         assert TIER_RANK[now.tier] >= TIER_RANK[old.tier], f"{name}: {old} -> {now}"
+    by_id = {d.identity: d for d in [*devices, new]}
     specs = {m.name: m for m in models}
     assert not _unjustified_moves(before, after, specs, by_id)
 
 
-@CASES
-@given(device_sets(min_size=1), model_sets(), st.data())
-def test_removing_a_device_moves_only_what_it_concerns(
-    devices: list[DeviceInfo], models: list[ModelSpec], data: st.DataObject
+def check_removing_a_device_moves_only_what_it_concerns(
+    devices: list[DeviceInfo], models: list[ModelSpec], gone: DeviceInfo
 ) -> None:
     """A removal concerns the models that had a replica on the removed device. Any other
     model moves only when the move leaves it better off, or when it gave its device to a
@@ -267,10 +291,29 @@ def test_removing_a_device_moves_only_what_it_concerns(
     that shared it and now has it to itself); another model's first replica (when it was
     an extra replica); or a model restricted to that kind of device while this one keeps
     its tier on another device."""
-    gone = data.draw(st.sampled_from(devices))
     rest = [d for d in devices if d is not gone]
     before = plan(devices, models)
     after = plan(rest, models, before)
     by_id = {d.identity: d for d in rest}
     specs = {m.name: m for m in models}
     assert not _unjustified_moves(before, after, specs, by_id)
+
+
+@CASES
+@given(st.binary(min_size=2 * CASE + 3, max_size=2 * CASE + 3))
+def test_replanning_keeps_the_rules(data: bytes) -> None:
+    """Every generated case is checked against each re-planning property: replanning
+    after an arbitrary earlier plan, adding a device, and removing one (from the device
+    set with the new one added, so there is always one to remove)."""
+    devices, models = case_from(data)
+    other_devices, other_models = case_from(data[CASE:])
+    check_replanning_unchanged_input_moves_nothing(
+        devices, models, plan(other_devices, other_models)
+    )
+    new = _device(len(devices), int.from_bytes(data[-3:-1], "big") % DEVICE_CODES)
+    note(f"new = {new!r}")
+    check_adding_a_device_never_makes_a_model_worse_off(devices, models, new)
+    grown = [*devices, new]
+    gone = grown[data[-1] % len(grown)]
+    note(f"gone = {gone.identity}")
+    check_removing_a_device_moves_only_what_it_concerns(grown, models, gone)
