@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from edgetpud import config
 from edgetpud.errors import ConfigError
+from tests.support.examples import examples
 
 SECTION_KEYS: dict[str, list[str]] = {
     name: list(cls.__dataclass_fields__) for name, cls in config.SECTIONS.items()
@@ -76,7 +77,7 @@ documents = st.dictionaries(
 
 
 @settings(
-    max_examples=10_000,
+    max_examples=examples(10_000),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )

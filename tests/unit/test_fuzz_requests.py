@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from edgetpud import payloads
+from tests.support.examples import examples
 
 REASONS = {
     payloads.TOO_LARGE,
@@ -71,7 +72,7 @@ content_types = st.one_of(
 
 
 @settings(
-    max_examples=10_000,
+    max_examples=examples(10_000),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
