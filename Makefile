@@ -18,7 +18,7 @@ APT_PACKAGES := mosquitto umockdev gir1.2-umockdev-1.0 libumockdev0 gcc libc6-de
 # Depends so `apt-get install ./edgetpud_*.deb` needs nothing else.
 APT_PACKAGES += debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
 	lintian man-db python3-pytest python3-hypothesis python3-numpy python3-pyudev \
-	python3-paho-mqtt python3-sdnotify python3-pil python3-flatbuffers mosquitto-clients
+	python3-paho-mqtt python3-pil python3-flatbuffers mosquitto-clients
 
 .PHONY: help demo test lint typecheck pytest clean deb test-paho16
 

@@ -2,6 +2,9 @@
 
 Speaks the datagram protocol directly: `NOTIFY_SOCKET` names a Unix socket
 (a path, or an abstract name starting with "@"). Outside systemd it is a no-op.
+Written here rather than taken from the `sdnotify` package: that one connects
+once at start-up and swallows every error silently, where a failed notification
+should at least reach the debug log.
 """
 
 from __future__ import annotations
