@@ -37,13 +37,13 @@ $(STAMPS)/apt: Makefile
 	fi
 	@mkdir -p $(STAMPS) && touch $@
 
-$(STAMPS)/venv: pyproject.toml $(STAMPS)/apt
+$(STAMPS)/venv: pyproject.toml | $(STAMPS)/apt
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test]'
 	@touch $@
 
-$(FAKE_LIB): tests/native/fake_edgetpu.c $(STAMPS)/apt
+$(FAKE_LIB): tests/native/fake_edgetpu.c | $(STAMPS)/apt
 	@mkdir -p build
 	gcc -shared -fPIC -O2 -Wall -Wextra -Werror -pthread -o $@ $< -ldl
 
@@ -63,7 +63,7 @@ test: lint typecheck pytest test-paho16
 PAHO16 := .venv-paho16
 MQTT_TESTS := tests/integration/test_mqtt_link.py tests/integration/test_mqtt_requests.py \
 	tests/integration/test_mqtt_status.py
-$(STAMPS)/paho16: pyproject.toml $(STAMPS)/apt
+$(STAMPS)/paho16: pyproject.toml | $(STAMPS)/apt
 	@[ -x $(PAHO16)/bin/python ] || $(PYTHON) -m venv $(PAHO16)
 	$(PAHO16)/bin/python -m pip install -q -e . 'paho-mqtt==1.6.1' pytest pytest-timeout
 	@mkdir -p $(STAMPS) && touch $@
