@@ -57,6 +57,13 @@ def worker(  # noqa: PLR0917 - a thread target
     scale, zero = out["quantization"]
     topic = f"{args.prefix}/{args.node}/models/m{index}/results"
     n = 0
+    if args.bare:  # the device alone: invoke in a loop, no Python work around it
+        interpreter.set_tensor(inp["index"], frames[0][np.newaxis, ...])
+        while not stop.is_set():
+            interpreter.invoke()
+            n += 1
+            counts[index] = n
+        return
     while not stop.is_set():
         # preprocess: fit the frame to the model input
         frame = frames[n % len(frames)]
@@ -101,6 +108,12 @@ def main() -> int:
     p.add_argument("--prefix", default="bench")
     p.add_argument("--node", default="box")
     p.add_argument("--frame", type=int, default=128, help="frame width and height")
+    p.add_argument(
+        "--bare",
+        action="store_true",
+        help="only invoke in a loop (no pre/postprocessing, no MQTT): this machine's ceiling",
+    )
+    p.add_argument("--warmup", type=float, default=0.0, help="seconds not counted (with --bare)")
     p.add_argument("--seconds", type=float, default=0, help="stop after this long (0: on SIGTERM)")
     args = p.parse_args()
 
@@ -108,8 +121,9 @@ def main() -> int:
     rng = np.random.default_rng(0)
     frames = [rng.integers(0, 256, (args.frame, args.frame, 3), dtype=np.uint8) for _ in range(8)]
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.connect(args.host, args.port)
-    client.loop_start()
+    if not args.bare:
+        client.connect(args.host, args.port)
+        client.loop_start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     counts = [0] * args.devices
@@ -124,15 +138,20 @@ def main() -> int:
     ]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + args.seconds if args.seconds else float("inf")
-    while not stop.wait(0.2) and time.monotonic() < deadline:
-        pass
+    start = time.monotonic()
+    deadline = start + args.seconds if args.seconds else float("inf")
+    n0, t0 = 0, start
+    while not stop.wait(0.05) and time.monotonic() < deadline:
+        if args.warmup and t0 == start and time.monotonic() >= start + args.warmup:
+            n0, t0 = sum(counts), time.monotonic()
+    n1, t1 = sum(counts), time.monotonic()
     stop.set()
     for t in threads:
         t.join(10)
-    client.disconnect()
-    client.loop_stop()
-    print(json.dumps({"inferences": sum(counts)}))
+    if not args.bare:
+        client.disconnect()
+        client.loop_stop()
+    print(json.dumps({"inferences": n1 - n0, "seconds": t1 - t0, "per_s": (n1 - n0) / (t1 - t0)}))
     return 0
 
 
