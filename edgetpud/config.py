@@ -73,7 +73,8 @@ class DaemonConfig:
         check=check_topic_segment,
     )
     state_dir: Path = option(
-        "Where learned facts (bad ports) are kept across restarts.",
+        "Where learned facts (bad ports) are kept across restarts; unset: systemd's "
+        "$STATE_DIRECTORY, else /var/lib/edgetpud.",
         Path("/var/lib/edgetpud"),
         kind="path",
     )
@@ -372,6 +373,8 @@ def parse(
     daemon: DaemonConfig = sections["daemon"]
     if not daemon.node_id:
         daemon = replace(daemon, node_id=default_node_id())
+    if "state_dir" not in (data.get("daemon") or {}):
+        daemon = replace(daemon, state_dir=default_state_dir())
     return Config(
         daemon=daemon,
         mqtt=sections["mqtt"],
@@ -381,6 +384,12 @@ def parse(
         models=models,
         path=Path(source) if source else None,
     )
+
+
+def default_state_dir() -> Path:
+    """systemd's $STATE_DIRECTORY (the unit's StateDirectory=) when set, else /var/lib/edgetpud."""
+    env = os.environ.get("STATE_DIRECTORY", "")
+    return Path(env.split(":")[0]) if env else Path("/var/lib/edgetpud")
 
 
 def default_node_id() -> str:

@@ -269,8 +269,11 @@ class _State:
         """Sort key for a device to share: fits on chip, co-compiled, least loaded, ..."""
         fits = self.params[dev] + spec.param_bytes <= ON_CHIP_BYTES
         tok = spec.caching_token
-        cocompiled = tok is not None and any(
-            self.specs[r].caching_token == tok for r in self.residents[dev]
+        # Co-compiled only helps when the parameters stay on chip together.
+        cocompiled = (
+            fits
+            and tok is not None
+            and any(self.specs[r].caching_token == tok for r in self.residents[dev])
         )
         top = max((self.specs[r].priority for r in self.residents[dev]), default=-1)
         mine = dev in self.prev.get(spec.name, ())

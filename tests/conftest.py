@@ -36,5 +36,5 @@ def _isolated_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     """Point every state path at tmp_path so no test touches /var/lib/edgetpud."""
     state = tmp_path / "state"
     state.mkdir()
-    monkeypatch.setenv("EDGETPUD_STATE_DIR", str(state))
+    monkeypatch.setenv("STATE_DIRECTORY", str(state))  # systemd's; the default state_dir
     yield state

@@ -11,34 +11,26 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from edgetpud import config as config_mod
+from edgetpud.commands import load_config
 from edgetpud.config import DEFAULT_PATH, DevicesConfig
 from edgetpud.devices import enumerate_devices
 from edgetpud.devices.tree import render
-from edgetpud.errors import ConfigError, ConfigUnreadableError
 
 
 def _settings(path: str | None) -> tuple[DevicesConfig, Path] | int:
     """The [devices] policy and state folder from the config; defaults when none is installed."""
     if path is None or (Path(path) == DEFAULT_PATH and not DEFAULT_PATH.exists()):
-        policy, state_dir = DevicesConfig(), Path("/var/lib/edgetpud")
+        policy, state_dir = DevicesConfig(), config_mod.default_state_dir()
     else:
-        try:
-            cfg = config_mod.load(path)
-        except ConfigUnreadableError as exc:
-            print(f"edgetpud devices: {exc}", file=sys.stderr)
-            return 2
-        except ConfigError as exc:
-            print(f"edgetpud devices: {exc}", file=sys.stderr)
-            print("Fix the config (see `edgetpud check-config`) and retry.", file=sys.stderr)
-            return 1
+        cfg = load_config(path)
+        if isinstance(cfg, int):
+            return cfg
         policy, state_dir = cfg.devices, cfg.daemon.state_dir
-    env_state = os.environ.get("EDGETPUD_STATE_DIR")
-    return policy, Path(env_state) if env_state else state_dir
+    return policy, state_dir
 
 
 def main(args: argparse.Namespace) -> int:

@@ -13,23 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from edgetpud import config, placement
+from edgetpud.commands import load_config
 from edgetpud.devices.model import DeviceInfo
-from edgetpud.errors import ConfigError, ConfigUnreadableError, EdgetpudError, ModelError
+from edgetpud.errors import EdgetpudError, ModelError
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        cfg = config.load(args.config)
-    except ConfigUnreadableError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except ConfigError as exc:
-        for issue in exc.issues:
-            print(issue, file=sys.stderr)
-        print(
-            f"{args.config}: {len(exc.issues)} problem(s); fix them and plan again", file=sys.stderr
-        )
-        return 1
+    cfg = load_config(args.config)
+    if isinstance(cfg, int):
+        return cfg
     try:
         devices = read_devices(Path(args.devices)) if args.devices else present_devices(cfg)
     except EdgetpudError as exc:

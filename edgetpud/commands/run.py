@@ -6,24 +6,17 @@ import argparse
 import logging
 import sys
 
-from edgetpud import config
-from edgetpud.errors import ConfigError, ConfigUnreadableError
+from edgetpud.commands import load_config
 
 log = logging.getLogger(__name__)
 
-EXIT_CONFIG_INVALID = 78  # EX_CONFIG: systemd's RestartPreventExitStatus keeps it from looping
+EXIT_CONFIG_INVALID = 78  # EX_CONFIG: the unit's RestartPreventExitStatus keeps it from looping
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        cfg = config.load(args.config, lenient_plugins=True)
-    except ConfigUnreadableError as exc:
-        log.error("%s", exc)
-        return EXIT_CONFIG_INVALID
-    except ConfigError as exc:
-        for issue in exc.issues:
-            log.error("config: %s", issue)
-        log.error("not starting: fix %s (edgetpud check-config shows the same errors)", args.config)
+    cfg = load_config(args.config, lenient_plugins=True)
+    if isinstance(cfg, int):
+        log.error("not starting: the config %s is unusable (see above)", args.config)
         return EXIT_CONFIG_INVALID
     if args.log_level is None:
         logging.getLogger().setLevel(cfg.daemon.log_level.upper())

@@ -15,18 +15,13 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from edgetpud import config
-from edgetpud.errors import ConfigError, ConfigUnreadableError
+from edgetpud.commands import load_config
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        cfg = config.load(args.config)
-    except (ConfigError, ConfigUnreadableError) as exc:
-        print(
-            f"error: {exc}\nfix the config (edgetpud check-config {args.config})", file=sys.stderr
-        )
-        return 2
+    cfg = load_config(args.config)
+    if isinstance(cfg, int):
+        return cfg
     from edgetpud import mqtt  # paho is loaded only by the verbs that talk MQTT
 
     prefix = cfg.mqtt.topic_prefix

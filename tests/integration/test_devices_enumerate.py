@@ -187,7 +187,6 @@ def test_config_policy_and_learned_ports_apply(
     cfg.write_text(
         f'[daemon]\nstate_dir = "{state}"\n[devices]\nsecondary_ports = "reject"\ndeny = ["2-3.1"]\n'
     )
-    monkeypatch.delenv("EDGETPUD_STATE_DIR")  # it would override daemon.state_dir
     r = records("--config", str(cfg))
     assert r["usb:2-3.1"]["verdict"] == "rejected"
     assert r["usb:2-3.1"]["reasons"] == [

@@ -122,7 +122,7 @@ class Fleet:
             replicas=replicas or len(ports),
             queue_size=queue_size,
         )
-        env = {**control.env(), "EDGETPUD_STATE_DIR": str(workdir / "state")}
+        env = {**control.env(), "STATE_DIRECTORY": str(workdir / "state")}
         node = Node(name, Daemon(workdir, text, env=env), control, tuple(ports))
         self.nodes[name] = node
         node.daemon.start()

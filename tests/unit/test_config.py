@@ -70,6 +70,19 @@ def test_minimal_config_gets_defaults(files: Path) -> None:
     assert "/" not in cfg.daemon.node_id and " " not in cfg.daemon.node_id
 
 
+def test_state_dir_defaults_to_systemds_state_directory(
+    files: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STATE_DIRECTORY", "/var/lib/edgetpud-test:/other")
+    assert config.load(write(files, "[daemon]\n")).daemon.state_dir == Path(
+        "/var/lib/edgetpud-test"
+    )
+    monkeypatch.delenv("STATE_DIRECTORY")
+    assert config.load(write(files, "[daemon]\n")).daemon.state_dir == Path("/var/lib/edgetpud")
+    explicit = config.load(write(files, '[daemon]\nstate_dir = "st"\n'))
+    assert explicit.daemon.state_dir == files / "st"
+
+
 def test_durations_accept_units(files: Path) -> None:
     cfg = config.load(
         write(
