@@ -256,20 +256,9 @@ class MqttLink:
             client.on_connect_fail = lambda c, u: self._handle_connect_fail()
         client.max_inflight_messages_set(100)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
-        if cfg.username:
-            password = None
-            if cfg.password_file is not None:
-                password = cfg.password_file.read_text().rstrip("\r\n")
-            client.username_pw_set(cfg.username, password)
-        if cfg.tls:
-            client.tls_set(
-                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
-                certfile=str(cfg.cert_file) if cfg.cert_file else None,
-                keyfile=str(cfg.key_file) if cfg.key_file else None,
-            )
-            if cfg.tls_insecure:
-                log.warning("mqtt.tls_insecure is set: the broker's host name is NOT verified")
-                client.tls_insecure_set(True)
+        _authenticate(client, cfg)
+        if cfg.tls and cfg.tls_insecure:
+            log.warning("mqtt.tls_insecure is set: the broker's host name is NOT verified")
         client.will_set(self.topics.status, OFFLINE, qos=1, retain=True)
         return client
 
@@ -791,6 +780,21 @@ def _request_id(correlation: Any, user_props: Any) -> str:
 # --------------------------------------------------------------------- reading retained topics
 
 
+def _authenticate(client: Any, cfg: MqttConfig) -> None:
+    """User name, password (from its file) and TLS settings from the config, on a paho client."""
+    if cfg.username:
+        password = cfg.password_file.read_text().rstrip("\r\n") if cfg.password_file else None
+        client.username_pw_set(cfg.username, password)
+    if cfg.tls:
+        client.tls_set(
+            ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+            certfile=str(cfg.cert_file) if cfg.cert_file else None,
+            keyfile=str(cfg.key_file) if cfg.key_file else None,
+        )
+        if cfg.tls_insecure:
+            client.tls_insecure_set(True)
+
+
 def read_retained(cfg: MqttConfig, topic_filter: str, timeout: float = 5.0) -> dict[str, bytes]:
     """Connect, collect the retained messages on `topic_filter`, disconnect.
 
@@ -829,17 +833,7 @@ def read_retained(cfg: MqttConfig, topic_filter: str, timeout: float = 5.0) -> d
     else:
         client.on_subscribe = lambda c, u, mid, qos: subscribed()
     client.on_message = lambda c, u, msg: message(msg)
-    if cfg.username:
-        password = cfg.password_file.read_text().rstrip("\r\n") if cfg.password_file else None
-        client.username_pw_set(cfg.username, password)
-    if cfg.tls:
-        client.tls_set(
-            ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
-            certfile=str(cfg.cert_file) if cfg.cert_file else None,
-            keyfile=str(cfg.key_file) if cfg.key_file else None,
-        )
-        if cfg.tls_insecure:
-            client.tls_insecure_set(True)
+    _authenticate(client, cfg)
     try:
         client.connect(cfg.host, cfg.port, keepalive=30)
     except OSError as exc:
