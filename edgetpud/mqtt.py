@@ -206,6 +206,7 @@ class MqttLink:
         self._early: set[int] = set()  # mids confirmed before publish() returned
         self._epoch = 0  # connection breaks so far
         self._window_wait = False
+        self._sending = False  # a thread holds messages taken from the outbox, not yet published
         self._dropped = 0
         self._published = 0
         self._accepted = 0
@@ -516,21 +517,33 @@ class MqttLink:
                         self.broker,
                         self._dropped,
                     )
-            self._outbox.append(out)
-            if len(self._outbox) == 1:
-                self._cond.notify()
+            direct = not self._outbox and self._may_send()
+            if direct:
+                # Nothing is waiting and nobody is sending: publish from this thread (a
+                # worker's) instead of waking the sender; order is kept by `_sending`.
+                self._sending = True
+                epoch = self._epoch
+            else:
+                self._outbox.append(out)
+                if len(self._outbox) == 1:
+                    self._cond.notify()
+        if direct:
+            self._publish_batch([out], epoch)
+
+    def _may_send(self) -> bool:
+        """Whether messages may go to paho now (lock held)."""
+        return (
+            self._connected
+            and not self._sending
+            and len(self._unconfirmed) < WINDOW
+            and not (self._unconfirmed and time.monotonic() < self._resync_until)
+        )
 
     def _send_loop(self) -> None:
         """Hand the outbox to paho in order, in batches, at most WINDOW unconfirmed at a time."""
-        client = self._client
         while True:
             with self._cond:
-                while not self._stopping and not (
-                    self._connected
-                    and self._outbox
-                    and len(self._unconfirmed) < WINDOW
-                    and not (self._unconfirmed and time.monotonic() < self._resync_until)
-                ):
+                while not self._stopping and not (self._outbox and self._may_send()):
                     self._window_wait = True
                     self._cond.wait(0.5)
                 self._window_wait = False
@@ -540,6 +553,13 @@ class MqttLink:
                 epoch = self._epoch
                 n = min(len(self._outbox), WINDOW - len(self._unconfirmed), BATCH)
                 batch = [self._outbox.popleft() for _ in range(n)]
+                self._sending = True
+            self._publish_batch(batch, epoch)
+
+    def _publish_batch(self, batch: list[_Out], epoch: int) -> None:
+        """Hand `batch` (taken from the outbox with `_sending` set) to paho, then record it."""
+        client = self._client
+        try:
             sent: list[tuple[int, _Out]] = []
             unsent: list[_Out] = []
             for i, out in enumerate(batch):
@@ -566,6 +586,11 @@ class MqttLink:
                 self._outbox.extendleft(reversed(unsent))
                 if len(self._early) > 4 * WINDOW:
                     self._early.clear()  # confirmations of direct publishes (health, status)
+        finally:
+            with self._cond:
+                self._sending = False
+                if self._outbox:
+                    self._cond.notify()
 
     # ----------------------------------------------------------------- paho callbacks (network thread)
 
