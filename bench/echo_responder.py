@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import signal
+import socket
 import threading
 from typing import Any
 
@@ -37,6 +38,7 @@ def main() -> int:
     client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(f"{args.base}/models/+/infer", 1)
     client.on_message = on_message
     client.connect(args.host, args.port)
+    client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     client.loop_start()

@@ -4,6 +4,7 @@ correlation data, and the time each reply arrived (paho, in the benchmark proces
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ class LoadGen:
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = self._on_message
         self.client.connect(host, port)
+        self.client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.client.loop_start()
         if not self._subscribed.wait(30):
             raise TimeoutError("the load generator got no SUBACK within 30 s")

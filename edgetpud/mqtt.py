@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import re
+import socket
 import threading
 import time
 from collections import deque
@@ -600,6 +601,7 @@ class MqttLink:
             self._log_refusal(code, rc)
             return
         client = self._client
+        _no_delay(client)
         # "online" first, before anyone can see us connected and publish "offline" in stop()
         client.publish(self.topics.status, ONLINE, qos=1, retain=True)
         with self._lock:
@@ -803,6 +805,17 @@ def _request_id(correlation: Any, user_props: Any) -> str:
 
 
 # --------------------------------------------------------------------- reading retained topics
+
+
+def _no_delay(client: Any) -> None:
+    """Turn off Nagle's algorithm on the broker connection.
+
+    paho leaves it on, so a small reply can wait for the broker's delayed ACK
+    (tens of milliseconds); a request/reply service wants each message out at once.
+    """
+    sock = client.socket()
+    with contextlib.suppress(AttributeError, OSError):  # not TCP (e.g. a websocket wrapper)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _authenticate(client: Any, cfg: MqttConfig) -> None:

@@ -91,6 +91,7 @@ class Broker:
                 else ["persistence false"]
             ),
             f"allow_anonymous {'false' if users else 'true'}",
+            "set_tcp_nodelay true",
             "log_dest stderr",
             "log_type error",
             "log_type warning",
