@@ -382,7 +382,14 @@ def _place_first_replicas(st: _State, todo: list[ModelSpec], crowded: bool) -> N
             free = _unreserved(st, free, demand) or free
         partner = []
         if crowded and spec.caching_token is not None:
-            partner = [d for d in cands if st.residents[d] and _joins_cached(st, spec, d)]
+            # Not where a model still waiting to share can go nowhere else: it would
+            # spoil the cache the join is for.
+            forced = {st.candidates(o)[0] for o in overflow if len(st.candidates(o)) == 1}
+            partner = [
+                d
+                for d in cands
+                if st.residents[d] and d not in forced and _joins_cached(st, spec, d)
+            ]
         if partner:
             st.put(spec, min(partner, key=lambda d: st.share_key(spec, d)))
             continue

@@ -20,8 +20,14 @@ def dev(
     port = identity.split(":", 1)[1]
     if kind == "pci":
         return DeviceInfo(
-            identity, "pci", port, "pci", verdict=verdict, state=state, reasons=reasons
-        )  # type: ignore[arg-type]
+            identity,
+            "pci",
+            port,
+            "pci",
+            verdict=verdict,  # type: ignore[arg-type]
+            state=state,  # type: ignore[arg-type]
+            reasons=reasons,
+        )
     return DeviceInfo(
         identity,
         "usb",

@@ -131,10 +131,14 @@ def check_only_usable_devices_and_distinct_replicas(
 
 
 def _memory_excuse(result: Plan, specs: dict[str, ModelSpec], a: str, b: str) -> bool:
-    """Model `a` shares its TPU with a lower-priority model whose parameters would not fit
-    next to `b`'s on `b`'s TPU (the on-chip memory rule comes before priority)."""
+    """The on-chip memory rule comes before priority: model `a` shares its TPU with a
+    lower-priority model whose parameters would not fit next to `b`'s on `b`'s TPU, or
+    `b` taking `a`'s place would put that TPU's parameters over the on-chip memory."""
     loads = {d: sum(specs[m].param_bytes for m in ms) for d, ms in result.device_models().items()}
     b_load = max(loads[t] for t in result.placements[b].targets if t in loads)
+    here = result.placements[a].targets[0]
+    if loads[here] <= ON_CHIP_BYTES < loads[here] - specs[a].param_bytes + specs[b].param_bytes:
+        return True
     return any(
         specs[o].param_bytes + b_load > ON_CHIP_BYTES
         for o in result.placements[a].sharing
@@ -148,7 +152,8 @@ def check_higher_priority_never_worse_off(
     """A higher-priority model is never worse off than a lower-priority one on a TPU it
     could use. Two stated exceptions (docs/placement.md): (1) the on-chip memory rule
     comes first: a model may share with a lower-priority model whose parameters would not
-    fit next to the other's; (2) a model restricted to device = "pci"/"usb" keeps a device
+    fit next to the other's, or stay sharing when the other model's parameters would not
+    fit in its place; (2) a model restricted to device = "pci"/"usb" keeps a device
     of its kind: a higher-priority unrestricted model may get a lower class of device for
     it, or share a TPU the restricted model could not move to. Pinned models and
     co-compiled groups that stay cached together (they count as dedicated) are placed by
