@@ -685,7 +685,7 @@ class MqttLink:
             self._published += 1
             if self._unconfirmed.pop(mid, None) is None:
                 self._early.add(mid)
-            if self._window_wait:
+            if self._window_wait and self._outbox:  # the sender waits for window room
                 self._cond.notify_all()
 
     def _notify_connection(self, up: bool) -> None:
