@@ -253,7 +253,7 @@ def rig(invoke_ms: float = INVOKE_MS, swap_ms: float = 0.0) -> Iterator[Rig]:
     control = Control(tmp / "fake_edgetpu.control")
     control.set(mode="simulate", invoke_ms=invoke_ms, swap_ms=swap_ms)
     try:
-        broker = Broker(tmp, max_queued_messages=0)
+        broker = Broker(tmp, max_queued_messages=0, nodelay=True)  # as docs/mqtt.md advises
         if os.environ.get("BENCH_NODELAY", "1") == "1":
             # the broker writes each message at once (no Nagle): what a low-latency site sets
             with broker.conf.open("a") as conf:

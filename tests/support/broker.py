@@ -73,6 +73,7 @@ class Broker:
         users: dict[str, str] | None = None,
         acl: str | None = None,
         max_queued_messages: int | None = None,
+        nodelay: bool = False,
         persistence: bool = False,
         port: int | None = None,
     ) -> None:
@@ -91,7 +92,7 @@ class Broker:
                 else ["persistence false"]
             ),
             f"allow_anonymous {'false' if users else 'true'}",
-            "set_tcp_nodelay true",
+            *(["set_tcp_nodelay true"] if nodelay else []),
             "log_dest stderr",
             "log_type error",
             "log_type warning",
