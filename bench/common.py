@@ -13,6 +13,7 @@ bench/results/<name>.json) and a `main()` for running it alone.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -323,3 +324,14 @@ def health(tap: Tap) -> dict[str, Any]:
             except json.JSONDecodeError:
                 continue
     return {}
+
+
+def main(doc: str | None, run: Callable[[bool], object]) -> int:
+    """The command line every benchmark module shares: `[--quick]`, checks, then `run`."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="the short variant (bench-quick)")
+    args = p.parse_args()
+    check_inputs()
+    ensure_umockdev()
+    run(args.quick)
+    return 0

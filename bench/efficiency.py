@@ -20,7 +20,6 @@ MQTT) in the same run: what the machine could do at that moment ("÷ bare").
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -159,15 +158,5 @@ def run(quick: bool = False) -> dict[str, Any]:
     return record
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true")
-    args = p.parse_args()
-    common.check_inputs()
-    common.ensure_umockdev()
-    run(args.quick)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.main(__doc__, run))

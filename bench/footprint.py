@@ -13,7 +13,6 @@ worker (least-squares slope over 1, 2, 4 models). Target: idle <= 80 MB.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -91,15 +90,5 @@ def run(quick: bool = False) -> dict[str, Any]:
     return record
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true")
-    args = p.parse_args()
-    common.check_inputs()
-    common.ensure_umockdev()
-    run(args.quick)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.main(__doc__, run))

@@ -20,7 +20,6 @@ round-robin spread. Target >= 1.5.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -115,15 +114,5 @@ def _cell(m: dict[str, Any], model: str) -> str:
     return f"{m['per_model_per_s'][model]:.0f}/s on {devices}"
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true")
-    args = p.parse_args()
-    common.check_inputs()
-    common.ensure_umockdev()
-    run(args.quick)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.main(__doc__, run))

@@ -19,7 +19,6 @@ correlation data, and timestamps each reply in its on_message callback.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import subprocess
 import sys
@@ -186,15 +185,5 @@ def run(quick: bool = False) -> dict[str, Any]:
     return record
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true")
-    args = p.parse_args()
-    common.check_inputs()
-    common.ensure_umockdev()
-    run(args.quick)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.main(__doc__, run))

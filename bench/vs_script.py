@@ -15,7 +15,6 @@ Target >= 1.0 at K = 4.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -126,15 +125,5 @@ def run(quick: bool = False) -> dict[str, Any]:
     return record
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true")
-    args = p.parse_args()
-    common.check_inputs()
-    common.ensure_umockdev()
-    run(args.quick)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.main(__doc__, run))
