@@ -83,7 +83,7 @@ def render(
                 name,
                 online.get(name, "?"),
                 daemon.get("version", ""),
-                _duration(daemon.get("uptime_s", daemon.get("uptime"))),
+                _duration(daemon.get("uptime_s")),
                 str(daemon.get("config_generation", "")),
                 _duration(age) + " ago" if age is not None else "",
                 str(mq.get("backlog", "")),
@@ -99,17 +99,13 @@ def render(
                     _speed(dev),
                     str(dev.get("verdict", "")),
                     str(dev.get("state", "")),
-                    _num(_first(dev, "temperature_c", "temperature"), "°C"),
+                    _num(dev.get("temperature"), "°C"),
                     ", ".join(map(str, dev.get("models") or ())),
                     "; ".join(map(str, dev.get("reasons") or ())),
                 ]
             )
         for model in _items(h.get("models"), "name"):
-            placement = _first(model, "devices", "placement", "device") or ""
-            if isinstance(placement, (list, tuple)):
-                placement = ", ".join(map(str, placement))
-            latency = model.get("latency_ms")
-            latency = latency if isinstance(latency, Mapping) else {}
+            placement = ", ".join(map(str, model.get("devices") or ()))
             model_rows.append(
                 [
                     name,
@@ -117,9 +113,9 @@ def render(
                     str(model.get("state", "")),
                     str(placement),
                     str(model.get("tier", "")),
-                    _num(_first(model, "rate_per_s", "rate"), "/s"),
-                    _num(_first(latency, "p50") or model.get("p50_ms"), " ms"),
-                    _num(_first(latency, "p99") or model.get("p99_ms"), " ms"),
+                    _num(model.get("rate"), "/s"),
+                    _num(model.get("p50_ms"), " ms"),
+                    _num(model.get("p99_ms"), " ms"),
                     str(model.get("queue_depth", "")),
                     str(model.get("dropped", "")),
                     str(model.get("errors", "")),
@@ -191,16 +187,15 @@ def _fleet_table(nodes: Mapping[str, Mapping[str, Any]], online: Mapping[str, st
                 str(model.get("name", "")),
                 {"nodes": 0, "devices": 0, "rate": 0.0, "queue": 0, "results": 0, "errors": 0},
             )
-            devices = _first(model, "devices", "placement", "device") or ()
             t["nodes"] += 1 if model.get("state") == "running" else 0
-            t["devices"] += len(devices) if isinstance(devices, (list, tuple)) else 1
+            t["devices"] += len(model.get("devices") or ())
             for key, field in (
-                ("rate", "rate_per_s"),
+                ("rate", "rate"),
                 ("queue", "queue_depth"),
                 ("results", "results"),
                 ("errors", "errors"),
             ):
-                value = _first(model, field, "rate") if key == "rate" else model.get(field)
+                value = model.get(field)
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     t[key] += value
     rows = [
@@ -228,19 +223,11 @@ def _items(section: Any, key: str) -> Iterable[Mapping[str, Any]]:
     return []
 
 
-def _first(record: Mapping[str, Any], *keys: str) -> Any:
-    """The first of `keys` present in a health record (the daemon's names, then older ones)."""
-    for key in keys:
-        if record.get(key) is not None:
-            return record[key]
-    return None
-
-
 def _speed(dev: Mapping[str, Any]) -> str:
     mbps = dev.get("speed_mbps")
     if isinstance(mbps, (int, float)) and not isinstance(mbps, bool) and mbps:
         return f"{mbps:g}M"
-    return str(dev.get("speed") or "")
+    return ""
 
 
 def _num(value: Any, unit: str) -> str:

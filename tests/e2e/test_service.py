@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -184,6 +186,32 @@ def test_start_puts_the_top_model_on_pcie_and_results_flow(rig: Rig) -> None:
     assert first["device"] == "pci:0000:03:00.0"
     assert "error" not in first and first["result"][0]["label"]
     assert set(first["timing"]) >= {"queue_ms", "preprocess_ms", "invoke_ms", "postprocess_ms"}
+    # the health contract of docs/mqtt.md, and what `edgetpud status` makes of it
+    health = rig.health()
+    assert health["schema"] == "edgetpud.health/1"
+    assert {
+        "state",
+        "tier",
+        "devices",
+        "rate",
+        "p50_ms",
+        "p99_ms",
+        "queue_depth",
+        "dropped",
+    } <= set(health["models"]["alpha"])
+    assert {"identity", "verdict", "reasons", "temperature", "health", "models"} <= set(
+        health["devices"][0]
+    )
+    status = subprocess.run(
+        [sys.executable, "-m", "edgetpud", "status", "--config", str(d.config)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    row = next(line for line in status.stdout.splitlines() if line.split()[1:2] == ["alpha"])
+    assert "running" in row and "pci:0000:03:00.0" in row and "dedicated" in row
     assert d.stop() == 0
 
 

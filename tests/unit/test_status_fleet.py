@@ -8,18 +8,18 @@ from edgetpud.commands.status import render
 
 
 def health(rate: float, devices: list[str], queue: int = 0) -> dict[str, Any]:
-    """The shape edgetpud/health.py publishes (rate_per_s, latency_ms, devices, speed_mbps)."""
+    """The shape edgetpud/health.py publishes (docs/mqtt.md, "edgetpud.health/1")."""
     return {
         "time": 1000.0,
         "daemon": {"version": "0.1.0", "uptime_s": 30, "config_generation": 1},
         "devices": [
             {"identity": d, "kind": "usb", "speed_mbps": 5000, "verdict": "ok",
-             "state": "ready", "temperature_c": 41.0, "models": ["birds"], "reasons": []}
+             "state": "ready", "temperature": 41.0, "models": ["birds"], "reasons": []}
             for d in devices
         ],
         "models": {
             "birds": {"state": "running", "tier": "dedicated", "devices": devices,
-                      "rate_per_s": rate, "latency_ms": {"p50": 3.2, "p99": 7.9},
+                      "rate": rate, "p50_ms": 3.2, "p99_ms": 7.9,
                       "queue_depth": queue, "dropped": 0, "results": 100, "errors": 1},
         },
     }  # fmt: skip
