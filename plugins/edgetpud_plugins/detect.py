@@ -88,7 +88,9 @@ class Detect(Postprocessor):
             )
         real = [dequantize(o, s) for o, s in zip(outputs, self.info.outputs)]
         box_i = next((i for i, o in enumerate(real) if o.ndim == 3 and o.shape[-1] == 4), None)
-        count_i = next((i for i, o in enumerate(real) if o.size == 1), None)
+        # count is [1]; with one detection, classes and scores ([1, 1]) have one element too
+        singles = [i for i, o in enumerate(real) if o.size == 1 and i != box_i]
+        count_i = next((i for i in singles if real[i].ndim == 1), singles[-1] if singles else None)
         if box_i is None or count_i is None:
             raise RequestError(
                 "the model's outputs do not look like SSD boxes/classes/scores/count "
