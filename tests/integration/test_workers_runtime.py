@@ -237,6 +237,8 @@ def test_invoke_errors_are_answered_and_the_worker_recovers(
     wait_until(lambda: len(sink.results) == 2, what="2 error results")
     for r in failing:
         assert "invoke failed on usb:2-1" in sink.by_id(r.id).error
+    # the answer (post thread) and the report (invoke thread) race: wait for both reports
+    wait_until(lambda: sink.kinds().count("invoke_error") == 2, what="2 invoke_error reports")
     errors = [r for r in sink.reports if r.kind == "invoke_error"]
     assert [r.consecutive_errors for r in errors] == [1, 2]
 
@@ -245,7 +247,7 @@ def test_invoke_errors_are_answered_and_the_worker_recovers(
     q.put(good)
     wait_until(lambda: len(sink.results) == 3, what="a good result")
     assert sink.by_id(good.id).ok
-    assert sink.kinds()[-1] == "recovered"
+    wait_until(lambda: sink.kinds()[-1] == "recovered", what='a "recovered" report')
     w.stop(time.monotonic() + 60)
 
 
