@@ -170,6 +170,7 @@ def test_invoke_error_answers_the_request_and_the_worker_carries_on() -> None:
     assert "failed to invoke" in sink.by_id(bad1.id).error
     assert "usb:0" in sink.by_id(bad1.id).error
     assert sink.by_id(good.id).output == 42
+    wait_until(lambda: "recovered" in sink.kinds(), what="reports (from the invoke thread)")
     errors = [r for r in sink.reports if r.kind == "invoke_error"]
     assert [r.consecutive_errors for r in errors] == [1, 2]
     assert isinstance(errors[0].exc, InvokeError)
