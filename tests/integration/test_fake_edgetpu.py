@@ -5,7 +5,7 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,6 @@ from tests.support.fakelib import (
     Accelerators,
     Control,
     FakeLib,
-    accelerators,
     expected_outputs,
     make_control,
 )
@@ -31,19 +30,6 @@ TPU_MODEL_B = "mobilenet_v1_0.5_160_quant_edgetpu.tflite"
 CO_A = "mobilenet_v1_0.25_128_quant_cocompiled_with_mobilenet_v1_0.5_160_quant_edgetpu.tflite"
 CO_B = "mobilenet_v1_0.5_160_quant_cocompiled_with_mobilenet_v1_0.25_128_quant_edgetpu.tflite"
 DEADLINE_S = 30.0
-
-
-@pytest.fixture
-def bed() -> Iterator[Accelerators]:
-    with accelerators() as testbed:
-        yield testbed
-
-
-@pytest.fixture
-def lib(fake_lib: Path) -> FakeLib:
-    hooks = FakeLib(fake_lib)
-    hooks.reset()
-    return hooks
 
 
 @pytest.fixture

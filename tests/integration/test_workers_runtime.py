@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from edgetpud.messages import Request
 from edgetpud.preprocess import make_preprocess
 from edgetpud.runtime import Session, open_session
 from edgetpud.workers import ModelQueue, Worker
-from tests.support.fakelib import Accelerators, Control, FakeLib, accelerators, make_control
+from tests.support.fakelib import Accelerators, Control, FakeLib, make_control
 from tests.support.workers import Collector, wait_until
 
 CPU_MODEL = "mobilenet_v1_0.25_128_quant.tflite"
@@ -129,19 +129,6 @@ def test_inputs_that_do_not_fit_the_model_are_answered_as_bad_requests(models_di
 
 
 # -- simulated Edge TPUs through the fake libedgetpu ---------------------------------------------
-
-
-@pytest.fixture
-def bed() -> Iterator[Accelerators]:
-    with accelerators() as testbed:
-        yield testbed
-
-
-@pytest.fixture
-def lib(fake_lib: Path) -> FakeLib:
-    hooks = FakeLib(fake_lib)
-    hooks.reset()
-    return hooks
 
 
 @pytest.fixture
