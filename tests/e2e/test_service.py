@@ -186,7 +186,9 @@ def test_start_puts_the_top_model_on_pcie_and_results_flow(rig: Rig) -> None:
     assert first["device"] == "pci:0000:03:00.0"
     assert "error" not in first and first["result"][0]["label"]
     assert set(first["timing"]) >= {"queue_ms", "preprocess_ms", "invoke_ms", "postprocess_ms"}
-    # the health contract of docs/mqtt.md, and what `edgetpud status` makes of it
+    # the health contract of docs/mqtt.md, and what `edgetpud status` makes of it (once the
+    # retained snapshot, republished every second, has caught up with the results)
+    wait_for(lambda: rig.health()["models"]["alpha"]["results"] >= len(ids), 30, "health")
     health = rig.health()
     assert health["schema"] == "edgetpud.health/1"
     assert {
