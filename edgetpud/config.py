@@ -544,8 +544,3 @@ def _check_not_writable_by_others(path: Path) -> None:
                 ],
                 str(path),
             )
-
-
-def env_config_path() -> Path:
-    """The config path from $EDGETPUD_CONFIG, else the packaged default."""
-    return Path(os.environ.get("EDGETPUD_CONFIG", str(DEFAULT_PATH)))

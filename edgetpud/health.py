@@ -30,13 +30,10 @@ class RateMeter:
         return round((count - before) / elapsed, 2) if elapsed > 0 else 0.0
 
 
-_meters: dict[int, RateMeter] = {}
-
-
 def snapshot(service: Service) -> dict[str, Any]:
     """Everything a dashboard needs to know, as JSON-ready data."""
     now = time.monotonic()
-    meter = _meters.setdefault(id(service), RateMeter())
+    meter = service.rates
     plan = service.plan
     device_models = plan.device_models() if plan is not None else {}
     devices = []

@@ -9,7 +9,6 @@ only the difference between the plan and what runs.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
 import queue
@@ -20,7 +19,6 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -61,7 +59,6 @@ class ModelRuntime:
     cfg: ModelConfig
     queue: ModelQueue
     info: Any = None  # modelfile.ModelInfo of the Edge TPU build
-    cpu_info: Any = None  # modelfile.ModelInfo of the CPU build
     source: Any = None  # plugins.Source
     postprocessor: Any = None  # plugins.Postprocessor
     preprocess: Callable[..., Any] | None = None
@@ -69,15 +66,6 @@ class ModelRuntime:
     disabled: str = ""  # why it cannot run at all
     errors: int = 0
     results: int = 0
-    started_at: float = field(default_factory=time.monotonic)
-    # fleet requests the broker handed over while the queue was full, oldest first: they
-    # join the queue's tail as room appears, so a full node never serves newest-first
-    fleet_overflow: collections.deque[Request] = field(default_factory=collections.deque)
-
-    @property
-    def waiting(self) -> int:
-        """Requests waiting: the queue and the fleet overflow."""
-        return self.queue.depth + len(self.fleet_overflow)
 
 
 class Service:
@@ -107,6 +95,7 @@ class Service:
         self.last_reload_error = ""
         self.started = time.time()
         self.started_mono = time.monotonic()
+        self.rates = health.RateMeter()
         self._stop_requested = False
         self._reload_requested = False
         self._dump_requested = False
@@ -114,9 +103,7 @@ class Service:
         self._last_health = 0.0
         self._last_watchdog = 0.0
         self._last_status = ""
-        self._mqtt_connected = False
         self._fleet_held: set[str] = set()  # full, but the last node taking fleet requests
-        self._fleet_lock = threading.Lock()  # guards every ModelRuntime.fleet_overflow
         self._lock = threading.Lock()  # guards counters touched from worker threads
 
     # ---- signals ---------------------------------------------------------------------
@@ -135,12 +122,6 @@ class Service:
 
     def _on_usr1(self, signum: int, frame: FrameType | None) -> None:
         self._dump_requested = True
-
-    def request_stop(self) -> None:
-        self._stop_requested = True
-
-    def request_reload(self) -> None:
-        self._reload_requested = True
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -201,16 +182,13 @@ class Service:
             factory = DeviceWatcher
         self.watcher = factory(
             self.cfg.devices,
-            self._state_dir(),
+            self.cfg.daemon.state_dir,
             self.events,
             performance=self.cfg.devices.performance,
         )
         for dev in self.watcher.start():
             self.devices[dev.identity] = dev
         log.info("%d Edge TPU(s) found", len(self.devices))
-
-    def _state_dir(self) -> Path:
-        return self.cfg.daemon.state_dir
 
     def _shutdown(self) -> None:
         """Stop in reverse order; every step is safe if its part never started."""
@@ -237,9 +215,9 @@ class Service:
     def _drain(self, deadline: float) -> None:
         """Let queued and in-flight requests finish on the devices that have them."""
         while time.monotonic() < deadline:
-            self._feed_fleet_overflow()
             busy = any(
-                (rt.waiting and rt.workers) or any(w.stats().in_flight for w in rt.workers.values())
+                (rt.queue.depth and rt.workers)
+                or any(w.stats().in_flight for w in rt.workers.values())
                 for rt in self.models.values()
             )
             if not busy:
@@ -303,7 +281,6 @@ class Service:
                 replan = True
         if replan:
             self._replan("device health changed")
-        self._feed_fleet_overflow()
         if self.cfg.fleet.group:
             self._fleet_backpressure()
         if now - self._last_health >= self.cfg.daemon.health_interval or (
@@ -343,7 +320,7 @@ class Service:
         discard them): then this node keeps taking them, queued over the limit.
         """
         for name, rt in self.models.items():
-            depth, limit = rt.waiting, rt.queue.maxsize
+            depth, limit = rt.queue.depth, rt.queue.maxsize
             paused = self.mqtt.fleet_paused(name)
             if not paused and depth >= limit:
                 if self.mqtt.pause_fleet(name):
@@ -367,15 +344,6 @@ class Service:
                 log.info("model %s: queue drained (%d); taking fleet requests again", name, depth)
             if depth < limit:
                 self._fleet_held.discard(name)
-
-    def _feed_fleet_overflow(self, rt: ModelRuntime | None = None) -> None:
-        """Move fleet requests kept over the limit into their queue, oldest first, while room."""
-        for r in [rt] if rt is not None else list(self.models.values()):
-            if not r.fleet_overflow:
-                continue
-            with self._fleet_lock:
-                while r.fleet_overflow and r.queue.put(r.fleet_overflow[0], timeout=0):
-                    r.fleet_overflow.popleft()
 
     # ---- devices ---------------------------------------------------------------------
 
@@ -441,7 +409,8 @@ class Service:
             return
         try:
             rt.info = modelfile.inspect_model(mcfg.model)
-            rt.cpu_info = modelfile.inspect_model(mcfg.cpu_model) if mcfg.cpu_model else None
+            if mcfg.cpu_model:  # a broken CPU build disables the model now, not at fallback
+                modelfile.inspect_model(mcfg.cpu_model)
         except EdgetpudError as exc:
             rt.disabled = str(exc)
             log.error("model %s disabled: %s", rt.name, exc)
@@ -488,17 +457,13 @@ class Service:
             # The broker already gave this one to us: keep it (over the limit, behind the
             # others) rather than refuse or drop it; the tick pauses our fleet subscription
             # so the next go elsewhere.
-            with self._fleet_lock:
-                if not rt.fleet_overflow and rt.queue.put(request, timeout=MQTT_PUT_TIMEOUT):
-                    return None
-                rt.fleet_overflow.append(request)
+            rt.queue.put_over_limit(request)
             return None
         if rt.queue.put(request, timeout=MQTT_PUT_TIMEOUT):
             return None
         return f"busy: the queue of model {request.model} is full ({rt.cfg.queue_size} waiting); retry later"
 
     def _on_mqtt_connection(self, connected: bool) -> None:
-        self._mqtt_connected = connected
         self._health_dirty = True
         if connected:
             self.events.put(lambda: self._publish_health(force=True))
@@ -635,10 +600,7 @@ class Service:
         )
 
     def _answer_leftovers(self, rt: ModelRuntime, reason: str) -> None:
-        with self._fleet_lock:
-            leftovers = [*rt.queue.drain(), *rt.fleet_overflow]
-            rt.fleet_overflow.clear()
-        for request in leftovers:
+        for request in rt.queue.drain():
             self._on_result(rt, rt.source, Result(request, "", error=reason))
 
     def _on_result(self, rt: ModelRuntime, source: Any, result: Result) -> None:
@@ -650,8 +612,6 @@ class Service:
                 rt.results += 1
         if self.mqtt is not None:
             self.mqtt.publish_result(result)
-        if rt.fleet_overflow:
-            self._feed_fleet_overflow(rt)  # top the queue up now rather than at the next tick
         if source is not None:
             try:
                 source.completed(result)

@@ -147,6 +147,14 @@ class ModelQueue:
             self._not_empty.notify()
             return True
 
+    def put_over_limit(self, req: Request) -> None:
+        """Add a request at the back even when the queue is full: never dropped, never
+        refused (a fleet request the broker already handed over). It counts in `depth`,
+        so ordinary puts keep waiting until the queue is below maxsize again."""
+        with self._lock:
+            self._items.append(req)
+            self._not_empty.notify()
+
     def requeue(self, req: Request) -> None:
         """Put a request back at the very front of the queue (it is taken next): never dropped,
         ignores maxsize. To hand back several in their order, requeue them in reverse."""

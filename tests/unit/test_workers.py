@@ -351,3 +351,13 @@ def test_slow_postprocessing_holds_the_device_back_instead_of_piling_up() -> Non
     wait_until(lambda: len(sink.results) == len(sent), what="every request answered")
     assert all(sink.ids()[r.id] == 1 for r in sent)
     w.stop(time.monotonic() + 30)
+
+
+def test_put_over_limit_keeps_order_and_holds_back_ordinary_puts() -> None:
+    q = ModelQueue("m", 2, "block")
+    first, second, kept = req(1), req(2), req(3)
+    assert q.put(first, timeout=0) and q.put(second, timeout=0)
+    q.put_over_limit(kept)  # a fleet request the broker already handed over
+    assert q.depth == 3
+    assert not q.put(req(4), timeout=0)  # still full for ordinary requests
+    assert [q.get(0.1), q.get(0.1), q.get(0.1)] == [first, second, kept]
