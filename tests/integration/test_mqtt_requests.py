@@ -11,6 +11,7 @@ import io
 import json
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -105,6 +106,16 @@ def make_link(broker: Broker, consumer: Consumer, **cfg: Any) -> MqttLink:
     link.set_models({MODEL: INFO})
     link.start()
     wait_until(lambda: link.stats().connected, what="the link to connect")
+    # "connected" comes with the CONNACK; the link subscribes to its request topics right
+    # after. A request published before that SUBSCRIBE reaches the broker is dropped, so
+    # wait until a probe for an unknown model is answered (counted as unknown_model).
+    probe = f"edgetpud/{NODE}/models/probe/results"
+    with Subscriber(broker, [probe], protocol=str(cfg.get("protocol", "5"))) as sub:
+        deadline = time.monotonic() + 30
+        while not sub.on(probe):
+            assert time.monotonic() < deadline, "the link never answered a probe request"
+            sub.publish(f"edgetpud/{NODE}/models/probe/infer", b"probe")
+            time.sleep(0.2)
     return link
 
 
