@@ -22,7 +22,7 @@ import pytest
 
 from tests.support.broker import Broker
 from tests.support.daemon import ROOT, wait_for
-from tests.support.fleet import Fleet, FleetClient
+from tests.support.fleet import Fleet, FleetClient, Node
 from tests.support.umock import Testbed, in_mock_environment
 from tests.support.umock import testbed as umock_testbed
 
@@ -135,14 +135,16 @@ def test_a_killed_node_leaves_the_rest_to_the_others(fleet: Fleet, client: Fleet
         f"\nkilled big after {killed[0]} answers; {len(retried)} request(s) retried "
         f"(lost in flight), {len(client.duplicates())} answered twice, "
         f"{client.no_subscribers} refused by the broker; small answered {len(after)}; "
-        f"{took:.1f} s"
+        f"{took:.1f} s; refused at {[round(t - kill_time[0], 3) for t in client.refused_at]}"
     )
     # what big held (its queue, its pipeline, its unacknowledged deliveries) is lost with
     # it and comes back only through the client's retry: never more than the window
     assert len(retried) <= 40
     assert not late, f"{len(late)} request(s) sent well after the kill went unanswered"
-    # small, the last node serving alpha, never let go of the fleet topic though full
-    assert client.no_subscribers == 0
+    # small, paused while big had room, takes the fleet topic back as soon as the broker
+    # says big is gone: the broker refuses (PUBACK 16) only what was published in between,
+    # and the client resends those at once
+    assert all(t - kill_time[0] < 1.0 for t in client.refused_at), client.refused_at
     assert "no other node of the fleet takes its requests now" in small.daemon.log()
     assert all(client.answers[r][-1]["node"] == "small" for r in retried)
     assert big.daemon.proc is not None and big.daemon.proc.poll() is not None
@@ -166,3 +168,23 @@ def test_a_full_node_hands_its_share_to_the_others(fleet: Fleet, client: FleetCl
     assert "taking fleet requests again" in log
     # round-robin alone would give the slow node half; its pauses send most elsewhere
     assert split.get("slow", 0) < len(ids) / 4, split
+
+
+def test_requests_refused_while_no_node_serves_are_resent_and_answered(
+    fleet: Fleet, client: FleetClient
+) -> None:
+    """Nobody subscribed yet: the broker refuses each request (PUBACK 16) and the client
+    resends it until a node comes up; nothing is lost, nothing answered twice."""
+    started: list[Node] = []
+
+    def start_a_node(c: FleetClient) -> None:
+        if not started and c.no_subscribers >= 20:
+            started.append(fleet.add("late", ["2-1"], invoke_ms=5))
+
+    ids = [f"n{i}" for i in range(10)]
+    client.run(ids, window=10, timeout=120, on_progress=start_a_node)
+    assert started, "the broker never refused a request sent with no node subscribed"
+    assert set(client.answers) == set(ids), f"{len(set(ids) - set(client.answers))} unanswered"
+    assert not client.errors() and not client.duplicates()
+    assert {r[0]["node"] for r in client.answers.values()} == {"late"}
+    assert all(client.sends[r] > 1 for r in ids)  # every one was refused at least once

@@ -153,6 +153,10 @@ class FleetClient:
         self.first_sent: dict[str, float] = {}
         self.sends: dict[str, int] = {}
         self.no_subscribers = 0  # PUBACKs saying the broker had nobody to give the request to
+        self.refused_at: list[float] = []  # when each of those PUBACKs came (time.monotonic)
+        self._mids: dict[int, str] = {}  # message id -> request id, until its PUBACK
+        self._refused: list[str] = []  # refused requests not sent again yet
+        self._early: dict[int, bool] = {}  # PUBACKs (refused?) that came before send() kept the mid
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
         self.client = paho.Client(
@@ -162,7 +166,7 @@ class FleetClient:
         self.client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(self.reply_topic, qos=1)
         self.client.on_subscribe = lambda c, u, mid, rcs, p=None: self._subscribed.set()
         self.client.on_message = lambda c, u, msg: self._message(msg)
-        self.client.on_publish = lambda c, u, mid, rc, p=None: self._published(rc)
+        self.client.on_publish = lambda c, u, mid, rc, p=None: self._published(mid, rc)
         self.broker = broker
 
     def start(self, timeout: float = 20.0) -> FleetClient:
@@ -176,10 +180,17 @@ class FleetClient:
         self.client.disconnect()
         self.client.loop_stop()
 
-    def _published(self, rc: Any) -> None:
-        if getattr(rc, "value", rc) == NO_MATCHING_SUBSCRIBERS:
-            with self._cond:
+    def _published(self, mid: int, rc: Any) -> None:
+        with self._cond:
+            rid = self._mids.pop(mid, None)
+            refused = getattr(rc, "value", rc) == NO_MATCHING_SUBSCRIBERS
+            if rid is None:
+                self._early[mid] = refused
+            if refused:
                 self.no_subscribers += 1
+                self.refused_at.append(time.monotonic())
+                if rid is not None:
+                    self._refused.append(rid)
 
     def _message(self, msg: Any) -> None:
         try:
@@ -204,7 +215,13 @@ class FleetClient:
             self.sent_at[rid] = time.monotonic()
             self.first_sent.setdefault(rid, self.sent_at[rid])
             self.sends[rid] = self.sends.get(rid, 0) + 1
-        self.client.publish(self.topic, self.payload, qos=1, properties=props)
+        # not under the lock: paho calls on_publish holding its own outgoing-message lock
+        info = self.client.publish(self.topic, self.payload, qos=1, properties=props)
+        with self._cond:
+            if self._early.pop(info.mid, False):  # the PUBACK beat us here: it was refused
+                self._refused.append(rid)
+            else:
+                self._mids[info.mid] = rid
 
     def run(
         self,
@@ -218,8 +235,9 @@ class FleetClient:
         """Send `ids` keeping at most `window` unanswered; returns the seconds it took.
 
         With `retry_after`, a request still unanswered that long after its last send is
-        sent again (same correlation id). Returns when every id has an answer or at
-        `timeout`; the caller checks `answers`.
+        sent again (same correlation id). A request the broker refused (PUBACK reason 16,
+        nobody subscribed at that instant) is sent again on the next turn, 50 ms later.
+        Returns when every id has an answer or at `timeout`; the caller checks `answers`.
         """
         pending = list(reversed(ids))
         started = time.monotonic()
@@ -241,6 +259,8 @@ class FleetClient:
                     if retry_after is not None
                     else []
                 )
+                retry += [r for r in self._refused if r in outstanding and r not in retry]
+                self._refused.clear()
             for rid in to_send + retry:
                 self.send(rid)
             if on_progress is not None:
