@@ -10,6 +10,11 @@ by `mqtt.backlog_limit`, oldest dropped (and counted) beyond it, delivered in or
 after reconnect. Messages paho held when the link broke (QoS 1/2) are resent by
 paho first; the sender waits for them before it sends anything newer, so order
 holds across an outage. Contract and payloads: docs/mqtt.md.
+
+With `mqtt.qos = 0` every outbox message is QoS 0 and the link needs no callback
+per message: it asks each message's MQTTMessageInfo whether paho wrote it. paho 2
+builds a ReasonCode and a Properties object for every on_publish call, which was a
+fifth of the CPU a QoS 0 result cost (bench/bench_mqtt.py cpu).
 """
 
 from __future__ import annotations
@@ -204,6 +209,10 @@ class MqttLink:
         self._cond = threading.Condition(self._lock)
         self._outbox: deque[_Out] = deque()
         self._unconfirmed: dict[int, _Out] = {}  # mid -> message handed to paho
+        # mqtt.qos 0: no on_publish; messages handed to paho, in order, until it wrote them
+        self._by_info = cfg.qos == 0
+        self._unwritten: deque[tuple[Any, _Out]] = deque()
+        self._direct: list[Any] = []  # infos of direct QoS 1 publishes (online, health), counted
         self._early: set[int] = set()  # mids confirmed before publish() returned
         self._epoch = 0  # connection breaks so far
         self._window_wait = False
@@ -244,15 +253,14 @@ class MqttLink:
         if PAHO2:
             client.on_connect = lambda c, u, flags, rc, props=None: self._handle_connect(rc)
             client.on_disconnect = lambda c, u, flags, rc, props=None: self._handle_disconnect(rc)
-            client.on_publish = lambda c, u, mid, rc=None, props=None: self._handle_publish(mid)
         elif self._v5:
             client.on_connect = lambda c, u, flags, rc, props=None: self._handle_connect(rc)
             client.on_disconnect = lambda c, u, rc, props=None: self._handle_disconnect(rc)
-            client.on_publish = lambda c, u, mid: self._handle_publish(mid)
         else:
             client.on_connect = lambda c, u, flags, rc: self._handle_connect(rc)
             client.on_disconnect = lambda c, u, rc: self._handle_disconnect(rc)
-            client.on_publish = lambda c, u, mid: self._handle_publish(mid)
+        if not self._by_info:  # paho 1.6: (c, u, mid); paho 2: (c, u, mid, reason, props)
+            client.on_publish = lambda c, u, mid, *_: self._handle_publish(mid)
         client.on_message = lambda c, u, msg: self._handle_message(msg)
         if hasattr(client, "on_connect_fail"):
             client.on_connect_fail = lambda c, u: self._handle_connect_fail()
@@ -295,12 +303,12 @@ class MqttLink:
             return
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._connected and (self._outbox or self._unconfirmed):
+            while self._connected and (self._outbox or self._in_paho()):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
-                self._cond.wait(min(left, 0.2))
-            left_over = len(self._outbox) + len(self._unconfirmed)
+                self._cond.wait(min(left, 0.02 if self._by_info else 0.2))
+            left_over = len(self._outbox) + self._in_paho()
             self._stopping = True
             self._cond.notify_all()
         if left_over:
@@ -467,14 +475,14 @@ class MqttLink:
             connected = self._connected
         if connected:
             for topic, config in changed.items():
-                self._client.publish(topic, config, qos=1, retain=True)
-            self._client.publish(self.topics.health, data, qos=1, retain=True)
+                self._direct_publish(topic, config)
+            self._direct_publish(self.topics.health, data)
 
     def stats(self) -> MqttStats:
         with self._lock:
             return MqttStats(
                 connected=self._connected,
-                backlog=len(self._outbox) + len(self._unconfirmed),
+                backlog=len(self._outbox) + self._in_paho(),
                 backlog_dropped=self._dropped,
                 published=self._published,
                 requests_accepted=self._accepted,
@@ -536,9 +544,32 @@ class MqttLink:
         return (
             self._connected
             and not self._sending
-            and len(self._unconfirmed) < WINDOW
+            and self._in_paho() < WINDOW
             and not (self._unconfirmed and time.monotonic() < self._resync_until)
         )
+
+    def _in_paho(self) -> int:
+        """Messages handed to paho and not yet written (QoS 0) or acknowledged (lock held)."""
+        if self._by_info:
+            unwritten = self._unwritten
+            while unwritten and _written(unwritten[0][0]):
+                unwritten.popleft()
+                self._published += 1
+            if self._direct:
+                done = [info for info in self._direct if _written(info)]
+                self._published += len(done)
+                self._direct = [info for info in self._direct if not _written(info)]
+            return len(unwritten)
+        return len(self._unconfirmed)
+
+    def _direct_publish(self, topic: str, payload: bytes) -> None:
+        """A retained QoS 1 message straight to paho (not through the outbox)."""
+        info = self._client.publish(topic, payload, qos=1, retain=True)
+        if self._by_info:
+            with self._lock:
+                self._direct.append(info)
+                if len(self._direct) > WINDOW:
+                    del self._direct[: -WINDOW // 2]  # a long outage: count what is recent
 
     def _send_loop(self) -> None:
         """Hand the outbox to paho in order, in batches, at most WINDOW unconfirmed at a time."""
@@ -546,13 +577,14 @@ class MqttLink:
             with self._cond:
                 while not self._stopping and not (self._outbox and self._may_send()):
                     self._window_wait = True
-                    self._cond.wait(0.5)
+                    # with no on_publish nothing wakes us when paho has written: poll
+                    self._cond.wait(0.005 if self._unwritten else 0.5)
                 self._window_wait = False
                 if self._stopping:
                     return
                 self._resync_until = 0.0
                 epoch = self._epoch
-                n = min(len(self._outbox), WINDOW - len(self._unconfirmed), BATCH)
+                n = min(len(self._outbox), WINDOW - self._in_paho(), BATCH)
                 batch = [self._outbox.popleft() for _ in range(n)]
                 self._sending = True
             self._publish_batch(batch, epoch)
@@ -561,7 +593,7 @@ class MqttLink:
         """Hand `batch` (taken from the outbox with `_sending` set) to paho, then record it."""
         client = self._client
         try:
-            sent: list[tuple[int, _Out]] = []
+            sent: list[tuple[Any, _Out]] = []
             unsent: list[_Out] = []
             for i, out in enumerate(batch):
                 try:
@@ -574,10 +606,17 @@ class MqttLink:
                 if info.rc == paho.MQTT_ERR_NO_CONN and out.qos == 0:
                     unsent = batch[i:]  # not sent: keep these first in line
                     break
-                sent.append((info.mid, out))
+                sent.append((info, out))
             with self._cond:
                 broken = self._epoch != epoch
-                for mid, out in sent:
+                for info, out in sent:
+                    if self._by_info:
+                        if broken and not _written(info):
+                            unsent.append(out)
+                        else:
+                            self._unwritten.append((info, out))
+                        continue
+                    mid = info.mid
                     if mid in self._early:
                         self._early.discard(mid)
                     elif broken and out.qos == 0:
@@ -603,7 +642,7 @@ class MqttLink:
         client = self._client
         _no_delay(client)
         # "online" first, before anyone can see us connected and publish "offline" in stop()
-        client.publish(self.topics.status, ONLINE, qos=1, retain=True)
+        self._direct_publish(self.topics.status, ONLINE)
         with self._lock:
             self._connected = True
             self._connects += 1
@@ -621,9 +660,9 @@ class MqttLink:
             self._client.subscribe([(f"{prefix}/+/status", 1), (f"{prefix}/+/fleet", 1)])
             self._publish_fleet_state()
         for topic, config in discovery.items():
-            client.publish(topic, config, qos=1, retain=True)
+            self._direct_publish(topic, config)
         if health is not None:
-            client.publish(self.topics.health, health, qos=1, retain=True)
+            self._direct_publish(self.topics.health, health)
         with self._cond:
             self._cond.notify_all()
         self._notify_connection(True)
@@ -667,6 +706,10 @@ class MqttLink:
             lost = [mid for mid, out in self._unconfirmed.items() if out.qos == 0]
             for mid in reversed(lost):
                 self._outbox.appendleft(self._unconfirmed.pop(mid))
+            self._in_paho()  # count what was written
+            self._outbox.extendleft(reversed([out for _, out in self._unwritten]))
+            self._unwritten.clear()
+            self._direct.clear()
             self._early.clear()
             self._epoch += 1
             self._cond.notify_all()
@@ -681,10 +724,11 @@ class MqttLink:
             self._notify_connection(False)
 
     def _handle_publish(self, mid: int) -> None:
+        """paho wrote a QoS 0 message or the broker acknowledged a QoS 1/2 one (not with qos 0)."""
         with self._cond:
             self._published += 1
             if self._unconfirmed.pop(mid, None) is None:
-                self._early.add(mid)
+                self._early.add(mid)  # not recorded yet, or a direct publish (online, health)
             if self._window_wait and self._outbox:  # the sender waits for window room
                 self._cond.notify_all()
 
@@ -805,6 +849,14 @@ def _request_id(correlation: Any, user_props: Any) -> str:
 
 
 # --------------------------------------------------------------------- reading retained topics
+
+
+def _written(info: Any) -> bool:
+    """Whether paho wrote this message (QoS 0) or the broker acknowledged it (QoS 1/2)."""
+    try:
+        return bool(info.is_published())
+    except (RuntimeError, ValueError):  # paho refused it: it will never be written
+        return True
 
 
 def _no_delay(client: Any) -> None:

@@ -164,6 +164,44 @@ def test_results_during_broker_outage_all_arrive_in_order(tmp_path: Path) -> Non
     assert ("online", False) in status_values(sub)
 
 
+def test_qos0_results_across_a_broker_kill_are_each_written_once(tmp_path: Path) -> None:
+    """At QoS 0 the link tracks paho's writes without a callback per message: results it
+    handed to paho that were not written when the broker died go out again after the
+    restart, none twice, and the subscriber sees what it gets in order."""
+    broker = Broker(tmp_path, max_queued_messages=0).start()
+    link = link_for(broker, qos=0, backlog_limit=10_000)
+    link.start()
+    count = 3000
+    try:
+        wait_until(lambda: link.stats().connected, what="connect")
+        with Subscriber(broker, [RESULTS], protocol="3.1.1") as sub:
+            for seq in range(count // 2):
+                link.publish_result(result(seq))
+            broker.kill()  # whatever paho had not written yet must not be counted as sent
+            for seq in range(count // 2, count):
+                link.publish_result(result(seq))
+        broker.start()
+        with Subscriber(broker, [RESULTS], protocol="3.1.1") as after:
+            wait_until(lambda: link.stats().backlog == 0, timeout=60, what="the backlog to drain")
+            link.publish_result(result(count))
+            wait_until(
+                lambda: any(
+                    json.loads(m.payload)["request_id"] == str(count) for m in after.on(RESULTS)
+                ),
+                what="the marker result",
+            )
+        stats = link.stats()
+    finally:
+        link.stop()
+        broker.stop()
+    # every result written exactly once, plus "online" at each of the two connects
+    assert stats.published == count + 1 + stats.connects
+    assert stats.connects == 2 and stats.backlog_dropped == 0
+    seen = [int(json.loads(m.payload)["request_id"]) for m in sub.on(RESULTS) + after.on(RESULTS)]
+    assert seen == sorted(seen) and len(seen) == len(set(seen))
+    assert seen[-1] == count
+
+
 def test_backlog_keeps_the_newest_up_to_its_limit(tmp_path: Path) -> None:
     broker = Broker(tmp_path, max_queued_messages=0).start()
     link = link_for(broker, qos=0, backlog_limit=100)
