@@ -81,6 +81,21 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(all CPU ticks, ticks stolen by the hypervisor) since boot, from /proc/stat."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return sum(fields[:8]), fields[7] if len(fields) > 7 else 0
+
+
+def steal_pct(since: tuple[int, int]) -> float | None:
+    """Share of CPU time the hypervisor gave to other guests since `since` (a VM's noise)."""
+    total, steal = cpu_ticks()
+    return round(100.0 * (steal - since[1]) / (total - since[0]), 1) if total > since[0] else None
+
+
 def machine() -> dict[str, Any]:
     """Facts that make a figure comparable: cores, CPU, load right now, versions."""
     return {

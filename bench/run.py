@@ -171,9 +171,11 @@ def summary(  # noqa: PLR0917
     t0: float,
     load0: tuple[float, float, float],
     failures: dict[str, str],
+    ticks0: tuple[int, int] = (0, 0),
 ) -> str:
     m = common.machine()
     load1 = os.getloadavg()
+    steal = common.steal_pct(ticks0)
     lines = [
         "# Benchmark summary",
         "",
@@ -181,14 +183,17 @@ def summary(  # noqa: PLR0917
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.monotonic() - t0:.0f} s. "
         f"{m['cores']} cores ({m['cpu_model']}); load average (1/5/15 min) "
         f"{load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f} at start, "
-        f"{load1[0]:.2f}/{load1[1]:.2f}/{load1[2]:.2f} at end. "
+        f"{load1[0]:.2f}/{load1[1]:.2f}/{load1[2]:.2f} at end; "
+        f"CPU time stolen by the hypervisor during the run: {steal if steal is not None else '?'} %. "
         f"Python {m['python']}, numpy {m['numpy']}, tflite-runtime {m['tflite_runtime']}, "
         f"paho-mqtt {m['paho_mqtt']}, mosquitto {m['mosquitto']}.",
         "",
         f"Edge TPUs are simulated by the fake libedgetpu: **{common.INVOKE_MS} ms per invoke** "
         "(Coral's published MobileNet v2 figure over USB 3), plus 9 ms per parameter swap in "
         "the placement benchmark. Other work on the machine during the run makes every "
-        "throughput and latency figure pessimistic; the load average above says how much.",
+        "throughput and latency figure pessimistic; the load average and the stolen time above "
+        "say how much (on this VM, steal of 25-35 % has cut benchmark 1 at K = 4 from 0.88 to "
+        "0.6-0.8 with the same code).",
         "",
         common.table(["figure", "target", "measured", "met"], headline(records)),
         "",
@@ -286,6 +291,7 @@ def main() -> int:
     common.ensure_umockdev()
     t0 = time.monotonic()
     load0 = os.getloadavg()
+    ticks0 = common.cpu_ticks()
     names = [n for n in args.only.split(",") if n] or list(SUITE)
     unknown = set(names) - set(SUITE)
     if unknown:
@@ -302,7 +308,7 @@ def main() -> int:
             failures[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         print(f"   ({time.monotonic() - t:.0f} s)", flush=True)
     others = run_others(args.quick) if not args.only else {}
-    text = summary(records, others, args.quick, t0, load0, failures)
+    text = summary(records, others, args.quick, t0, load0, failures, ticks0)
     (common.RESULTS / "summary.md").write_text(text + "\n")
     for path in plots(records):
         print(f"wrote {path.relative_to(common.ROOT)}")
