@@ -213,6 +213,7 @@ class MqttLink:
         self._by_info = cfg.qos == 0
         self._unwritten: deque[tuple[Any, _Out]] = deque()
         self._direct: list[Any] = []  # infos of direct QoS 1 publishes (online, health), counted
+        self._requeued = 0  # messages the last disconnect put back at the front of the outbox
         self._early: set[int] = set()  # mids confirmed before publish() returned
         self._epoch = 0  # connection breaks so far
         self._window_wait = False
@@ -517,6 +518,7 @@ class MqttLink:
                     self._dropped += 1
                     return
                 self._outbox.popleft()
+                self._requeued = max(0, self._requeued - 1)
                 self._dropped += 1
                 if self._dropped == 1 or self._dropped % 1000 == 0:
                     log.warning(
@@ -609,10 +611,11 @@ class MqttLink:
                 sent.append((info, out))
             with self._cond:
                 broken = self._epoch != epoch
+                again: list[_Out] = []  # handed to paho, not written when the link broke
                 for info, out in sent:
                     if self._by_info:
                         if broken and not _written(info):
-                            unsent.append(out)
+                            again.append(out)
                         else:
                             self._unwritten.append((info, out))
                         continue
@@ -620,10 +623,15 @@ class MqttLink:
                     if mid in self._early:
                         self._early.discard(mid)
                     elif broken and out.qos == 0:
-                        unsent.append(out)  # the link broke meanwhile: send again rather than lose
+                        again.append(out)  # the link broke meanwhile: send again rather than lose
                     else:
                         self._unconfirmed[mid] = out
-                self._outbox.extendleft(reversed(unsent))
+                # back in line behind what the disconnect put back (older than this batch)
+                # and ahead of the rest of the outbox (newer)
+                older = min(self._requeued, len(self._outbox)) if broken else 0
+                self._outbox.rotate(-older)
+                self._outbox.extendleft(reversed(again + unsent))
+                self._outbox.rotate(older)
                 if len(self._early) > 4 * WINDOW:
                     self._early.clear()  # confirmations of direct publishes (health, status)
         finally:
@@ -708,6 +716,7 @@ class MqttLink:
                 self._outbox.appendleft(self._unconfirmed.pop(mid))
             self._in_paho()  # count what was written
             self._outbox.extendleft(reversed([out for _, out in self._unwritten]))
+            self._requeued = len(lost) + len(self._unwritten)
             self._unwritten.clear()
             self._direct.clear()
             self._early.clear()
