@@ -558,9 +558,9 @@ class MqttLink:
                 unwritten.popleft()
                 self._published += 1
             if self._direct:
-                done = [info for info in self._direct if _written(info)]
-                self._published += len(done)
-                self._direct = [info for info in self._direct if not _written(info)]
+                waiting = [info for info in self._direct if not _written(info)]
+                self._published += len(self._direct) - len(waiting)
+                self._direct = waiting
             return len(unwritten)
         return len(self._unconfirmed)
 
@@ -579,8 +579,8 @@ class MqttLink:
             with self._cond:
                 while not self._stopping and not (self._outbox and self._may_send()):
                     self._window_wait = True
-                    # with no on_publish nothing wakes us when paho has written: poll
-                    self._cond.wait(0.005 if self._unwritten else 0.5)
+                    # waiting for window room with no on_publish to say paho wrote: poll
+                    self._cond.wait(0.005 if self._outbox and self._unwritten else 0.5)
                 self._window_wait = False
                 if self._stopping:
                     return
