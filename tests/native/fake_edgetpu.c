@@ -10,7 +10,9 @@
  * (checked at create, prepare and every invoke), one `key=value` a line:
  *   mode=passthrough|simulate   passthrough claims no nodes (CPU kernels run, real outputs);
  *                               simulate claims the graph and fakes a TPU
- *   invoke_ms=2.6               simulated time per invoke (simulate mode)
+ *   invoke_ms=2.6               simulated time per invoke (simulate mode); a device runs one
+ *                               invoke at a time, and one queued behind another (a second
+ *                               interpreter on the device) starts the moment that one ends
  *   swap_ms=0                   extra time when the parameter caching token differs from the last
  *                               one run on that device (simulate mode)
  *   open_ms=0                   extra time in create (firmware load)
@@ -284,12 +286,16 @@ __attribute__((format(printf, 1, 2))) static void trace(const char *fmt, ...) {
 
 /* Sleep until `ms` after `start` (a CLOCK_MONOTONIC time): the library's own work since
  * `start` counts inside the simulated time instead of adding to it. */
+static struct timespec plus_ms(struct timespec t, double ms) {
+  long long ns = t.tv_nsec + (long long)(ms * 1e6);
+  t.tv_sec += (time_t)(ns / 1000000000LL);
+  t.tv_nsec = (long)(ns % 1000000000LL);
+  return t;
+}
+
 static void sleep_from(struct timespec start, double ms) {
   if (ms <= 0) return;
-  struct timespec until = start;
-  long long ns = until.tv_nsec + (long long)(ms * 1e6);
-  until.tv_sec += (time_t)(ns / 1000000000LL);
-  until.tv_nsec = (long)(ns % 1000000000LL);
+  struct timespec until = plus_ms(start, ms);
   while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) == EINTR) {
   }
 }
@@ -384,6 +390,7 @@ void edgetpu_free_devices(struct edgetpu_device *dev) { free(dev); }
 typedef struct {
   char path[PATH_LEN];
   pthread_mutex_t run; /* a TPU runs one inference at a time */
+  struct timespec done; /* when its last simulated run ended (0 before the first) */
   bool has_token;
   uint64_t token;
   long invokes, swaps;
@@ -666,10 +673,12 @@ static TfLiteStatus kernel_invoke(TfLiteContext *ctx, TfLiteNode *node) {
   pthread_mutex_unlock(&g_lock);
 
   pthread_mutex_lock(&s->run);
-  struct timespec got_device;
-  clock_gettime(CLOCK_MONOTONIC, &got_device);
-  if (got_device.tv_sec - start.tv_sec > 0 || got_device.tv_nsec - start.tv_nsec > 200000)
-    start = got_device; /* waited for another invoke on this device: the TPU starts now */
+  /* Queued behind another interpreter's run on this device: the TPU starts this one the
+   * moment that run ends, not when its thread gets round to releasing the device, as
+   * the real runtime's request queue does. */
+  if (s->done.tv_sec > start.tv_sec ||
+      (s->done.tv_sec == start.tv_sec && s->done.tv_nsec > start.tv_nsec))
+    start = s->done;
   pthread_mutex_lock(&g_lock);
   bool swap = !s->has_token || s->token != k->token;
   s->has_token = true;
@@ -677,7 +686,9 @@ static TfLiteStatus kernel_invoke(TfLiteContext *ctx, TfLiteNode *node) {
   if (swap) s->swaps++;
   pthread_mutex_unlock(&g_lock);
   write_outputs(ctx, node);
-  sleep_from(start, c.invoke_ms + (swap ? c.swap_ms : 0.0));
+  double ms = c.invoke_ms + (swap ? c.swap_ms : 0.0);
+  sleep_from(start, ms);
+  s->done = plus_ms(start, ms);
   pthread_mutex_lock(&g_lock);
   s->invokes++;
   pthread_mutex_unlock(&g_lock);
