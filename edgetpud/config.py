@@ -174,6 +174,13 @@ class RuntimeConfig:
         "Run a model's cpu_model on the CPU when no Edge TPU is available for it.", True
     )
     cpu_threads: int = option("Threads per CPU-fallback interpreter.", 2, minimum=1, maximum=64)
+    tpu_interpreters: int = option(
+        "Interpreters per model on an Edge TPU. With 2, one invokes while the other prepares "
+        "the next request, so the TPU never waits for Python; 1 saves a copy of the model in RAM.",
+        2,
+        minimum=1,
+        maximum=4,
+    )
 
 
 @dataclass(frozen=True)

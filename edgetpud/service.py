@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 TICK = 0.05  # seconds between supervisor turns when nothing happens
 HEALTH_MIN_GAP = 0.5  # a change publishes health at most this often
+STATUS_INTERVAL = 0.5  # how often systemd's STATUS= line is recomputed (it walks every model)
 MQTT_PUT_TIMEOUT = 0.0  # MQTT requests never wait for queue room: busy reply instead
 SOURCE_PUT_TIMEOUT = 0.2
 
@@ -103,6 +104,7 @@ class Service:
         self._last_health = 0.0
         self._last_watchdog = 0.0
         self._last_status = ""
+        self._last_status_at = 0.0
         self._fleet_held: set[str] = set()  # full, but the last node taking fleet requests
         self._lock = threading.Lock()  # guards counters touched from worker threads
 
@@ -291,10 +293,12 @@ class Service:
         if interval and now - self._last_watchdog >= min(1.0, interval / 3) and self._healthy():
             self.notifier.watchdog()
             self._last_watchdog = now
-        status = self._status_line()
-        if status != self._last_status:
-            self._last_status = status
-            self.notifier.status(status)
+        if now - self._last_status_at >= STATUS_INTERVAL:
+            self._last_status_at = now
+            status = self._status_line()
+            if status != self._last_status:
+                self._last_status = status
+                self.notifier.status(status)
 
     def _healthy(self) -> bool:
         """Feed the watchdog only while every running worker's loop is turning.
@@ -578,6 +582,7 @@ class Service:
             on_result,
             self.events.put,
             stall_timeout=self.cfg.daemon.stall_timeout,
+            interpreters=1 if on_cpu else rcfg.tpu_interpreters,
         )
         rt.workers[target] = worker
         worker.start()
@@ -803,11 +808,12 @@ class Service:
         log.warning("SIGUSR1: %d threads\n%s", len(lines), "\n".join(lines))
 
 
-# Workers spend most of their time in invoke(), which releases the GIL; when it returns the
-# thread needs the GIL back at once or its Edge TPU idles. CPython's default switch interval
-# (5 ms, about two MobileNet inferences) lets a busy Python thread (pre/postprocessing, MQTT)
-# keep the GIL that long first. At 1 ms, 4 simulated TPUs at 2.6 ms/invoke served 20-60 %
-# more inferences/s on 2 cores (bench/efficiency.py; docs/benchmarks.md).
+# Workers spend most of their time in invoke(), which releases the GIL; a worker thread whose
+# invoke returned needs the GIL back soon. CPython's default switch interval (5 ms, about two
+# MobileNet inferences) lets a busy Python thread (pre/postprocessing, MQTT) keep it that
+# long first. With one interpreter per TPU, 1 ms served 20-60 % more inferences/s with 4
+# simulated TPUs on 2 cores; with two (the default) the next invoke is already queued on the
+# device and 1 ms still measured 0.889 vs 0.822-0.869 of the ceiling (docs/benchmarks.md).
 SWITCH_INTERVAL_S = 0.001
 
 

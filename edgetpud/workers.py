@@ -1,13 +1,15 @@
-"""Workers: one assignment (a model on a device) each, with one interpreter in one thread.
+"""Workers: one assignment (a model on a device) each, served by one or more lanes.
 
 A `ModelQueue` holds the requests waiting for one model; every worker serving that
-model (one per replica) takes from it. A `Worker`'s interpreter thread
-(`worker:<model>@<device>`) opens the session itself and then does nothing but
-invoke; two helper threads take requests from the queue and preprocess them
-(`…/pre`) and postprocess the outputs and hand each `Result` to `on_result`
-(`…/post`), so the device never waits for Python work. What happens to the worker
-(opened, open failed, invoke errors, recovery, stall, stop) goes to `on_report` as
-a `WorkerReport`; the service decides what to do about it.
+model (one per replica) takes from it. A `Worker`'s lanes are threads, each with its
+own interpreter on the worker's device, that take a request, preprocess it, invoke,
+postprocess and hand the `Result` to `on_result`, all in one thread, as Coral's
+threaded examples do. On an Edge TPU the service runs two lanes: the runtime queues
+the invokes of several interpreters on one device, so while one lane invokes the
+other does its Python work and then waits inside the library, and the device never
+waits for Python. What happens to the worker (opened, open failed, invoke errors,
+recovery, stall, stop) goes to `on_report` as a `WorkerReport`; the service decides
+what to do about it.
 
 Nothing is lost: every request a worker takes from the queue is either answered
 (a Result, possibly with `error` set) or handed back (requeued at the front of
@@ -48,7 +50,6 @@ WorkerState = Literal["starting", "running", "failed", "stalled", "stopping", "s
 LATENCY_WINDOW = 256  # recent requests kept for p50/p99
 EWMA_ALPHA = 0.1  # weight of the newest request in the moving-average latency
 GET_TIMEOUT = 0.1  # how often an idle worker looks at its stop flag
-POST_BACKLOG = 4  # invoked requests that may wait for postprocessing before the device waits
 
 Array = npt.NDArray[Any]
 
@@ -229,29 +230,30 @@ def _describe(exc: BaseException) -> str:
 
 
 class _Job:
-    """One request on its way through a worker's pipeline."""
+    """What a lane knows about the request it is running, for `check_stall`."""
 
-    __slots__ = ("inputs", "invoke_ms", "outputs", "pre_ms", "prepared", "queue_ms", "req")
+    __slots__ = ("req", "started")
 
-    def __init__(self, req: Request, queue_ms: float, pre_ms: float, inputs: list[Array]) -> None:
-        self.req = req
-        self.queue_ms = queue_ms
-        self.pre_ms = pre_ms
-        self.inputs = inputs
-        self.prepared = time.perf_counter()
-        self.outputs: list[Array] = []
-        self.invoke_ms = 0.0
+    def __init__(self) -> None:
+        self.req: Request | None = None
+        self.started = 0.0  # time.monotonic() when its invoke began; 0.0 when none runs
 
 
 class Worker:
-    """One assignment: one model on one device, one interpreter, owned by one thread.
+    """One assignment: one model on one device, served by `interpreters` lanes.
 
-    The thread named `worker:<model>@<device>` opens the session itself (opening can
-    take seconds: firmware upload, parameter transfer) and is the only one that ever
-    touches it. Once open, two helper threads (`…/pre`, `…/post`) take requests from
-    the queue and preprocess them, and postprocess results, so that the device is
-    never idle while Python decodes an image or encodes a result: the interpreter
-    thread does nothing but invoke, and one prepared request waits for it.
+    A lane is a thread with its own interpreter (session) on the device that takes a
+    request from the queue, preprocesses, invokes, postprocesses and answers it, then
+    takes the next: the pattern of Coral's threaded examples, with no hand-off between
+    threads. An Edge TPU runs one inference at a time and the Edge TPU runtime queues
+    invokes from several interpreters on one device, so with two lanes one invokes
+    while the other does its Python work and waits inside the library for the
+    device: the device never waits for Python (nor for a thread to get the GIL back).
+
+    The first lane, thread `worker:<model>@<device>`, opens its session itself
+    (opening can take seconds: firmware upload, parameter transfer) and reports
+    "opened" or "open_failed"; the others (`…/2`, …) then open theirs, and one that
+    cannot runs without (logged). Each session is touched only by the lane that opened it.
     """
 
     def __init__(  # noqa: PLR0917 - the service's calling convention
@@ -267,7 +269,10 @@ class Worker:
         *,
         stall_timeout: float,
         max_attempts: int = 3,
+        interpreters: int = 1,
     ) -> None:
+        if interpreters < 1:
+            raise ValueError(f"a worker needs at least 1 interpreter, got {interpreters}")
         self.model = model
         self.device = device
         self.name = f"worker:{model}@{device}"
@@ -285,32 +290,23 @@ class Worker:
         # in _owned from the moment it leaves the queue until it is answered or handed
         # back; whoever removes it (under the lock) is the only one who may answer it.
         self._lock = threading.Lock()
-        self._slot_free = threading.Condition(self._lock)
-        self._slot_full = threading.Condition(self._lock)
-        self._post_ready = threading.Condition(self._lock)
-        self._post_room = threading.Condition(self._lock)
         self._owned: dict[str, Request] = {}
-        self._ready: _Job | None = None  # preprocessed, waiting for the interpreter
-        self._post: collections.deque[_Job] = collections.deque()
-        self._invoking: Request | None = None
-        self._invoke_started = 0.0  # time.monotonic(); 0.0 when no invoke is running
+        self._jobs = [_Job() for _ in range(interpreters)]
         self._abandoned = False  # stalled, or stopped past the deadline
-        self._pre_done = False
-        self._invoke_done = False
-        self._threads_left = 0
+        self._lanes_left = 0
         self._state: WorkerState = "starting"
-        self._thread = threading.Thread(target=self._run_invoke, name=self.name, daemon=True)
-        self._pre_thread = threading.Thread(
-            target=self._run_pre, name=f"{self.name}/pre", daemon=True
-        )
-        self._post_thread = threading.Thread(
-            target=self._run_post, name=f"{self.name}/post", daemon=True
-        )
+        self._threads = [
+            threading.Thread(
+                target=self._run_lane,
+                args=(lane,),
+                name=self.name if lane == 0 else f"{self.name}/{lane + 1}",
+                daemon=True,
+            )
+            for lane in range(interpreters)
+        ]
         self._heartbeat = 0.0
         self._processed = 0
-        self._pre_errors = 0
-        self._invoke_errors = 0
-        self._post_errors = 0
+        self._errors = 0
         self._consecutive_errors = 0
         self._latency_ewma = 0.0
         self._latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
@@ -318,12 +314,17 @@ class Worker:
     # -- control, from the service thread -------------------------------------------------
 
     def start(self) -> None:
-        """Start the thread; it opens the session, reports "opened" or "open_failed", then serves."""
-        self._thread.start()
+        """Start the first lane; it opens its session, reports "opened" or "open_failed",
+        starts the other lanes, then serves."""
+        self._threads[0].start()
+
+    @property
+    def interpreters(self) -> int:
+        return len(self._threads)
 
     @property
     def alive(self) -> bool:
-        return any(t.is_alive() for t in (self._thread, self._pre_thread, self._post_thread))
+        return any(t.is_alive() for t in self._threads)
 
     @property
     def state(self) -> WorkerState:
@@ -337,33 +338,28 @@ class Worker:
         """Stop taking work and let what is in flight finish until `deadline` (monotonic).
 
         Returns the requests it could not finish, in the order they were taken, for the
-        caller to requeue (in reverse, see `ModelQueue.requeue`) or answer. The
-        interpreter thread closes its session when it ends; a thread still stuck at
-        the deadline is abandoned (a daemon thread cannot block exit) and whatever it
-        finishes later is discarded.
+        caller to requeue (in reverse, see `ModelQueue.requeue`) or answer. Each lane
+        closes its session when it ends; a lane still stuck at the deadline is abandoned
+        (a daemon thread cannot block exit) and whatever it finishes later is discarded.
         """
         self._stop.set()
         with self._lock:
             if self._state not in ("stalled", "failed", "stopped"):
                 self._state = "stopping"
             abandoned = self._abandoned
-            self._wake_all()
-        if self._thread.ident is None:  # never started
+        if self._threads[0].ident is None:  # never started
             self._state = "stopped"
             return []
         me = threading.current_thread()
-        threads: tuple[threading.Thread, ...] = (self._pre_thread, self._post_thread)
-        if not abandoned:  # a hung interpreter thread is not waited for
-            threads = (self._pre_thread, self._thread, self._post_thread)
-        for thread in threads:
-            if thread.ident is not None and thread is not me:
-                thread.join(max(0.0, deadline - time.monotonic()))
+        if not abandoned:  # hung lanes are not waited for
+            for thread in self._threads:
+                if thread.ident is not None and thread is not me:
+                    thread.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
             left = list(self._owned.values())
             self._owned.clear()
             if left:
                 self._abandoned = True
-                self._wake_all()
         if left:
             log.warning(
                 "%s did not finish %d request(s) before the stop deadline; handing them back",
@@ -374,38 +370,38 @@ class Worker:
 
     def check_stall(self, now: float) -> bool:
         """Called by the service each tick. An invoke running past `stall_timeout` marks this
-        worker hung: its request goes back to the front of the queue (attempts + 1) ahead
-        of the requests the worker had taken but not yet run, a "stalled" report goes
-        out, and the interpreter thread is abandoned. True only on that transition."""
-        started = self._invoke_started
-        if not started or now - started <= self.stall_timeout:
+        worker hung: its request goes back to the front of the queue (attempts + 1), ahead
+        of the requests the other lanes had taken (they go back as they were: they
+        waited for the same device), a "stalled" report goes out, and the lanes are
+        abandoned. True only on that transition."""
+        if not any(now - job.started > self.stall_timeout for job in self._jobs if job.started):
             return False
         with self._lock:
-            started = self._invoke_started
-            if self._abandoned or not started or now - started <= self.stall_timeout:
+            if self._abandoned:
                 return False
+            stuck_jobs = [
+                job
+                for job in self._jobs
+                if job.started and job.req is not None and now - job.started > self.stall_timeout
+            ]
+            if not stuck_jobs:
+                return False
+            started = min(job.started for job in stuck_jobs)
             self._abandoned = True
             self._state = "stalled"
-            stuck = self._invoking
-            if stuck is not None and self._owned.pop(stuck.id, None) is None:
-                stuck = None
-            # Requests already invoked stay with the postprocessing thread, which answers them.
-            invoked = {job.req.id for job in self._post}
-            back = [req for key, req in self._owned.items() if key not in invoked]
-            for req in back:
-                del self._owned[req.id]
-            self._wake_all()
+            stuck = [job.req for job in stuck_jobs if job.req and self._owned.pop(job.req.id, None)]
+            back = list(self._owned.values())
+            self._owned.clear()
         self._stop.set()
-        waited = now - started
         message = (
-            f"invoke on {self.device} has run {waited:.1f} s (stall_timeout "
+            f"invoke on {self.device} has run {now - started:.1f} s (stall_timeout "
             f"{self.stall_timeout:g} s); the device is treated as hung and its work moves elsewhere"
         )
         log.error("%s: %s", self.name, message)
         for req in reversed(back):
             self.queue.requeue(req)
-        if stuck is not None:
-            self._hand_back(stuck, message)
+        for req in reversed(stuck):
+            self._hand_back(req, message)
         self._report("stalled", message)
         return True
 
@@ -418,7 +414,7 @@ class Worker:
             state=self._state,
             heartbeat=self._heartbeat,
             processed=self._processed,
-            errors=self._pre_errors + self._invoke_errors + self._post_errors,
+            errors=self._errors,
             consecutive_errors=self._consecutive_errors,
             latency_ms=self._latency_ewma,
             p50_ms=_percentile(ordered, 0.50),
@@ -426,14 +422,7 @@ class Worker:
             in_flight=bool(self._owned),
         )
 
-    # -- helpers shared by the threads ----------------------------------------------------
-
-    def _wake_all(self) -> None:
-        """With _lock held: wake every waiting stage so it re-reads the flags."""
-        self._slot_free.notify_all()
-        self._slot_full.notify_all()
-        self._post_ready.notify_all()
-        self._post_room.notify_all()
+    # -- helpers shared by the lanes ------------------------------------------------------
 
     def _report(self, kind: ReportKind, error: str = "", exc: BaseException | None = None) -> None:
         report = WorkerReport(
@@ -444,41 +433,52 @@ class Worker:
         except Exception:
             log.exception("%s: the report handler failed on %s", self.name, kind)
 
-    def _claim(self, req: Request) -> bool:
-        """Take the right to answer `req`; False if it was handed back meanwhile."""
+    def _answer(self, result: Result, ms: float = 0.0) -> None:
+        """Answer a request this lane still owns; a request handed back meanwhile (stall,
+        stop deadline) is not answered: whoever took it back answers it."""
+        req = result.request
         with self._lock:
-            if self._owned.pop(req.id, None) is not None:
-                return True
-        log.debug("%s: discarding the late result of request %s (handed back)", self.name, req.id)
-        return False
-
-    def _answer(self, result: Result) -> None:
+            if self._owned.pop(req.id, None) is None:
+                log.debug(
+                    "%s: discarding the late result of request %s (handed back)", self.name, req.id
+                )
+                return
+            if result.error:
+                self._errors += 1
+            else:
+                self._latencies.append(ms)
+                if self._processed:
+                    self._latency_ewma += EWMA_ALPHA * (ms - self._latency_ewma)
+                else:
+                    self._latency_ewma = ms
+                self._processed += 1
         try:
             self._on_result(result)
         except Exception:
-            log.exception(
-                "%s: the result handler failed on request %s", self.name, result.request.id
-            )
+            log.exception("%s: the result handler failed on request %s", self.name, req.id)
 
     def _hand_back(self, req: Request, why: str) -> None:
         """Requeue a stalled request for another worker, or answer it if it has had its tries."""
         attempts = req.attempts + 1
         if attempts >= self.max_attempts:
-            self._answer(
-                Result(
-                    request=req,
-                    device=self.device,
-                    error=f"request abandoned after {attempts} attempts, the last: {why}",
+            try:
+                self._on_result(
+                    Result(
+                        request=req,
+                        device=self.device,
+                        error=f"request abandoned after {attempts} attempts, the last: {why}",
+                    )
                 )
-            )
+            except Exception:
+                log.exception("%s: the result handler failed on request %s", self.name, req.id)
         else:
             self.queue.requeue(dataclasses.replace(req, attempts=attempts))
 
-    def _thread_done(self) -> None:
-        """Each pipeline thread calls this last; the last one out reports "stopped"."""
+    def _lane_done(self) -> None:
+        """Each lane calls this last; the last one out reports "stopped"."""
         with self._lock:
-            self._threads_left -= 1
-            last = self._threads_left == 0
+            self._lanes_left -= 1
+            last = self._lanes_left == 0
             abandoned = self._abandoned
         if not last:
             return
@@ -488,249 +488,141 @@ class Worker:
         self._state = "stopped"
         self._report("stopped")
 
-    # -- the interpreter thread -----------------------------------------------------------
+    def _handed_back(self, req: Request) -> bool:
+        """The worker was abandoned (stall, stop deadline) or `req` was taken back: the
+        lane must not run or answer it, and ends."""
+        return self._abandoned or req.id not in self._owned
 
-    def _run_invoke(self) -> None:
+    # -- a lane ---------------------------------------------------------------------------
+
+    def _run_lane(self, lane: int) -> None:
         try:
             session = self._open_session()
         except Exception as exc:
-            self._state = "failed"
             message = _describe(exc)
+            if lane:
+                log.warning(
+                    "%s: interpreter %d of %d could not open, serving with fewer: %s",
+                    self.name,
+                    lane + 1,
+                    len(self._threads),
+                    message,
+                )
+                self._lane_done()
+                return
+            self._state = "failed"
             if isinstance(exc, EdgetpudError):
                 log.error("%s: could not open: %s", self.name, message)
             else:
                 log.exception("%s: could not open", self.name)
             self._report("open_failed", message, exc)
             return
-        self.info = session.info
-        with self._lock:
-            if self._state == "starting":
-                self._state = "running"
-            self._threads_left = 3
-        self._report("opened")
-        self._pre_thread.start()
-        self._post_thread.start()
+        if not lane:
+            self.info = session.info
+            with self._lock:
+                if self._state == "starting":
+                    self._state = "running"
+                more = [] if self._stop.is_set() else self._threads[1:]
+                self._lanes_left = 1 + len(more)
+            self._report("opened")
+            for thread in more:
+                thread.start()
         try:
-            self._invoke_loop(session)
+            self._lane_loop(self._jobs[lane], session)
         finally:
             try:
                 session.close()
             except Exception:
                 log.exception("%s: closing the session failed", self.name)
-            with self._lock:
-                self._invoke_done = True
-                self._wake_all()
-            self._thread_done()
+            self._lane_done()
 
-    def _invoke_loop(self, session: Session) -> None:
-        lock, slot_free, slot_full = self._lock, self._slot_free, self._slot_full
-        post_ready, post_room = self._post_ready, self._post_room
-        owned, post = self._owned, self._post
-        invoke = session.invoke
+    def _lane_loop(self, job: _Job, session: Session) -> None:
+        stop, queue, get, lock, owned = (
+            self._stop,
+            self.queue,
+            self.queue.get,
+            self._lock,
+            self._owned,
+        )
+        info, preprocess, postprocess, invoke = (
+            self.info,
+            self._preprocess,
+            self._postprocess,
+            session.invoke,
+        )
+        device = self.device
         perf, mono = time.perf_counter, time.monotonic
-        while True:
+        while not stop.is_set():
+            self._heartbeat = mono()
+            req = get(GET_TIMEOUT)
+            if req is None:
+                continue
+            queue_ms = (mono() - req.received_mono) * 1000.0
             with lock:
-                while self._ready is None:
-                    if self._pre_done or self._abandoned:
-                        return
-                    slot_full.wait(GET_TIMEOUT)
-                job, self._ready = self._ready, None
-                slot_free.notify()
-                req = job.req
-                if req.id not in owned:  # handed back at a stop deadline
-                    continue
-                self._invoking = req
-                self._invoke_started = mono()
-            t1 = perf()
+                if stop.is_set():  # stopped while waiting: hand it back untouched
+                    queue.requeue(req)
+                    return
+                owned[req.id] = req
+            t0 = perf()
             try:
-                outputs = invoke(job.inputs)
+                inputs = preprocess(req, info)
             except Exception as exc:
-                t2 = perf()
-                with lock:
-                    self._invoke_started = 0.0
-                    self._invoking = None
-                    if self._abandoned:
-                        return
-                self._invoke_failed(job, exc, t1, t2)
+                if not isinstance(exc, RequestError):
+                    log.exception("%s: preprocess failed on request %s", self.name, req.id)
+                pre_ms = (perf() - t0) * 1000.0
+                self._answer(
+                    Result(req, device, error=f"bad request: {_describe(exc)}",
+                           timing=Timing(queue_ms, pre_ms, 0.0, 0.0))
+                )  # fmt: skip
+                continue
+            t1 = perf()
+            if self._handed_back(req):  # handed back meanwhile
+                return
+            job.req = req
+            job.started = mono()
+            try:
+                outputs = invoke(inputs)
+            except Exception as exc:
+                job.started = 0.0
+                job.req = None
+                if self._handed_back(req):
+                    return
+                self._invoke_failed(req, exc, queue_ms, (t1 - t0) * 1000.0, (perf() - t1) * 1000.0)
                 continue
             t2 = perf()
-            with lock:
-                self._invoke_started = 0.0
-                self._invoking = None
-                if self._abandoned:
-                    return  # stalled: the request was handed back, this result is discarded
-                # Postprocessing that falls behind slows the device down instead of
-                # piling up outputs.
-                while len(post) >= POST_BACKLOG and not self._abandoned:
-                    post_room.wait(GET_TIMEOUT)
-                if req.id in owned:
-                    job.queue_ms += (t1 - job.prepared) * 1000.0
-                    job.outputs = outputs
-                    job.invoke_ms = (t2 - t1) * 1000.0
-                    job.prepared = t2
-                    post.append(job)
-                    post_ready.notify()
-            self._heartbeat = mono()
+            job.started = 0.0
+            job.req = None
+            if self._handed_back(req):
+                return  # stalled: the request was handed back, this result is discarded
             if self._consecutive_errors:
-                self._consecutive_errors = 0
-                log.info("%s: invoke works again", self.name)
-                self._report("recovered")
+                with lock:
+                    recovered, self._consecutive_errors = self._consecutive_errors > 0, 0
+                if recovered:
+                    log.info("%s: invoke works again", self.name)
+                    self._report("recovered")
+            try:
+                output = postprocess(outputs, req, info)
+                error = ""
+            except Exception as exc:
+                log.exception("%s: postprocess failed on request %s", self.name, req.id)
+                output, error = None, f"postprocess failed: {_describe(exc)}"
+            t3 = perf()
+            timing = Timing(queue_ms, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0, (t3 - t2) * 1000.0)
+            self._answer(Result(req, device, output, error, timing), (t3 - t0) * 1000.0)
 
-    def _invoke_failed(self, job: _Job, exc: BaseException, t1: float, t2: float) -> None:
+    def _invoke_failed(
+        self, req: Request, exc: BaseException, queue_ms: float, pre_ms: float, invoke_ms: float
+    ) -> None:
         # A ModelError other than InvokeError means these inputs do not fit the model (a
         # preprocessor's bug or a bad tensor request), not that the device failed.
         fault = isinstance(exc, InvokeError) or not isinstance(exc, ModelError)
         prefix = f"invoke failed on {self.device}: " if fault else "bad request: "
-        result = Result(
-            job.req,
-            self.device,
-            error=prefix + _describe(exc),
-            timing=Timing(
-                job.queue_ms + (t1 - job.prepared) * 1000.0, job.pre_ms, (t2 - t1) * 1000.0, 0.0
-            ),
+        error = prefix + _describe(exc)
+        self._answer(
+            Result(req, self.device, error=error, timing=Timing(queue_ms, pre_ms, invoke_ms, 0.0))
         )
-        self._invoke_errors += 1
-        if self._claim(job.req):
-            self._answer(result)
         if fault:
-            self._consecutive_errors += 1
-            log.warning("%s: %s", self.name, result.error)
-            self._report("invoke_error", result.error, exc)
-
-    # -- the preprocessing thread ---------------------------------------------------------
-
-    def _run_pre(self) -> None:
-        try:
-            self._pre_loop()
-        finally:
             with self._lock:
-                self._pre_done = True
-                self._wake_all()
-            self._thread_done()
-
-    def _pre_loop(self) -> None:
-        stop, queue, get = self._stop, self.queue, self.queue.get
-        lock, slot_free, slot_full = self._lock, self._slot_free, self._slot_full
-        owned, info, preprocess = self._owned, self.info, self._preprocess
-        perf, mono = time.perf_counter, time.monotonic
-        while not stop.is_set():
-            try:
-                self._heartbeat = mono()
-                # Take the next request only once the interpreter has taken the last one:
-                # preprocessing overlaps an invoke, and no more is held than needed.
-                if self._ready is not None:
-                    with lock:
-                        if self._ready is not None and not self._abandoned:
-                            slot_free.wait(GET_TIMEOUT)
-                    continue
-                req = get(GET_TIMEOUT)
-                if req is None:
-                    continue
-                queue_ms = (mono() - req.received_mono) * 1000.0
-                with lock:
-                    if stop.is_set():  # stopped while waiting: hand it back untouched
-                        queue.requeue(req)
-                        return
-                    owned[req.id] = req
-                t0 = perf()
-                try:
-                    inputs = preprocess(req, info)
-                except Exception as exc:
-                    self._pre_failed(req, exc, queue_ms, (perf() - t0) * 1000.0)
-                    continue
-                job = _Job(req, queue_ms, (perf() - t0) * 1000.0, inputs)
-                with lock:
-                    while self._slot_taken():
-                        slot_free.wait(GET_TIMEOUT)
-                    if req.id not in owned:  # handed back meanwhile
-                        return
-                    if self._abandoned or self._invoke_done:  # nobody left to run it
-                        del owned[req.id]
-                        queue.requeue(req)
-                        return
-                    self._ready = job
-                    slot_full.notify()
-            except Exception:
-                log.exception(
-                    "%s: unexpected error while preparing a request; carrying on", self.name
-                )
-
-    def _slot_taken(self) -> bool:
-        """With _lock held: a prepared request waits and the interpreter thread will take it."""
-        return self._ready is not None and not self._abandoned and not self._invoke_done
-
-    def _pre_failed(self, req: Request, exc: BaseException, queue_ms: float, pre_ms: float) -> None:
-        if not isinstance(exc, RequestError):
-            log.exception("%s: preprocess failed on request %s", self.name, req.id)
-        self._pre_errors += 1
-        if self._claim(req):
-            self._answer(
-                Result(
-                    req,
-                    self.device,
-                    error=f"bad request: {_describe(exc)}",
-                    timing=Timing(queue_ms, pre_ms, 0.0, 0.0),
-                )
-            )
-
-    # -- the postprocessing thread --------------------------------------------------------
-
-    def _run_post(self) -> None:
-        try:
-            self._post_loop()
-        finally:
-            self._thread_done()
-
-    def _post_loop(self) -> None:
-        lock, post_ready, post_room, post = (
-            self._lock,
-            self._post_ready,
-            self._post_room,
-            self._post,
-        )
-        owned, info, postprocess, device = self._owned, self.info, self._postprocess, self.device
-        latencies = self._latencies
-        perf = time.perf_counter
-        while True:
-            try:
-                with lock:
-                    while not post:
-                        if self._invoke_done or self._abandoned:
-                            return
-                        post_ready.wait(GET_TIMEOUT)
-                    job = post.popleft()
-                    post_room.notify()
-                req = job.req
-                t2 = job.prepared
-                try:
-                    output = postprocess(job.outputs, req, info)
-                    error = ""
-                except Exception as exc:
-                    log.exception("%s: postprocess failed on request %s", self.name, req.id)
-                    output, error = None, f"postprocess failed: {_describe(exc)}"
-                    self._post_errors += 1
-                post_ms = (perf() - t2) * 1000.0
-                with lock:
-                    mine = owned.pop(req.id, None) is not None
-                if not mine:
-                    continue
-                self._answer(
-                    Result(
-                        req,
-                        device,
-                        output,
-                        error,
-                        Timing(job.queue_ms, job.pre_ms, job.invoke_ms, post_ms),
-                    )
-                )
-                ms = job.pre_ms + job.invoke_ms + post_ms
-                latencies.append(ms)
-                if self._processed:
-                    self._latency_ewma += EWMA_ALPHA * (ms - self._latency_ewma)
-                else:
-                    self._latency_ewma = ms
-                self._processed += 1
-            except Exception:
-                log.exception(
-                    "%s: unexpected error while finishing a request; carrying on", self.name
-                )
+                self._consecutive_errors += 1
+            log.warning("%s: %s", self.name, error)
+            self._report("invoke_error", error, exc)

@@ -74,11 +74,14 @@ class ScriptedSession:
     """invoke(inputs) returns [inputs[0] + 1]; payload "error" raises InvokeError, "misfit"
     raises ModelError (inputs that do not fit the model), and payload "hang"
     blocks until `release` is set (like an Edge TPU that stops answering) unless the
-    session is `healthy`, which echoes it."""
+    session is `healthy`, which echoes it. `invoke_s` makes every invoke take that long."""
 
-    def __init__(self, device: str = "usb:0", *, healthy: bool = False) -> None:
+    def __init__(
+        self, device: str = "usb:0", *, healthy: bool = False, invoke_s: float = 0.0
+    ) -> None:
         self.device = device
         self.healthy = healthy
+        self.invoke_s = invoke_s
         self.info = FakeInfo()
         self.release = threading.Event()
         self.hanging = threading.Event()
@@ -89,6 +92,8 @@ class ScriptedSession:
     def invoke(self, inputs: Sequence[np.ndarray[Any, Any]]) -> list[np.ndarray[Any, Any]]:
         self.thread = threading.current_thread().name
         self.invokes += 1
+        if self.invoke_s:
+            time.sleep(self.invoke_s)
         value = inputs[0]
         if value.dtype.kind == "U" and str(value) == "error":
             raise InvokeError("inference of fake.tflite failed: Node number 0 failed to invoke")

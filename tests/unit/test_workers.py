@@ -17,7 +17,7 @@ import pytest
 from edgetpud.errors import ModelError, RequestError
 from edgetpud.messages import Request
 from edgetpud.runtime import InvokeError
-from edgetpud.workers import POST_BACKLOG, ModelQueue, Worker
+from edgetpud.workers import ModelQueue, Worker
 from tests.support.workers import (
     Collector,
     ScriptedSession,
@@ -40,6 +40,7 @@ def make_worker(
     stall_timeout: float = 5.0,
     open_error: Exception | None = None,
     pre: Any = array_pre,
+    interpreters: int = 1,
 ) -> Worker:
     def open_session() -> ScriptedSession:
         if open_error is not None:
@@ -56,6 +57,7 @@ def make_worker(
         sink.on_result,
         sink.on_report,
         stall_timeout=stall_timeout,
+        interpreters=interpreters,
     )
 
 
@@ -133,11 +135,12 @@ def test_set_limits_changes_policy_and_rejects_nonsense() -> None:
 # -- Worker -------------------------------------------------------------------------------------
 
 
-def test_worker_answers_each_request_with_a_timing_breakdown() -> None:
+@pytest.mark.parametrize("interpreters", [1, 2])
+def test_worker_answers_each_request_with_a_timing_breakdown(interpreters: int) -> None:
     baseline = threading.active_count()
     q = ModelQueue("m", 100, "block")
     sink = Collector()
-    w = make_worker(q, sink)
+    w = make_worker(q, sink, interpreters=interpreters)
     assert w.name == "worker:m@usb:0"
     w.start()
     sent = [req(i) for i in range(20)]
@@ -239,12 +242,13 @@ def test_stop_lets_the_in_flight_requests_finish_and_leaves_the_rest_queued() ->
     assert sink.kinds()[-1] == "stopped"
 
 
-def test_stop_past_the_deadline_hands_the_request_back_once() -> None:
+@pytest.mark.parametrize("interpreters", [1, 2])
+def test_stop_past_the_deadline_hands_the_request_back_once(interpreters: int) -> None:
     baseline = threading.active_count()
     q = ModelQueue("m", 100, "block")
     session = ScriptedSession()
     sink = Collector()
-    w = make_worker(q, sink, session)
+    w = make_worker(q, sink, session, interpreters=interpreters)
     w.start()
     stuck = req("hang")
     q.put(stuck)
@@ -256,12 +260,15 @@ def test_stop_past_the_deadline_hands_the_request_back_once() -> None:
     assert session.closed.is_set()
 
 
-def test_hung_worker_loses_no_request_and_answers_none_twice() -> None:
+@pytest.mark.parametrize("interpreters", [1, 2])
+def test_hung_worker_loses_no_request_and_answers_none_twice(interpreters: int) -> None:
     baseline = threading.active_count()
     q = ModelQueue("m", 100, "block")
     hung_session = ScriptedSession("usb:0")
     sink = Collector()
-    hung = make_worker(q, sink, hung_session, device="usb:0", stall_timeout=0.2)
+    hung = make_worker(
+        q, sink, hung_session, device="usb:0", stall_timeout=0.2, interpreters=interpreters
+    )
     hung.start()
     victim = req("hang")
     q.put(victim)
@@ -318,7 +325,10 @@ def test_a_request_that_hangs_every_device_is_answered_in_the_end() -> None:
         w.stop(time.monotonic() + 30)
 
 
-def test_slow_postprocessing_holds_the_device_back_instead_of_piling_up() -> None:
+@pytest.mark.parametrize("interpreters", [1, 2])
+def test_slow_postprocessing_holds_the_device_back_instead_of_piling_up(
+    interpreters: int,
+) -> None:
     q = ModelQueue("m", 100, "block")
     session = ScriptedSession()
     sink = Collector()
@@ -338,19 +348,98 @@ def test_slow_postprocessing_holds_the_device_back_instead_of_piling_up() -> Non
         sink.on_result,
         sink.on_report,
         stall_timeout=60,
+        interpreters=interpreters,
     )
     w.start()
     sent = [req(i) for i in range(20)]
     for r in sent:
         q.put(r)
-    # 1 in postprocessing + POST_BACKLOG waiting + 1 invoked and waiting for room, 1 prepared.
-    held = 1 + POST_BACKLOG + 1 + 1
-    wait_until(lambda: q.depth == len(sent) - held, what="the worker to stop taking work")
-    assert session.invokes == held - 1
+    # Each interpreter's thread holds the one request it is postprocessing, no more.
+    wait_until(lambda: session.invokes == interpreters, what="every interpreter to invoke once")
+    time.sleep(0.2)
+    assert session.invokes == interpreters
+    assert q.depth == len(sent) - interpreters
     gate.set()
     wait_until(lambda: len(sink.results) == len(sent), what="every request answered")
     assert all(sink.ids()[r.id] == 1 for r in sent)
     w.stop(time.monotonic() + 30)
+
+
+def test_two_interpreters_take_turns_on_one_device() -> None:
+    q = ModelQueue("m", 1000, "block")
+    sink = Collector()
+    opened: list[str] = []
+    sessions: list[ScriptedSession] = []
+
+    def open_session() -> ScriptedSession:
+        opened.append(threading.current_thread().name)
+        sessions.append(ScriptedSession("usb:0", invoke_s=0.002))
+        return sessions[-1]
+
+    w = Worker(
+        "m",
+        "usb:0",
+        q,
+        open_session,
+        array_pre,
+        first_item,
+        sink.on_result,
+        sink.on_report,
+        stall_timeout=60,
+        interpreters=2,
+    )
+    w.start()
+    sent = [req(i) for i in range(200)]
+    for r in sent:
+        q.put(r)
+    wait_until(lambda: len(sink.results) == len(sent), what="every request answered")
+    assert sorted(opened) == ["worker:m@usb:0", "worker:m@usb:0/2"]
+    assert all(s.invokes > 0 for s in sessions)  # both interpreters served
+    assert sum(s.invokes for s in sessions) == len(sent)
+    assert all(sink.ids()[r.id] == 1 for r in sent)
+    assert all(sink.by_id(r.id).output == r.payload + 1 for r in sent)
+    assert w.stats().processed == len(sent)
+    assert w.stop(time.monotonic() + 30) == []
+    assert all(s.closed.is_set() for s in sessions)
+    assert sink.kinds() == ["opened", "stopped"]
+
+
+def test_a_second_interpreter_that_cannot_open_leaves_the_first_serving(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    q = ModelQueue("m", 100, "block")
+    sink = Collector()
+    opens = 0
+
+    def open_session() -> ScriptedSession:
+        nonlocal opens
+        opens += 1
+        if opens > 1:
+            raise ModelError("out of Edge TPU memory for a second copy of m.tflite")
+        return ScriptedSession("usb:0")
+
+    w = Worker(
+        "m",
+        "usb:0",
+        q,
+        open_session,
+        array_pre,
+        first_item,
+        sink.on_result,
+        sink.on_report,
+        stall_timeout=60,
+        interpreters=2,
+    )
+    w.start()
+    sent = [req(i) for i in range(10)]
+    for r in sent:
+        q.put(r)
+    wait_until(lambda: len(sink.results) == len(sent), what="every request answered")
+    assert "interpreter 2 of 2 could not open" in caplog.text
+    assert "out of Edge TPU memory" in caplog.text
+    assert w.state == "running"
+    assert w.stop(time.monotonic() + 30) == []
+    assert sink.kinds() == ["opened", "stopped"]
 
 
 def test_put_over_limit_keeps_order_and_holds_back_ordinary_puts() -> None:
