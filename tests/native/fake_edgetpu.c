@@ -37,6 +37,9 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 /* ---- TensorFlow Lite C ABI (tensorflow/lite/core/c/common.h, TF 2.14; fields in order) ---- */
 
@@ -389,8 +392,7 @@ void edgetpu_free_devices(struct edgetpu_device *dev) { free(dev); }
 
 typedef struct {
   char path[PATH_LEN];
-  pthread_mutex_t run; /* a TPU runs one inference at a time */
-  struct timespec done; /* when its last simulated run ended (0 before the first) */
+  struct timespec done; /* when the last run reserved on it ends (0 before the first) */
   bool has_token;
   uint64_t token;
   long invokes, swaps;
@@ -409,7 +411,6 @@ static DevState *dev_state_locked(const char *path) {
   if (g_ndevs == MAX_DEVICES) return &g_devs[MAX_DEVICES - 1];
   DevState *s = &g_devs[g_ndevs++];
   snprintf(s->path, PATH_LEN, "%s", path);
-  pthread_mutex_init(&s->run, NULL);
   return s;
 }
 
@@ -623,6 +624,24 @@ static TfLiteStatus kernel_prepare(TfLiteContext *ctx, TfLiteNode *node) {
   return node->user_data ? kTfLiteOk : kTfLiteError;
 }
 
+/* The sum of n bytes; with SSE2 16 at a time (psadbw), as the byte loop cost ~30 us per
+ * 49 KB input on the benchmark machine: CPU a real Edge TPU does not take from the host. */
+static uint64_t sum_bytes(const uint8_t *p, size_t n) {
+  uint64_t s = 0;
+  size_t j = 0;
+#ifdef __SSE2__
+  const __m128i zero = _mm_setzero_si128();
+  __m128i acc = zero;
+  for (; j + 16 <= n; j += 16)
+    acc = _mm_add_epi64(acc, _mm_sad_epu8(_mm_loadu_si128((const __m128i *)(p + j)), zero));
+  uint64_t lanes[2];
+  _mm_storeu_si128((__m128i *)lanes, acc);
+  s = lanes[0] + lanes[1];
+#endif
+  for (; j < n; j++) s += p[j];
+  return s;
+}
+
 /* Deterministic outputs: output byte i = (sum of the non-constant input bytes + i) & 0xff. */
 static void write_outputs(TfLiteContext *ctx, TfLiteNode *node) {
   uint64_t sum = 0;
@@ -631,7 +650,7 @@ static void write_outputs(TfLiteContext *ctx, TfLiteNode *node) {
     if (idx < 0) continue;
     const TfLiteTensor *t = &ctx->tensors[idx];
     if (t->allocation_type == kTfLiteMmapRo || !t->data) continue;
-    for (size_t j = 0; j < t->bytes; j++) sum += ((const uint8_t *)t->data)[j];
+    sum += sum_bytes((const uint8_t *)t->data, t->bytes);
   }
   for (int i = 0; i < node->outputs->size; i++) {
     int idx = node->outputs->data[i];
@@ -668,31 +687,27 @@ static TfLiteStatus kernel_invoke(TfLiteContext *ctx, TfLiteNode *node) {
                      path);
     return kTfLiteError;
   }
+  /* The device runs one invoke at a time, in the order they arrive: each reserves the
+   * time after the runs already reserved (another interpreter's on this device) and
+   * sleeps until its own run ends, as a caller of the real runtime waits for its queued
+   * request; a queued run starts the moment the previous one ends. */
   pthread_mutex_lock(&g_lock);
   DevState *s = dev_state_locked(path);
-  pthread_mutex_unlock(&g_lock);
-
-  pthread_mutex_lock(&s->run);
-  /* Queued behind another interpreter's run on this device: the TPU starts this one the
-   * moment that run ends, not when its thread gets round to releasing the device, as
-   * the real runtime's request queue does. */
   if (s->done.tv_sec > start.tv_sec ||
       (s->done.tv_sec == start.tv_sec && s->done.tv_nsec > start.tv_nsec))
     start = s->done;
-  pthread_mutex_lock(&g_lock);
   bool swap = !s->has_token || s->token != k->token;
   s->has_token = true;
   s->token = k->token;
   if (swap) s->swaps++;
+  double ms = c.invoke_ms + (swap ? c.swap_ms : 0.0);
+  s->done = plus_ms(start, ms);
   pthread_mutex_unlock(&g_lock);
   write_outputs(ctx, node);
-  double ms = c.invoke_ms + (swap ? c.swap_ms : 0.0);
   sleep_from(start, ms);
-  s->done = plus_ms(start, ms);
   pthread_mutex_lock(&g_lock);
   s->invokes++;
   pthread_mutex_unlock(&g_lock);
-  pthread_mutex_unlock(&s->run);
   return kTfLiteOk;
 }
 
