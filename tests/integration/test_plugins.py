@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import queue
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -50,6 +52,35 @@ def test_classify_threshold_and_no_labels(models_dir: Path) -> None:
     assert 1 <= len(result) < 10
     assert all(r["score"] >= 0.05 for r in result)
     assert result[0]["label"] == str(result[0]["id"])
+
+
+@pytest.mark.parametrize(
+    ("dtype", "zero_point"), [(np.uint8, 0), (np.uint8, 17), (np.int8, -128), (np.int8, 5)]
+)
+def test_classify_scores_are_the_dequantized_outputs(
+    models_dir: Path, dtype: type[np.integer[Any]], zero_point: int
+) -> None:
+    from edgetpud_plugins.classify import Classify, ClassifyConfig
+
+    info = modelfile.inspect_model(models_dir / "mobilenet_v1_0.25_128_quant.tflite")
+    scale = 0.0123
+    spec = dataclasses.replace(
+        info.outputs[0], dtype=np.dtype(dtype).name, scale=scale, zero_point=zero_point
+    )
+    info = dataclasses.replace(info, outputs=(spec,))
+    classify = Classify(ClassifyConfig(top_k=4), info, None)
+    limits = np.iinfo(dtype)
+    raw = np.random.default_rng(zero_point + 200).integers(
+        limits.min, limits.max, (1, 1001), dtype=dtype
+    )  # below the maximum, so the two set next are the only best scores
+    raw[0, 7] = limits.max
+    raw[0, 900] = limits.max
+    result = classify.process([raw], Request(model="m", payload=b"", kind="tensor"))
+    real = (raw.reshape(-1).astype(np.float64) - zero_point) * scale
+    expected = sorted(range(1001), key=lambda i: -real[i])[:4]
+    assert sorted(r["id"] for r in result[:2]) == [7, 900]
+    assert [r["score"] for r in result] == pytest.approx([real[i] for i in expected], abs=1e-6)
+    assert [r["score"] for r in result] == sorted((r["score"] for r in result), reverse=True)
 
 
 def test_detect_returns_boxes_in_source_image_pixels(tmp_path: Path) -> None:
