@@ -4,10 +4,10 @@ A `ModelQueue` holds the requests waiting for one model; every worker serving th
 model (one per replica) takes from it. A `Worker`'s lanes are threads, each with its
 own interpreter on the worker's device, that take a request, preprocess it, invoke,
 postprocess and hand the `Result` to `on_result`, all in one thread, as Coral's
-threaded examples do. On an Edge TPU the service runs two lanes: the runtime queues
-the invokes of several interpreters on one device, so while one lane invokes the
-other does its Python work and then waits inside the library, and the device never
-waits for Python. What happens to the worker (opened, open failed, invoke errors,
+threaded examples do. On an Edge TPU the service runs several lanes
+(`runtime.tpu_interpreters`): the runtime queues the invokes of several interpreters
+on one device, so while one lane invokes the others do their Python work and then
+wait inside the library, and the device never waits for Python. What happens to the worker (opened, open failed, invoke errors,
 recovery, stall, stop) goes to `on_report` as a `WorkerReport`; the service decides
 what to do about it.
 
@@ -78,7 +78,8 @@ class ModelQueue:
     """The requests waiting for one model, shared by all its workers. Thread-safe.
 
     `maxsize` bounds the requests sources put in. When full, `overflow` decides:
-    "block" makes `put` wait (up to its timeout) and return False if still full;
+    "block" makes `put` wait (up to its timeout) and return False if still full (a
+    waiting producer is woken once the queue is half empty);
     "drop_oldest" drops the oldest waiting request; "latest" drops every waiting
     request and keeps only the new one (camera-like sources, where only the newest
     frame matters). Requests handed back by `requeue` (failover, stall) go first,
@@ -172,7 +173,11 @@ class ModelQueue:
                 return self._requeued.popleft()
             if self._items:
                 req = self._items.popleft()
-                self._not_full.notify()
+                # A producer blocked on a full queue is woken once half the room is free,
+                # not for every request taken: it then refills in one go, one wake-up
+                # per maxsize/2 requests instead of one per request.
+                if len(self._items) <= self._maxsize // 2:
+                    self._not_full.notify()
                 return req
             return None
 
@@ -246,8 +251,8 @@ class Worker:
     request from the queue, preprocesses, invokes, postprocesses and answers it, then
     takes the next: the pattern of Coral's threaded examples, with no hand-off between
     threads. An Edge TPU runs one inference at a time and the Edge TPU runtime queues
-    invokes from several interpreters on one device, so with two lanes one invokes
-    while the other does its Python work and waits inside the library for the
+    invokes from several interpreters on one device, so with several lanes one invokes
+    while the others do their Python work and wait inside the library for the
     device: the device never waits for Python (nor for a thread to get the GIL back).
 
     The first lane, thread `worker:<model>@<device>`, opens its session itself
