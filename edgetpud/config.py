@@ -175,11 +175,12 @@ class RuntimeConfig:
     )
     cpu_threads: int = option("Threads per CPU-fallback interpreter.", 2, minimum=1, maximum=64)
     tpu_interpreters: int = option(
-        "Interpreters per model on an Edge TPU. With 2, one invokes while the other prepares "
-        "the next request, so the TPU never waits for Python; 1 saves a copy of the model in RAM.",
-        2,
+        "Interpreters per model on an Edge TPU. While one invokes, the others prepare their "
+        "next requests and queue them on the TPU, so it never waits for Python and rides out "
+        "host stalls of up to (n - 1) invokes; each one more costs an input/output arena.",
+        4,
         minimum=1,
-        maximum=4,
+        maximum=8,
     )
 
 

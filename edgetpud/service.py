@@ -812,8 +812,9 @@ class Service:
 # invoke returned needs the GIL back soon. CPython's default switch interval (5 ms, about two
 # MobileNet inferences) lets a busy Python thread (pre/postprocessing, MQTT) keep it that
 # long first. With one interpreter per TPU, 1 ms served 20-60 % more inferences/s with 4
-# simulated TPUs on 2 cores; with two (the default) the next invoke is already queued on the
-# device and 1 ms still measured 0.889 vs 0.822-0.869 of the ceiling (docs/benchmarks.md).
+# simulated TPUs on 2 cores; with several (runtime.tpu_interpreters) the next invoke is
+# already queued on the device, and 1 ms still measured 0.889 vs 0.822-0.869 of the
+# ceiling with two (docs/benchmarks.md).
 SWITCH_INTERVAL_S = 0.001
 
 
