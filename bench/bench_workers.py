@@ -36,6 +36,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from edgetpud.config import RuntimeConfig  # noqa: E402 - after the path set-up
+
 MODEL = "mobilenet_v1_0.25_128_quant_edgetpu.tflite"
 TARGET_SHARE = 0.90
 
@@ -71,6 +73,13 @@ def parse_args() -> argparse.Namespace:
         "--calibrate",
         action="store_true",
         help="lower the library's invoke_ms until one bare invoke really takes --invoke-ms",
+    )
+    p.add_argument(
+        "--interpreters",
+        type=int,
+        default=RuntimeConfig.tpu_interpreters,
+        help="interpreters (lanes) per worker, as runtime.tpu_interpreters "
+        f"(default {RuntimeConfig.tpu_interpreters}, the daemon's)",
     )
     p.add_argument(
         "--switch-interval",
@@ -156,6 +165,7 @@ def one_run(args: argparse.Namespace, devices: list[str], payload: Any) -> dict[
                 on_result,
                 reports.append,
                 stall_timeout=10.0,
+                interpreters=args.interpreters,
             )
         )
     for w in workers:
@@ -325,7 +335,8 @@ def main() -> int:
     target = TARGET_SHARE * ceiling
     payload = make_payload(args)
     print(
-        f"{args.devices} simulated Edge TPUs x {args.invoke_ms:g} ms/invoke: ceiling {ceiling:.0f}/s, "
+        f"{args.devices} simulated Edge TPUs x {args.invoke_ms:g} ms/invoke, "
+        f"{args.interpreters} interpreter(s) each: ceiling {ceiling:.0f}/s, "
         f"target {target:.0f}/s; payload {args.payload}; {os.cpu_count()} CPUs, "
         f"load {os.getloadavg()[0]:.2f}"
     )
@@ -378,6 +389,7 @@ def main() -> int:
             "invoke_ms": args.invoke_ms,
             "seconds": args.seconds,
             "payload": args.payload,
+            "interpreters_per_worker": args.interpreters,
             "model": MODEL,
             "calibrated": args.calibrate,
             "library_invoke_ms": setting,
