@@ -192,8 +192,8 @@ def summary(  # noqa: PLR0917
         "(Coral's published MobileNet v2 figure over USB 3), plus 9 ms per parameter swap in "
         "the placement benchmark. Other work on the machine during the run makes every "
         "throughput and latency figure pessimistic; the load average and the stolen time above "
-        "say how much (on this VM, steal of 25-35 % has cut benchmark 1 at K = 4 from 0.88 to "
-        "0.6-0.8 with the same code).",
+        "say how much (on this VM, with 36-38 % of the CPU stolen, benchmark 1 at K = 4 measured "
+        "0.93-0.96 with 4 interpreters per TPU, 0.82-0.83 with 2).",
         "",
         common.table(["figure", "target", "measured", "met"], headline(records)),
         "",
