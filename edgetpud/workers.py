@@ -50,6 +50,8 @@ WorkerState = Literal["starting", "running", "failed", "stalled", "stopping", "s
 LATENCY_WINDOW = 256  # recent requests kept for p50/p99
 EWMA_ALPHA = 0.1  # weight of the newest request in the moving-average latency
 GET_TIMEOUT = 0.1  # how often an idle worker looks at its stop flag
+ERROR_BACKOFF_S = 0.01  # a lane pauses this long per consecutive invoke error...
+ERROR_BACKOFF_MAX_S = 0.2  # ...up to this, before it takes the next request
 
 Array = npt.NDArray[Any]
 
@@ -430,6 +432,8 @@ class Worker:
     # -- helpers shared by the lanes ------------------------------------------------------
 
     def _report(self, kind: ReportKind, error: str = "", exc: BaseException | None = None) -> None:
+        """Hand a report to `on_report`, which must not block nor call back into this worker
+        (the service's is a queue put): lanes call it with `_lock` held."""
         report = WorkerReport(
             self.name, self.model, self.device, kind, error, self._consecutive_errors, exc
         )
@@ -600,11 +604,11 @@ class Worker:
             if self._handed_back(req):
                 return  # stalled: the request was handed back, this result is discarded
             if self._consecutive_errors:
-                with lock:
-                    recovered, self._consecutive_errors = self._consecutive_errors > 0, 0
-                if recovered:
-                    log.info("%s: invoke works again", self.name)
-                    self._report("recovered")
+                with lock:  # reported under the lock: reports leave in the order of the count
+                    if self._consecutive_errors:
+                        self._consecutive_errors = 0
+                        log.info("%s: invoke works again", self.name)
+                        self._report("recovered")
             try:
                 output = postprocess(outputs, req, info)
                 error = ""
@@ -627,7 +631,13 @@ class Worker:
             Result(req, self.device, error=error, timing=Timing(queue_ms, pre_ms, invoke_ms, 0.0))
         )
         if fault:
+            log.warning("%s: %s", self.name, error)
             with self._lock:
                 self._consecutive_errors += 1
-            log.warning("%s: %s", self.name, error)
-            self._report("invoke_error", error, exc)
+                count = self._consecutive_errors
+                # Under the lock, so that whichever lane failed, reports leave in the order
+                # of the count and the service sees exactly its quarantine_after-th error.
+                self._report("invoke_error", error, exc)
+            # A failing device answers at once: without a pause its lanes would fail a
+            # whole queue of requests before the service can quarantine it.
+            self._stop.wait(min(ERROR_BACKOFF_S * count, ERROR_BACKOFF_MAX_S))

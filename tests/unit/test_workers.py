@@ -182,6 +182,23 @@ def test_invoke_error_answers_the_request_and_the_worker_carries_on() -> None:
     w.stop(time.monotonic() + 30)
 
 
+def test_invoke_errors_of_several_interpreters_are_counted_in_order() -> None:
+    q = ModelQueue("m", 100, "block")
+    sink = Collector()
+    w = make_worker(q, sink, interpreters=4)
+    w.start()
+    bad = [req("error") for _ in range(8)]
+    for r in bad:
+        q.put(r)
+    wait_until(lambda: len(sink.results) == len(bad), what="every failed request answered")
+    wait_until(lambda: sink.kinds().count("invoke_error") == len(bad), what="every report")
+    errors = [r for r in sink.reports if r.kind == "invoke_error"]
+    # the service quarantines on the report that reaches quarantine_after: it must see 1, 2, 3…
+    assert [r.consecutive_errors for r in errors] == list(range(1, len(bad) + 1))
+    assert all(sink.ids()[r.id] == 1 for r in bad)
+    w.stop(time.monotonic() + 30)
+
+
 def test_bad_request_is_answered_and_is_not_a_device_fault() -> None:
     def picky(request: Request, info: Any) -> list[Any]:
         if request.payload == "garbage":
