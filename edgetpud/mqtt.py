@@ -52,6 +52,7 @@ ONLINE = b"online"
 OFFLINE = b"offline"
 WINDOW = 1000  # messages handed to paho but not yet confirmed written/acknowledged
 BATCH = 256  # messages handed to paho per turn of the sender
+ROOM_WAIT_S = 1.0  # how long a result waits for room while connected and the outbox is full
 RESEND_WAIT = 10.0  # after reconnect, how long to wait for paho's resends before moving on
 AUTH_REFUSED = {4, 5, 134, 135}  # 3.1.1 and MQTT 5 codes for bad credentials / not authorised
 
@@ -207,6 +208,7 @@ class MqttLink:
         self._client_id = client_id or cfg.client_id or f"edgetpud-{node_id}"
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
+        self._room = threading.Condition(self._lock)  # the outbox shrank, or the link went down
         self._outbox: deque[_Out] = deque()
         self._unconfirmed: dict[int, _Out] = {}  # mid -> message handed to paho
         # mqtt.qos 0: no on_publish; messages handed to paho, in order, until it wrote them
@@ -312,6 +314,7 @@ class MqttLink:
             left_over = len(self._outbox) + self._in_paho()
             self._stopping = True
             self._cond.notify_all()
+            self._room.notify_all()
         if left_over:
             log.warning(
                 "MQTT: stopping with %d message(s) not delivered to %s", left_over, self.broker
@@ -451,9 +454,15 @@ class MqttLink:
             self.resume_fleet(model)
 
     def publish_result(self, result: Result) -> None:
-        """Queue one result (never blocks): to the request's reply topic, else the results topic."""
+        """Queue one result: to the request's reply topic, else the results topic.
+
+        Never blocks while the broker is unreachable (the backlog keeps them). While it is
+        connected but takes results more slowly than they come (WINDOW waiting on top of
+        WINDOW unacknowledged), the caller, a worker's thread, waits up to ROOM_WAIT_S for
+        room: that slows the workers down to the broker's pace instead of dropping
+        results that could be delivered."""
         data = payloads.to_json(payloads.result_payload(result, self.node_id))
-        self._reply(result.request.model, result.request.reply_to, data)
+        self._reply(result.request.model, result.request.reply_to, data, wait=True)
 
     def publish_event(self, event: Mapping[str, Any]) -> None:
         """Queue one event for `.../events` (schema edgetpud.event/1 added if absent)."""
@@ -493,7 +502,9 @@ class MqttLink:
 
     # ----------------------------------------------------------------- outbox
 
-    def _reply(self, model: str, reply_to: ReplyTo | None, data: bytes) -> None:
+    def _reply(
+        self, model: str, reply_to: ReplyTo | None, data: bytes, *, wait: bool = False
+    ) -> None:
         if reply_to is not None and reply_to.topic:
             props = None
             if self._v5:
@@ -501,12 +512,19 @@ class MqttLink:
                 props.ContentType = "application/json"
                 if reply_to.correlation is not None:
                     props.CorrelationData = reply_to.correlation
-            self._enqueue(_Out(reply_to.topic, data, self.cfg.qos, False, props))
+            self._enqueue(_Out(reply_to.topic, data, self.cfg.qos, False, props), wait)
         else:
-            self._enqueue(_Out(self.topics.results(model), data, self.cfg.qos, False, None))
+            self._enqueue(_Out(self.topics.results(model), data, self.cfg.qos, False, None), wait)
 
-    def _enqueue(self, out: _Out) -> None:
+    def _enqueue(self, out: _Out, wait: bool = False) -> None:
         with self._lock:
+            if wait and self._connected and len(self._outbox) >= WINDOW:
+                deadline = time.monotonic() + ROOM_WAIT_S
+                while self._connected and not self._stopping and len(self._outbox) >= WINDOW:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._room.wait(left)
             # the limit is for outages; while connected a short queue always passes
             cap = (
                 self.cfg.backlog_limit
@@ -521,13 +539,23 @@ class MqttLink:
                 self._requeued = max(0, self._requeued - 1)
                 self._dropped += 1
                 if self._dropped == 1 or self._dropped % 1000 == 0:
-                    log.warning(
-                        "MQTT: backlog full (mqtt.backlog_limit=%d) while %s is unreachable: "
-                        "%d oldest message(s) dropped so far",
-                        self.cfg.backlog_limit,
-                        self.broker,
-                        self._dropped,
-                    )
+                    if self._connected:
+                        log.warning(
+                            "MQTT: %s takes messages more slowly than they come and the "
+                            "backlog is full (%d): %d oldest message(s) dropped so far; "
+                            "check the broker's load, or lower the sources' rates",
+                            self.broker,
+                            cap,
+                            self._dropped,
+                        )
+                    else:
+                        log.warning(
+                            "MQTT: backlog full (mqtt.backlog_limit=%d) while %s is "
+                            "unreachable: %d oldest message(s) dropped so far",
+                            self.cfg.backlog_limit,
+                            self.broker,
+                            self._dropped,
+                        )
             direct = not self._outbox and self._may_send()
             if direct:
                 # Nothing is waiting and nobody is sending: publish from this thread (a
@@ -589,6 +617,7 @@ class MqttLink:
                 n = min(len(self._outbox), WINDOW - self._in_paho(), BATCH)
                 batch = [self._outbox.popleft() for _ in range(n)]
                 self._sending = True
+                self._room.notify_all()
             self._publish_batch(batch, epoch)
 
     def _publish_batch(self, batch: list[_Out], epoch: int) -> None:
@@ -722,6 +751,7 @@ class MqttLink:
             self._early.clear()
             self._epoch += 1
             self._cond.notify_all()
+            self._room.notify_all()
         if was and not self._stopping:
             log.warning(
                 "MQTT: lost connection to %s (%s); keeping up to %d results until it is back",

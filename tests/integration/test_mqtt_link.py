@@ -202,6 +202,41 @@ def test_qos0_results_across_a_broker_kill_are_each_written_once(tmp_path: Path)
     assert seen[-1] == count
 
 
+def test_results_faster_than_the_broker_acknowledges_are_held_back_not_dropped(
+    tmp_path: Path,
+) -> None:
+    """Workers producing QoS 1 results faster than the broker acknowledges them are slowed
+    to its pace while connected; none is dropped, even with no outage backlog at all."""
+    broker = Broker(tmp_path, max_queued_messages=0).start()
+    link = link_for(broker, qos=1, backlog_limit=0)
+    link.start()
+    threads, per_thread = 3, 2000
+    try:
+        wait_until(lambda: link.stats().connected, what="connect")
+        with Subscriber(broker, [RESULTS], protocol="3.1.1") as sub:
+
+            def produce(first: int) -> None:
+                for seq in range(first, first + per_thread):
+                    link.publish_result(result(seq))
+
+            workers = [
+                threading.Thread(target=produce, args=(n * per_thread,)) for n in range(threads)
+            ]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join(120)
+            total = threads * per_thread
+            wait_until(lambda: len(sub.on(RESULTS)) >= total, timeout=60, what="every result")
+            stats = link.stats()
+    finally:
+        link.stop()
+        broker.stop()
+    assert stats.backlog_dropped == 0
+    seen = [int(json.loads(m.payload)["request_id"]) for m in sub.on(RESULTS)]
+    assert sorted(seen) == list(range(total))
+
+
 def test_backlog_keeps_the_newest_up_to_its_limit(tmp_path: Path) -> None:
     broker = Broker(tmp_path, max_queued_messages=0).start()
     link = link_for(broker, qos=0, backlog_limit=100)
