@@ -609,7 +609,8 @@ class Service:
             self._on_result(rt, rt.source, Result(request, "", error=reason))
 
     def _on_result(self, rt: ModelRuntime, source: Any, result: Result) -> None:
-        """Called from worker threads: publish (waits up to 1 s only if a connected broker lags), then tell the source."""
+        """Called from worker threads: publish (waits up to 1 s, and only while a connected
+        broker lags behind), then tell the source."""
         with self._lock:
             if result.error:
                 rt.errors += 1

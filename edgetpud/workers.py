@@ -461,25 +461,22 @@ class Worker:
                 else:
                     self._latency_ewma = ms
                 self._processed += 1
+        self._deliver(result)
+
+    def _deliver(self, result: Result) -> None:
         try:
             self._on_result(result)
         except Exception:
-            log.exception("%s: the result handler failed on request %s", self.name, req.id)
+            log.exception(
+                "%s: the result handler failed on request %s", self.name, result.request.id
+            )
 
     def _hand_back(self, req: Request, why: str) -> None:
         """Requeue a stalled request for another worker, or answer it if it has had its tries."""
         attempts = req.attempts + 1
         if attempts >= self.max_attempts:
-            try:
-                self._on_result(
-                    Result(
-                        request=req,
-                        device=self.device,
-                        error=f"request abandoned after {attempts} attempts, the last: {why}",
-                    )
-                )
-            except Exception:
-                log.exception("%s: the result handler failed on request %s", self.name, req.id)
+            error = f"request abandoned after {attempts} attempts, the last: {why}"
+            self._deliver(Result(request=req, device=self.device, error=error))
         else:
             self.queue.requeue(dataclasses.replace(req, attempts=attempts))
 

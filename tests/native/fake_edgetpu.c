@@ -287,8 +287,7 @@ __attribute__((format(printf, 1, 2))) static void trace(const char *fmt, ...) {
   va_end(ap);
 }
 
-/* Sleep until `ms` after `start` (a CLOCK_MONOTONIC time): the library's own work since
- * `start` counts inside the simulated time instead of adding to it. */
+/* `t` plus `ms` milliseconds. */
 static struct timespec plus_ms(struct timespec t, double ms) {
   long long ns = t.tv_nsec + (long long)(ms * 1e6);
   t.tv_sec += (time_t)(ns / 1000000000LL);
@@ -296,6 +295,8 @@ static struct timespec plus_ms(struct timespec t, double ms) {
   return t;
 }
 
+/* Sleep until `ms` after `start` (a CLOCK_MONOTONIC time): the library's own work since
+ * `start` counts inside the simulated time instead of adding to it. */
 static void sleep_from(struct timespec start, double ms) {
   if (ms <= 0) return;
   struct timespec until = plus_ms(start, ms);

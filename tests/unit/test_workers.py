@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -40,6 +41,8 @@ def make_worker(
     stall_timeout: float = 5.0,
     open_error: Exception | None = None,
     pre: Any = array_pre,
+    post: Any = first_item,
+    opener: Callable[[], ScriptedSession] | None = None,
     interpreters: int = 1,
 ) -> Worker:
     def open_session() -> ScriptedSession:
@@ -51,9 +54,9 @@ def make_worker(
         "m",
         device,
         queue,
-        open_session,
+        opener or open_session,
         pre,
-        first_item,
+        post,
         sink.on_result,
         sink.on_report,
         stall_timeout=stall_timeout,
@@ -355,18 +358,7 @@ def test_slow_postprocessing_holds_the_device_back_instead_of_piling_up(
         gate.wait(60)
         return first_item(outputs, request, info)
 
-    w = Worker(
-        "m",
-        "usb:0",
-        q,
-        lambda: session,
-        array_pre,
-        slow_post,
-        sink.on_result,
-        sink.on_report,
-        stall_timeout=60,
-        interpreters=interpreters,
-    )
+    w = make_worker(q, sink, session, post=slow_post, stall_timeout=60, interpreters=interpreters)
     w.start()
     sent = [req(i) for i in range(20)]
     for r in sent:
@@ -393,18 +385,7 @@ def test_two_interpreters_take_turns_on_one_device() -> None:
         sessions.append(ScriptedSession("usb:0", invoke_s=0.002))
         return sessions[-1]
 
-    w = Worker(
-        "m",
-        "usb:0",
-        q,
-        open_session,
-        array_pre,
-        first_item,
-        sink.on_result,
-        sink.on_report,
-        stall_timeout=60,
-        interpreters=2,
-    )
+    w = make_worker(q, sink, opener=open_session, stall_timeout=60, interpreters=2)
     w.start()
     sent = [req(i) for i in range(200)]
     for r in sent:
@@ -435,18 +416,7 @@ def test_a_second_interpreter_that_cannot_open_leaves_the_first_serving(
             raise ModelError("out of Edge TPU memory for a second copy of m.tflite")
         return ScriptedSession("usb:0")
 
-    w = Worker(
-        "m",
-        "usb:0",
-        q,
-        open_session,
-        array_pre,
-        first_item,
-        sink.on_result,
-        sink.on_report,
-        stall_timeout=60,
-        interpreters=2,
-    )
+    w = make_worker(q, sink, opener=open_session, stall_timeout=60, interpreters=2)
     w.start()
     sent = [req(i) for i in range(10)]
     for r in sent:
