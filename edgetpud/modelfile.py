@@ -307,6 +307,23 @@ def _tensor(tensor: _Fb) -> TensorSpec:
     )
 
 
+def _blob_or_string(value: Any, index: int) -> bytes:
+    """The bytes of a FlexBuffer blob or string: edgetpu_compiler stores the package as a string.
+
+    flatbuffers 2.0.8 (Debian 12) has no `Ref.AsStringBytes` and its `AsString` decodes UTF-8,
+    which a binary package is not; `String(...).Bytes` is what later releases'
+    `AsStringBytes` returns, and exists in both.
+    """
+    if value.IsBlob:
+        return bytes(value.AsBlob)
+    if not value.IsString:
+        raise ValueError(f"Edge TPU op {index}'s compiled package is neither a blob nor a string")
+    as_bytes = getattr(value, "AsStringBytes", None)
+    if as_bytes is None:
+        as_bytes = flexbuffers.String(value._Indirect(), value._byte_width).Bytes
+    return bytes(as_bytes)
+
+
 def _edgetpu_op(index: int, options: memoryview, path: Path) -> EdgeTpuOp | None:
     """Read the token and parameter size from one custom op's compiled package."""
     if not options:
@@ -319,8 +336,7 @@ def _edgetpu_op(index: int, options: memoryview, path: Path) -> EdgeTpuOp | None
     keys = [key.AsKey for key in package_map.Keys]
     if _PACKAGE_KEY not in keys:
         raise ValueError(f"Edge TPU op {index}'s options lack the compiled package")
-    value = package_map[_PACKAGE_KEY]
-    package: bytes = value.AsBlob if value.IsBlob else value.AsStringBytes
+    package = _blob_or_string(package_map[_PACKAGE_KEY], index)
     if len(package) < 8 or bytes(package[4:8]) != PACKAGE_IDENTIFIER:
         raise ValueError(f"Edge TPU op {index}'s package has identifier {bytes(package[4:8])!r}")
     multi_bytes = _Fb.root(package).blob(_PACKAGE_MULTI_EXECUTABLE)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import configparser
 import fcntl
+import json
 import os
 import pwd
 import shutil
@@ -138,6 +139,21 @@ def test_installed_config_is_valid_for_the_service_user(installed: Path) -> None
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_installed_edgetpud_reads_compiled_models_with_debians_libraries(
+    installed: Path, models_dir: Path, tmp_path: Path
+) -> None:
+    """The plan needs each Edge TPU model's caching token, read with python3-flatbuffers."""
+    text = (ROOT / "tests" / "data" / "placement.toml").read_text()
+    config = tmp_path / "edgetpud.toml"
+    config.write_text(text.replace("/work/shared/models", str(models_dir)))
+    devices = ROOT / "docs" / "examples" / "devices-1pci-2usb.json"
+    proc = run(["/usr/bin/edgetpud", "plan", "--config", str(config), "--devices", str(devices)])
+    models = json.loads(proc.stdout)["models"]
+    assert models["birds"]["placement"] == models["garden"]["placement"] == ["usb:1-2"]
+    assert "co-compiled" in models["birds"]["reason"]
+    assert models["doorbell"]["tier"] == "dedicated", models["doorbell"]
 
 
 def test_installed_unit_verifies_and_is_enabled(installed: Path) -> None:

@@ -104,14 +104,24 @@ def package_bytes(executables: Sequence[Executable]) -> bytes:
     return bytes(b.Output())
 
 
-def edgetpu_options(executables: Sequence[Executable]) -> bytes:
-    """The custom options of an edgetpu-custom-op: a FlexBuffer map, key "4" = the package."""
+def edgetpu_options(executables: Sequence[Executable], package_as: str = "string") -> bytes:
+    """The custom options of an edgetpu-custom-op: a FlexBuffer map, key "4" = the package.
+
+    edgetpu_compiler stores the package as a FlexBuffer string (binary, not UTF-8), as in every
+    model in ../shared/models; "blob" and "int" write the other forms a parser may meet.
+    """
     fbb = flexbuffers.Builder()
+    package = package_bytes(executables)
     with fbb.Map():
         fbb.Key("1")
         fbb.Int(1)
         fbb.Key("4")
-        fbb.Blob(package_bytes(executables))
+        if package_as == "string":  # Builder.String takes str only: write the bytes as one
+            fbb._WriteBlob(package, append_zero=True, type_=flexbuffers.Type.STRING)
+        elif package_as == "blob":
+            fbb.Blob(package)
+        else:
+            fbb.Int(len(package))
     return bytes(fbb.Finish())
 
 

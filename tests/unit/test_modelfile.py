@@ -10,7 +10,15 @@ from hypothesis import strategies as st
 
 from edgetpud.errors import ModelError
 from edgetpud.modelfile import inspect_model, parse_model
-from tests.support.runtime import Executable, Op, Tensor, add_model, edgetpu_model, tflite_bytes
+from tests.support.runtime import (
+    Executable,
+    Op,
+    Tensor,
+    add_model,
+    edgetpu_model,
+    edgetpu_options,
+    tflite_bytes,
+)
 
 
 def write(tmp_path: Path, data: bytes, name: str = "model.tflite") -> Path:
@@ -47,6 +55,25 @@ def test_edgetpu_model_token_and_parameter_size(tmp_path: Path) -> None:
         128,
     )
     assert spec.nbytes == 224 * 224 * 3
+
+
+@pytest.mark.parametrize("package_as", ["string", "blob"])
+def test_the_compiled_package_is_read_as_a_string_or_a_blob(package_as: str) -> None:
+    """edgetpu_compiler writes a (binary) string; Debian 12's flatbuffers 2.0.8 must read it too."""
+    tensors = [Tensor("in", [1, 8]), Tensor("out", [1, 2])]
+    options = edgetpu_options([Executable(1, 0xC0FFEE, 4096)], package_as=package_as)
+    op = Op([0], [1], custom="edgetpu-custom-op", raw_options=options)
+    info = parse_model(tflite_bytes(tensors, [op], [0], [1]))
+    assert info.caching_tokens == (0xC0FFEE,)
+    assert info.param_bytes == 4096
+
+
+def test_a_package_of_another_type_is_reported() -> None:
+    tensors = [Tensor("in", [1, 8]), Tensor("out", [1, 2])]
+    options = edgetpu_options([Executable(1, 5, 64)], package_as="int")
+    op = Op([0], [1], custom="edgetpu-custom-op", raw_options=options)
+    with pytest.raises(ModelError, match=r"truncated or corrupt"):
+        parse_model(tflite_bytes(tensors, [op], [0], [1]))
 
 
 def test_every_edgetpu_op_counts(tmp_path: Path) -> None:
