@@ -58,6 +58,7 @@ def run_others(quick: bool) -> dict[str, Any]:
     jobs = {
         "workers": [str(HERE / "bench_workers.py"), "--runs", "2", "--seconds", "4"],
         "mqtt_cpu": [str(HERE / "bench_mqtt.py"), "cpu", "--count", "10000", "--qos", "0"],
+        "mqtt_floor": [str(HERE / "mqtt_floor.py")],
         "placement_planner": [str(HERE / "bench_placement.py")],
         "fleet": [str(HERE / "bench_fleet.py"), "--quick"],
     }
@@ -83,7 +84,7 @@ def run_others(quick: bool) -> dict[str, Any]:
             "seconds": round(time.monotonic() - t0, 1),
             "stdout_tail": proc.stdout[-1500:],
         }
-        if name == "mqtt_cpu":
+        if name in ("mqtt_cpu", "mqtt_floor"):  # their last line is their figures as JSON
             with contextlib.suppress(ValueError, IndexError):
                 record["figures"] = json.loads(proc.stdout.strip().splitlines()[-1])
             common.write_record(name, {**common.new_record(name, quick, {}), **record})

@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""What one pass through mosquitto costs on this machine, with and without paho.
+
+Benchmark 3's request path crosses the broker twice (request in, reply out). This
+measures one crossing on its own: a publisher sends paced QoS 0 messages (100/s) to a
+subscriber through a local mosquitto (set_tcp_nodelay, as the other benchmarks' broker),
+and the subscriber timestamps each arrival. Two client kinds:
+
+- inline: a blocking socket speaking just enough MQTT 3.1.1 (CONNECT, SUBSCRIBE,
+  PUBLISH); one thread publishes, then reads the message back on the subscriber's
+  socket: the floor of the broker, TCP loopback and this VM's wake-ups;
+- raw: the same clients, the subscriber read by its own thread (one more wake-up);
+- paho: paho-mqtt clients with loop_start(), as edgetpud and the load generator use.
+
+Figure: p50/p90 of (arrival - send) in ms, per client kind and payload size. The
+last line of output is the figures as JSON (bench/run.py records it).
+
+    .venv/bin/python bench/mqtt_floor.py [--count 400]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import struct
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.support.broker import Broker
+
+TOPIC = "floor/t"
+SIZES = (100, 49152)
+RATE = 100.0
+
+
+def _remaining_length(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _utf8(text: bytes) -> bytes:
+    return struct.pack(">H", len(text)) + text
+
+
+class RawClient:
+    """A blocking MQTT 3.1.1 client: enough to publish and subscribe at QoS 0."""
+
+    def __init__(self, port: int, client_id: str) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        body = _utf8(b"MQTT") + bytes([4, 2]) + struct.pack(">H", 60) + _utf8(client_id.encode())
+        self._send(0x10, body)
+        if self._read()[0] >> 4 != 2:
+            raise ConnectionError("no CONNACK from the broker")
+
+    def _send(self, header: int, body: bytes) -> None:
+        self.sock.sendall(bytes([header]) + _remaining_length(len(body)) + body)
+
+    def _exact(self, n: int) -> bytes:
+        data = bytearray()
+        while len(data) < n:
+            chunk = self.sock.recv(n - len(data))
+            if not chunk:
+                raise EOFError("the broker closed the connection")
+            data += chunk
+        return bytes(data)
+
+    def _read(self) -> tuple[int, bytes]:
+        header = self._exact(1)[0]
+        length, shift = 0, 0
+        while True:
+            byte = self._exact(1)[0]
+            length += (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return header, self._exact(length)
+
+    def publish(self, payload: bytes) -> None:
+        self._send(0x30, _utf8(TOPIC.encode()) + payload)
+
+    def subscribe(self, on_payload: Callable[[bytes], None] | None = None) -> None:
+        """Subscribe; with `on_payload`, a thread reads and hands it every message."""
+        self._send(0x82, struct.pack(">H", 1) + _utf8(TOPIC.encode()) + b"\x00")
+        if self._read()[0] >> 4 != 9:
+            raise ConnectionError("no SUBACK from the broker")
+        if on_payload is None:
+            return
+        self.sock.settimeout(None)
+
+        def loop() -> None:
+            while True:
+                try:
+                    payload = self.next_payload()
+                except (OSError, EOFError):
+                    return
+                on_payload(payload)
+
+        threading.Thread(target=loop, daemon=True).start()
+
+    def next_payload(self) -> bytes:
+        """Block until the next PUBLISH; its payload."""
+        while True:
+            header, body = self._read()
+            if header >> 4 == 3:
+                (topic_len,) = struct.unpack_from(">H", body)
+                return body[2 + topic_len :]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class PahoClient:
+    """paho with its network thread, as edgetpud runs it."""
+
+    def __init__(self, port: int, client_id: str) -> None:
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.client.connect("127.0.0.1", port)
+        self.client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.client.loop_start()
+
+    def publish(self, payload: bytes) -> None:
+        self.client.publish(TOPIC, payload, qos=0)
+
+    def subscribe(self, on_payload: Callable[[bytes], None]) -> None:
+        done = threading.Event()
+        self.client.on_message = lambda c, u, msg: on_payload(msg.payload)
+        self.client.on_subscribe = lambda *args: done.set()
+        self.client.subscribe(TOPIC, 0)
+        if not done.wait(10):
+            raise TimeoutError("no SUBACK from the broker within 10 s")
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def one_way(kind: str, port: int, size: int, count: int) -> dict[str, float]:
+    """Paced messages from a publisher to a subscriber; arrival - send, in ms."""
+    make: Any = PahoClient if kind == "paho" else RawClient
+    arrived: dict[int, float] = {}
+
+    def arrive(payload: bytes) -> None:
+        arrived.setdefault(int(payload[:8]), time.time())
+
+    sub = make(port, f"floor-sub-{kind}-{size}")
+    sub.subscribe(None if kind == "inline" else arrive)
+    pub = make(port, f"floor-pub-{kind}-{size}")
+    time.sleep(0.3)
+    sent: dict[int, float] = {}
+    pad = b"x" * (size - 8)
+    due = time.monotonic()
+    for i in range(count):
+        sent[i] = time.time()
+        pub.publish(b"%08d" % i + pad)
+        if kind == "inline":
+            arrive(sub.next_payload())
+        due += 1.0 / RATE
+        time.sleep(max(0.0, due - time.monotonic()))
+    deadline = time.monotonic() + 10
+    while len(arrived) < count and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pub.close()
+    sub.close()
+    ms = sorted((arrived[i] - sent[i]) * 1000.0 for i in sent if i in arrived)
+    if len(ms) < count:
+        raise RuntimeError(f"{kind}, {size} B: {count - len(ms)} of {count} messages never arrived")
+    return {"p50_ms": round(ms[len(ms) // 2], 3), "p90_ms": round(ms[int(len(ms) * 0.9)], 3)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--count", type=int, default=400, help="messages per case (default 400)")
+    args = parser.parse_args()
+    figures: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        broker = Broker(Path(tmp), nodelay=True).start()
+        try:
+            for kind in ("inline", "raw", "paho"):
+                for size in SIZES:
+                    figures[f"{kind}_{size}B"] = fig = one_way(kind, broker.port, size, args.count)
+                    print(f"{kind:6} {size:6} B one way: p50 {fig['p50_ms']:.3f} ms, "
+                          f"p90 {fig['p90_ms']:.3f} ms", flush=True)  # fmt: skip
+        finally:
+            broker.stop()
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
