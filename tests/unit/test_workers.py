@@ -64,6 +64,15 @@ def make_worker(
     )
 
 
+def serve(q: ModelQueue, sink: Collector, count: int) -> list[Request]:
+    """Put `count` requests in the queue and wait until every one has a result."""
+    sent = [req(i) for i in range(count)]
+    for r in sent:
+        q.put(r)
+    wait_until(lambda: len(sink.results) == count, what=f"{count} results")
+    return sent
+
+
 # -- ModelQueue -------------------------------------------------------------------------------
 
 
@@ -146,10 +155,7 @@ def test_worker_answers_each_request_with_a_timing_breakdown(interpreters: int) 
     w = make_worker(q, sink, interpreters=interpreters)
     assert w.name == "worker:m@usb:0"
     w.start()
-    sent = [req(i) for i in range(20)]
-    for r in sent:
-        q.put(r)
-    wait_until(lambda: len(sink.results) == 20, what="20 results")
+    sent = serve(q, sink, 20)
     for r in sent:
         result = sink.by_id(r.id)
         assert result.ok and result.output == r.payload + 1
@@ -387,10 +393,7 @@ def test_two_interpreters_take_turns_on_one_device() -> None:
 
     w = make_worker(q, sink, opener=open_session, stall_timeout=60, interpreters=2)
     w.start()
-    sent = [req(i) for i in range(200)]
-    for r in sent:
-        q.put(r)
-    wait_until(lambda: len(sink.results) == len(sent), what="every request answered")
+    sent = serve(q, sink, 200)
     assert sorted(opened) == ["worker:m@usb:0", "worker:m@usb:0/2"]
     assert all(s.invokes > 0 for s in sessions)  # both interpreters served
     assert sum(s.invokes for s in sessions) == len(sent)
@@ -418,10 +421,7 @@ def test_a_second_interpreter_that_cannot_open_leaves_the_first_serving(
 
     w = make_worker(q, sink, opener=open_session, stall_timeout=60, interpreters=2)
     w.start()
-    sent = [req(i) for i in range(10)]
-    for r in sent:
-        q.put(r)
-    wait_until(lambda: len(sink.results) == len(sent), what="every request answered")
+    serve(q, sink, 10)
     assert "interpreter 2 of 2 could not open" in caplog.text
     assert "out of Edge TPU memory" in caplog.text
     assert w.state == "running"
