@@ -87,7 +87,14 @@ class Broker:
         lines = [
             f"listener {self.port} 127.0.0.1",
             *(
-                [f"persistence true\npersistence_location {self.folder}/", "autosave_interval 0"]
+                [
+                    f"persistence true\npersistence_location {self.folder}/",
+                    "autosave_interval 0",
+                    # write every queued message to its subscriber at once instead of 20
+                    # unacknowledged at a time: what was written survives a SIGKILL in the
+                    # subscriber's socket, what waited for room in broker memory would not
+                    "max_inflight_messages 0",
+                ]
                 if persistence
                 else ["persistence false"]
             ),
