@@ -1,9 +1,14 @@
 #!/usr/bin/env python3
 """A baseline for bench/request_path.py: answers every `<base>/models/+/infer` request on its
-MQTT 5 response topic at once (no inference), so the round trip through paho and mosquitto
-on this machine, right now, can be subtracted from edgetpud's.
+MQTT 5 response topic at once (no inference), so that the round trip through the broker on
+this machine, right now, can be set beside edgetpud's.
 
-    .venv/bin/python bench/echo_responder.py --port 1883 --base bench/box
+- `--client paho` (default): a bare paho client with loop_start(), as edgetpud runs paho:
+  what any paho-based responder costs before it does any work;
+- `--client raw`: bench/rawmqtt.py, answering from the thread that read the request: the
+  floor of the broker, TCP loopback and this VM's wake-ups.
+
+    .venv/bin/python bench/echo_responder.py --port 1883 --base bench/box [--client raw]
 """
 
 from __future__ import annotations
@@ -17,14 +22,12 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from rawmqtt import CORRELATION_DATA, RESPONSE_TOPIC, Message, RawClient
+
+REPLY = b'{"device": "echo"}'
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--base", required=True)
-    args = p.parse_args()
+def serve_paho(host: str, port: int, requests: str, stop: threading.Event) -> None:
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
 
     def on_message(c: Any, u: Any, msg: Any) -> None:
@@ -33,18 +36,43 @@ def main() -> int:
             return
         props = Properties(PacketTypes.PUBLISH)
         props.CorrelationData = getattr(msg.properties, "CorrelationData", b"")
-        c.publish(topic, b'{"device": "echo"}', qos=1, properties=props)
+        c.publish(topic, REPLY, qos=1, properties=props)
 
-    client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(f"{args.base}/models/+/infer", 1)
+    client.on_connect = lambda c, u, f, rc, p=None: c.subscribe(requests, 1)
     client.on_message = on_message
-    client.connect(args.host, args.port)
+    client.connect(host, port)
     client.socket().setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     client.loop_start()
     stop.wait()
     client.disconnect()
     client.loop_stop()
+
+
+def serve_raw(host: str, port: int, requests: str, stop: threading.Event) -> None:
+    client = RawClient(host, port, "bench-echo-responder")
+
+    def on_message(msg: Message) -> None:
+        topic = msg.props.get(RESPONSE_TOPIC)
+        if topic:
+            corr = {CORRELATION_DATA: msg.props.get(CORRELATION_DATA, b"")}
+            client.publish(topic.decode(), REPLY, qos=1, props=corr)
+
+    client.subscribe(requests, qos=1, on_message=on_message)
+    stop.wait()
+    client.close()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--base", required=True)
+    p.add_argument("--client", choices=("paho", "raw"), default="paho")
+    args = p.parse_args()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    serve = serve_raw if args.client == "raw" else serve_paho
+    serve(args.host, args.port, f"{args.base}/models/+/infer", stop)
     return 0
 
 

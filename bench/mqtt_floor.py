@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import socket
-import struct
 import sys
 import tempfile
 import threading
@@ -35,6 +34,9 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import rawmqtt
 
 from tests.support.broker import Broker
 
@@ -43,84 +45,26 @@ SIZES = (100, 49152)
 RATE = 100.0
 
 
-def _remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n % 128, n // 128
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _utf8(text: bytes) -> bytes:
-    return struct.pack(">H", len(text)) + text
-
-
 class RawClient:
-    """A blocking MQTT 3.1.1 client: enough to publish and subscribe at QoS 0."""
+    """bench/rawmqtt.py speaking MQTT 3.1.1 at QoS 0 on TOPIC."""
 
     def __init__(self, port: int, client_id: str) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        body = _utf8(b"MQTT") + bytes([4, 2]) + struct.pack(">H", 60) + _utf8(client_id.encode())
-        self._send(0x10, body)
-        if self._read()[0] >> 4 != 2:
-            raise ConnectionError("no CONNACK from the broker")
-
-    def _send(self, header: int, body: bytes) -> None:
-        self.sock.sendall(bytes([header]) + _remaining_length(len(body)) + body)
-
-    def _exact(self, n: int) -> bytes:
-        data = bytearray()
-        while len(data) < n:
-            chunk = self.sock.recv(n - len(data))
-            if not chunk:
-                raise EOFError("the broker closed the connection")
-            data += chunk
-        return bytes(data)
-
-    def _read(self) -> tuple[int, bytes]:
-        header = self._exact(1)[0]
-        length, shift = 0, 0
-        while True:
-            byte = self._exact(1)[0]
-            length += (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                return header, self._exact(length)
+        self.client = rawmqtt.RawClient("127.0.0.1", port, client_id, version=4)
 
     def publish(self, payload: bytes) -> None:
-        self._send(0x30, _utf8(TOPIC.encode()) + payload)
+        self.client.publish(TOPIC, payload)
 
     def subscribe(self, on_payload: Callable[[bytes], None] | None = None) -> None:
         """Subscribe; with `on_payload`, a thread reads and hands it every message."""
-        self._send(0x82, struct.pack(">H", 1) + _utf8(TOPIC.encode()) + b"\x00")
-        if self._read()[0] >> 4 != 9:
-            raise ConnectionError("no SUBACK from the broker")
-        if on_payload is None:
-            return
-        self.sock.settimeout(None)
-
-        def loop() -> None:
-            while True:
-                try:
-                    payload = self.next_payload()
-                except (OSError, EOFError):
-                    return
-                on_payload(payload)
-
-        threading.Thread(target=loop, daemon=True).start()
+        deliver = None if on_payload is None else (lambda msg: on_payload(msg.payload))
+        self.client.subscribe(TOPIC, 0, deliver)
 
     def next_payload(self) -> bytes:
-        """Block until the next PUBLISH; its payload."""
-        while True:
-            header, body = self._read()
-            if header >> 4 == 3:
-                (topic_len,) = struct.unpack_from(">H", body)
-                return body[2 + topic_len :]
+        """Block until the next message; its payload."""
+        return self.client.next_message().payload
 
     def close(self) -> None:
-        self.sock.close()
+        self.client.close()
 
 
 class PahoClient:
