@@ -9,7 +9,12 @@ when its size differs; at the model's size it is just copied into the input tens
 `load_delegate(library, {"device": "usb:N"})`, top-3 with labels, a JSON payload
 published with paho to `<prefix>/<node>/models/m<N>/results`.
 
-    .venv/bin/python bench/plain_script.py --devices 4 --port 1883 --seconds 10
+    .venv/bin/python bench/plain_script.py --devices 4 --model M --labels L --library F \
+        --port 1883 --seconds 10
+    .venv/bin/python bench/plain_script.py --assign A.tflite@0 --assign B.tflite@0 ...
+
+With `--assign MODEL@N` (repeatable) each thread runs its own model on usb:N, and two
+threads may share a TPU, as a hand-made round-robin spread of models over TPUs does.
 """
 
 from __future__ import annotations
@@ -41,6 +46,8 @@ def load_labels(path: Path) -> dict[int, str]:
 
 def worker(  # noqa: PLR0917 - a thread target
     index: int,
+    model: Path,
+    device: int,
     args: argparse.Namespace,
     client: Any,
     labels: dict[int, str],
@@ -48,13 +55,16 @@ def worker(  # noqa: PLR0917 - a thread target
     stop: threading.Event,
     counts: list[int],
 ) -> None:
-    delegate = load_delegate(str(args.library), {"device": f"usb:{index}"})
-    interpreter = Interpreter(model_path=str(args.model), experimental_delegates=[delegate])
+    delegate = load_delegate(str(args.library), {"device": f"usb:{device}"})
+    interpreter = Interpreter(model_path=str(model), experimental_delegates=[delegate])
     interpreter.allocate_tensors()
     inp = interpreter.get_input_details()[0]
     out = interpreter.get_output_details()[0]
     _, height, width, _ = inp["shape"]
     scale, zero = out["quantization"]
+    if not frames:  # --frame 0: frames at this model's input size
+        rng = np.random.default_rng(index)
+        frames = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(8)]
     topic = f"{args.prefix}/{args.node}/models/m{index}/results"
     n = 0
     if args.bare:  # the device alone: invoke in a loop, no Python work around it
@@ -98,8 +108,15 @@ def worker(  # noqa: PLR0917 - a thread target
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--devices", type=int, required=True)
-    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--devices", type=int, default=0, help="one thread per TPU, each on --model")
+    p.add_argument("--model", type=Path)
+    p.add_argument(
+        "--assign",
+        action="append",
+        default=[],
+        metavar="MODEL@N",
+        help="a thread running MODEL on usb:N (repeatable; instead of --devices/--model)",
+    )
     p.add_argument("--labels", type=Path, required=True)
     p.add_argument("--library", type=Path, required=True)
     p.add_argument("--host", default="127.0.0.1")
@@ -107,7 +124,9 @@ def main() -> int:
     p.add_argument("--qos", type=int, default=0)
     p.add_argument("--prefix", default="bench")
     p.add_argument("--node", default="box")
-    p.add_argument("--frame", type=int, default=128, help="frame width and height")
+    p.add_argument(
+        "--frame", type=int, default=128, help="frame width and height (0: each model's input size)"
+    )
     p.add_argument(
         "--bare",
         action="store_true",
@@ -117,24 +136,34 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=0, help="stop after this long (0: on SIGTERM)")
     args = p.parse_args()
 
+    if args.assign:
+        jobs = [(Path(a.rpartition("@")[0]), int(a.rpartition("@")[2])) for a in args.assign]
+    elif args.devices and args.model:
+        jobs = [(args.model, i) for i in range(args.devices)]
+    else:
+        p.error("give --devices N with --model, or --assign MODEL@N")
     labels = load_labels(args.labels)
     rng = np.random.default_rng(0)
-    frames = [rng.integers(0, 256, (args.frame, args.frame, 3), dtype=np.uint8) for _ in range(8)]
+    frames = (
+        [rng.integers(0, 256, (args.frame, args.frame, 3), dtype=np.uint8) for _ in range(8)]
+        if args.frame
+        else []
+    )
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     if not args.bare:
         client.connect(args.host, args.port)
         client.loop_start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    counts = [0] * args.devices
+    counts = [0] * len(jobs)
     threads = [
         threading.Thread(
             target=worker,
-            args=(i, args, client, labels, frames, stop, counts),
-            name=f"tpu{i}",
+            args=(i, model, device, args, client, labels, frames, stop, counts),
+            name=f"tpu{device}-m{i}",
             daemon=True,
         )
-        for i in range(args.devices)
+        for i, (model, device) in enumerate(jobs)
     ]
     for t in threads:
         t.start()
