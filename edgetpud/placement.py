@@ -345,6 +345,7 @@ def plan(
     crowded = sum(1 for s in tpu if st.candidates(s)) > len(st.usable)
     _place_first_replicas(st, [s for s in movable if not st.targets.get(s.name)], crowded)
     _improve(st, movable)
+    _restore(st, movable)
     _add_replicas(st, movable)
 
     st.cached = {d: _cached_together(st, d) for d in st.usable}
@@ -478,31 +479,33 @@ def _improve(st: _State, movable: list[ModelSpec]) -> None:
 
     A model sharing a TPU gets one to itself: it moves to a better free device, or else
     the lowest-priority model it shares with moves out to the free one. A model alone
-    on a TPU moves to a strictly better free device. Nobody is made worse off.
-    """
-    changed = True
-    while changed:
-        changed = False
-        for spec in movable:
-            for t in list(st.targets.get(spec.name, ())):
-                free = st.free(spec)
-                if not free:
-                    break
-                best = min(free, key=lambda d: st.free_key(spec, d))
-                better = st.score(spec, best) > st.score(spec, t)
-                if len(st.residents[t]) > 1:
-                    if not better and len(st.residents[t]) == 2 and _evict_lowest(st, spec, t):
-                        changed = True
-                        continue
-                    st.move(spec, t, best)
-                    st.note(spec.name, f"moved from shared {t} to free {best}")
-                    changed = True
-                elif better:
-                    st.move(spec, t, best)
-                    st.note(spec.name, f"moved from {t} to the better {best}")
-                    changed = True
-        if not changed:
-            changed = _swap_with_lower(st, movable)
+    on a TPU moves to a strictly better free device. Nobody is made worse off. After
+    each change the search starts again from the top, so a device one move frees goes
+    to the highest-priority model that can use it, not to the next one in line."""
+    while _use_a_free_device(st, movable) or _swap_with_lower(st, movable):
+        pass
+
+
+def _use_a_free_device(st: _State, movable: list[ModelSpec]) -> bool:
+    """The first improvement with a free device, highest priority first; True if one was made."""
+    for spec in movable:
+        for t in list(st.targets.get(spec.name, ())):
+            free = st.free(spec)
+            if not free:
+                break
+            best = min(free, key=lambda d: st.free_key(spec, d))
+            better = st.score(spec, best) > st.score(spec, t)
+            if len(st.residents[t]) > 1:
+                if not better and len(st.residents[t]) == 2 and _evict_lowest(st, spec, t):
+                    return True
+                st.move(spec, t, best)
+                st.note(spec.name, f"moved from shared {t} to free {best}")
+                return True
+            if better:
+                st.move(spec, t, best)
+                st.note(spec.name, f"moved from {t} to the better {best}")
+                return True
+    return False
 
 
 def _swap_with_lower(st: _State, movable: list[ModelSpec]) -> bool:
@@ -535,9 +538,13 @@ def _swap_with_lower(st: _State, movable: list[ModelSpec]) -> bool:
                 load = st.params[here] - spec.param_bytes + low.param_bytes
                 if crowded and fit_before and load > ON_CHIP_BYTES:
                     continue
-                options.append((low.priority, st.free_key(spec, d), d, low))
+                # the best device first, so that the model moves once: trading first
+                # with the lowest priority and then onwards to a better device would
+                # leave the first model it traded with moved for nothing
+                score = tuple(-s for s in st.score(spec, d))
+                options.append((score, low.priority, st.free_key(spec, d), d, low))
             if options:
-                _, _, d, low = min(options)
+                *_, d, low = min(options)
                 st.move(spec, here, d)
                 st.move(low, d, here)
                 st.note(
@@ -546,6 +553,39 @@ def _swap_with_lower(st: _State, movable: list[ModelSpec]) -> bool:
                 )
                 return True
     return False
+
+
+def _restore(st: _State, movable: list[ModelSpec]) -> None:
+    """Give a model back the device it ran on when the trades above left it worse off
+    and that device to a model of no higher priority that never ran there.
+
+    A trade chain can pass through a device and strand its old model: a newcomer takes
+    the TPU of the lowest-priority model, then trades onwards for a better one, and a
+    third model ends up on the first TPU. The model that arrived last trades places
+    with the one that was there: it had lost its own device to somebody anyway, the
+    stranded model is back where it ran, and nothing else changes."""
+    for spec in movable:
+        mine = st.targets.get(spec.name, [])
+        prev = st.prev.get(spec.name, ())
+        if not mine or not prev or prev[0] == mine[0]:
+            continue
+        here, home = mine[0], prev[0]
+        if home not in st.candidates(spec) or home in mine or len(st.residents[home]) != 1:
+            continue
+        other = st.specs[st.residents[home][0]]
+        if (
+            other.priority > spec.priority
+            or _is_pin(other.device)
+            or home in st.prev.get(other.name, ())
+            or here in st.targets[other.name]
+            or not _matches(other.device, st.usable[here])
+        ):
+            continue
+        worse = len(st.residents[here]) > 1 or st.score(spec, home) > st.score(spec, here)
+        if worse and st.targets[other.name][0] == home:
+            st.move(spec, here, home)
+            st.move(other, home, here)
+            st.note(spec.name, f"back on {home}, where it ran")
 
 
 def _evict_lowest(st: _State, spec: ModelSpec, dev: str) -> bool:
@@ -642,7 +682,12 @@ def _tpu_placement(spec: ModelSpec, st: _State) -> Placement:
         why = "; ".join(dev.reasons) or "see `edgetpud devices`"
         parts.append(f"{dev.identity} is degraded ({why}) but nothing better is free")
     if st.prev and set(targets) != set(st.prev.get(spec.name, ())):
-        parts.extend(st.notes.get(spec.name, ()))  # why it moved
+        # why it moved, less any device it gave up and got back later in the run
+        parts.extend(
+            n
+            for n in st.notes.get(spec.name, ())
+            if not (n.startswith("gave up ") and n.split()[2] in targets)
+        )
     if spec.replicas > len(targets) and not _is_pin(spec.device):
         parts.append(
             f"{len(targets)} of {spec.replicas} replicas: no other free Edge TPU "
