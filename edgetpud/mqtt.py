@@ -678,7 +678,10 @@ class MqttLink:
             return
         client = self._client
         _no_delay(client)
-        # "online" first, before anyone can see us connected and publish "offline" in stop()
+        # Requests first: the broker handles one connection's packets in order, so a
+        # client that sends a request as soon as it sees "online" finds it subscribed.
+        client.subscribe(self.topics.infer("+"), qos=1)
+        # "online" next, before anyone can see us connected and publish "offline" in stop()
         self._direct_publish(self.topics.status, ONLINE)
         with self._lock:
             self._connected = True
@@ -690,7 +693,6 @@ class MqttLink:
             if self._unconfirmed:
                 self._resync_until = time.monotonic() + RESEND_WAIT
         log.info("MQTT: connected to %s", self.broker)
-        self._client.subscribe(self.topics.infer("+"), qos=1)
         self._subscribe(models)
         if self.topics.fleet_group:
             prefix = self.topics.prefix

@@ -5,10 +5,12 @@ Runs with paho 2.x (.venv) and paho 1.6 (.venv-paho16, `make test-paho16`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -339,3 +341,62 @@ def test_wrong_password_is_refused_logged_and_retried(
             wait_until(lambda: link.stats().connected, what="connect with the right password")
         finally:
             link.stop()
+
+
+def _read_packet(conn: Any) -> tuple[int, bytes]:
+    """(type, body) of the next MQTT packet on `conn`."""
+
+    def exact(n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = conn.recv(n - len(data))
+            if not chunk:
+                raise EOFError("the client closed the connection")
+            data += chunk
+        return data
+
+    kind, length, shift = exact(1)[0] >> 4, 0, 0
+    while True:
+        byte = exact(1)[0]
+        length += (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return kind, exact(length)
+
+
+def test_requests_are_subscribed_before_online_is_published() -> None:
+    """A client may send a request the moment it sees `online`: on the wire, the daemon's
+    SUBSCRIBE to its infer topic comes before the PUBLISH of `online`. A listening socket
+    stands in for the broker (it answers CONNECT and records what follows), since a real
+    broker would hide the order."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        cfg = replace(MqttConfig(), host="127.0.0.1", port=port, protocol="3.1.1")
+        link = MqttLink(cfg, NODE, on_request=refuse)
+        link.start()
+        try:
+            server.settimeout(30)
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(30)
+                assert _read_packet(conn)[0] == 1  # CONNECT
+                conn.sendall(b"\x20\x02\x00\x00")  # CONNACK, accepted
+                conn.settimeout(2.0)
+                packets = []
+                with contextlib.suppress(TimeoutError, EOFError):
+                    while len(packets) < 20:
+                        packets.append(_read_packet(conn))
+        finally:
+            link.stop(timeout=1)
+    order = []
+    for kind, body in packets:
+        if kind == 8:  # SUBSCRIBE: packet id, then (topic, options) pairs
+            n = int.from_bytes(body[2:4], "big")
+            order.append(("subscribe", body[4 : 4 + n].decode()))
+        elif kind == 3:  # PUBLISH: topic first
+            n = int.from_bytes(body[0:2], "big")
+            order.append(("publish", body[2 : 2 + n].decode()))
+    infer = ("subscribe", f"edgetpud/{NODE}/models/+/infer")
+    online = ("publish", STATUS)
+    assert infer in order and online in order, order
+    assert order.index(infer) < order.index(online), order
