@@ -212,7 +212,7 @@ class _State:
         self.cands: dict[str, list[str]] = {}
         self.scores: dict[tuple[str, str], tuple[int, int, int, int]] = {}
         self.why: dict[str, str] = {}
-        self.notes: dict[str, list[str]] = {}
+        self.notes: dict[str, list[tuple[str, str]]] = {}  # model -> (device given up, text)
         self.done: dict[str, Placement] = {}
         self.cached: dict[str, bool] = {}  # per device, once placement is final
         self.n_placed = 0  # models on Edge TPUs, once placement is final
@@ -288,8 +288,9 @@ class _State:
             dev,
         )
 
-    def note(self, name: str, text: str) -> None:
-        self.notes.setdefault(name, []).append(text)
+    def note(self, name: str, text: str, gave_up: str = "") -> None:
+        """Why `name` moved; `gave_up`: the device it lost (the note lapses if it gets it back)."""
+        self.notes.setdefault(name, []).append((gave_up, text))
 
 
 def _rank(spec: ModelSpec) -> tuple[int, str]:
@@ -403,7 +404,9 @@ def _place_first_replicas(st: _State, todo: list[ModelSpec], crowded: bool) -> N
             owner = st.specs[st.residents[dev][0]]
             st.take(owner, dev)
             st.note(
-                owner.name, f"gave up {dev} to {spec.name}: first replicas come before extra ones"
+                owner.name,
+                f"gave up {dev} to {spec.name}: first replicas come before extra ones",
+                gave_up=dev,
             )
             st.put(spec, dev)
             continue
@@ -433,6 +436,7 @@ def _place_first_replicas(st: _State, todo: list[ModelSpec], crowded: bool) -> N
             st.note(
                 owner.name,
                 f"gave up {dev} to {spec.name} (priority {spec.priority} > {owner.priority})",
+                gave_up=dev,
             )
             st.put(spec, dev)
             if not st.targets[owner.name]:
@@ -550,6 +554,7 @@ def _swap_with_lower(st: _State, movable: list[ModelSpec]) -> bool:
                 st.note(
                     low.name,
                     f"gave up {d} to {spec.name} (priority {spec.priority} > {low.priority})",
+                    gave_up=d,
                 )
                 return True
     return False
@@ -683,11 +688,7 @@ def _tpu_placement(spec: ModelSpec, st: _State) -> Placement:
         parts.append(f"{dev.identity} is degraded ({why}) but nothing better is free")
     if st.prev and set(targets) != set(st.prev.get(spec.name, ())):
         # why it moved, less any device it gave up and got back later in the run
-        parts.extend(
-            n
-            for n in st.notes.get(spec.name, ())
-            if not (n.startswith("gave up ") and n.split()[2] in targets)
-        )
+        parts.extend(text for lost, text in st.notes.get(spec.name, ()) if lost not in targets)
     if spec.replicas > len(targets) and not _is_pin(spec.device):
         parts.append(
             f"{len(targets)} of {spec.replicas} replicas: no other free Edge TPU "
