@@ -137,7 +137,7 @@ def main() -> int:
     args = p.parse_args()
 
     if args.assign:
-        jobs = [(Path(a.rpartition("@")[0]), int(a.rpartition("@")[2])) for a in args.assign]
+        jobs = [(Path(model), int(n)) for model, _, n in (a.rpartition("@") for a in args.assign)]
     elif args.devices and args.model:
         jobs = [(args.model, i) for i in range(args.devices)]
     else:

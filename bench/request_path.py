@@ -129,7 +129,8 @@ def run(quick: bool = False) -> dict[str, Any]:
         ids: list[str] = []
         order = list(gens)
         for block in range(blocks):
-            for kind in order[block % 3 :] + order[: block % 3]:
+            turn = block % len(order)
+            for kind in order[turn:] + order[:turn]:
                 prefix = f"l{block}-" if kind == "edgetpud" else f"e{block}-"
                 rtts[kind] += paced(gens[kind], prefix, payload, rate, count // blocks)
             ids += [f"l{block}-{i}" for i in range(count // blocks)]
