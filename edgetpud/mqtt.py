@@ -24,6 +24,7 @@ import json
 import logging
 import re
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -35,7 +36,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgetpud import __version__, payloads
+from edgetpud import __version__, broker_probe, payloads
 from edgetpud.config import MqttConfig
 from edgetpud.messages import ReplyTo, Request, Result, new_request_id
 
@@ -47,6 +48,29 @@ except ImportError:  # paho-mqtt 1.x
     PAHO2 = False
 
 log = logging.getLogger(__name__)
+
+
+class _Paho16Client(paho.Client):
+    """paho 1.6 (Debian 12's) with a TLS error on the socket treated as a lost connection.
+
+    paho 1.6 catches only ConnectionError around its socket reads and writes; an
+    ssl.SSLError (a TLS alert: the broker refusing the client certificate, a corrupt
+    record) escapes its network thread, which dies and never reconnects. paho 2 treats
+    such an error as a lost connection and reconnects; this makes 1.6 do the same.
+    """
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        try:
+            return super()._sock_recv(bufsize)
+        except ssl.SSLError as exc:
+            raise ConnectionError(f"TLS: {exc}") from exc
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        try:
+            return super()._sock_send(buf)
+        except ssl.SSLError as exc:
+            raise ConnectionError(f"TLS: {exc}") from exc
+
 
 ONLINE = b"online"
 OFFLINE = b"offline"
@@ -236,7 +260,9 @@ class MqttLink:
         self._peers: dict[str, _Peer] = {}
         self._health: bytes | None = None
         self._discovery: dict[str, bytes] = {}
-        self._connect_failures = 0
+        self._connect_failures = 0  # attempts since the last connection; reset on CONNACK
+        self._refused = False  # the last attempt ended in a CONNACK refusal, already logged
+        self._probing = False  # a thread is finding out why attempts fail
         self._client = self._make_client()
         self._sender = threading.Thread(target=self._send_loop, name="mqtt:sender", daemon=True)
 
@@ -252,7 +278,7 @@ class MqttLink:
         }
         if not self._v5:
             kw["clean_session"] = True
-        client = paho.Client(CallbackAPIVersion.VERSION2, **kw) if PAHO2 else paho.Client(**kw)
+        client = paho.Client(CallbackAPIVersion.VERSION2, **kw) if PAHO2 else _Paho16Client(**kw)
         if PAHO2:
             client.on_connect = lambda c, u, flags, rc, props=None: self._handle_connect(rc)
             client.on_disconnect = lambda c, u, flags, rc, props=None: self._handle_disconnect(rc)
@@ -326,7 +352,10 @@ class MqttLink:
         self._client.disconnect()
         self._client.loop_stop()
         self._sender.join(timeout=2.0)
-        log.info("MQTT: disconnected from %s", self.broker)
+        if self._connects:
+            log.info("MQTT: disconnected from %s", self.broker)
+        else:
+            log.warning("MQTT: stopped without ever connecting to %s", self.broker)
 
     # ----------------------------------------------------------------- what the service calls
 
@@ -708,6 +737,7 @@ class MqttLink:
 
     def _log_refusal(self, code: int, rc: Any) -> None:
         self._connect_failures += 1
+        self._refused = True
         if code in AUTH_REFUSED:
             who = f"user {self.cfg.username!r}" if self.cfg.username else "an anonymous client"
             log.error(
@@ -726,15 +756,55 @@ class MqttLink:
             )
 
     def _handle_connect_fail(self) -> None:
+        """paho could not open the connection (TCP or the TLS handshake); it says no more."""
+        self._attempt_failed(dropped=False)
+
+    def _attempt_failed(self, *, dropped: bool) -> None:
+        """One failed connection attempt: the 1st, 10th and every 100th are explained.
+
+        `dropped`: the connection opened, then closed before the broker's CONNACK (a TLS
+        listener spoken to in plain MQTT, a client certificate the broker wants).
+        The cause is found by `broker_probe` in a thread of its own, so paho's loop
+        keeps retrying meanwhile.
+        """
         self._connect_failures += 1
-        level = logging.WARNING if self._connect_failures in (1, 10) else logging.DEBUG
-        log.log(
-            level,
-            "MQTT: cannot reach broker %s (attempt %d); check mqtt.host/mqtt.port%s and that the "
-            "broker runs; retrying with backoff up to 30 s",
+        attempt = self._connect_failures
+        if attempt not in (1, 10) and attempt % 100 != 0:
+            log.debug("MQTT: connection attempt %d to %s failed", attempt, self.broker)
+            return
+        with self._lock:
+            if self._probing or self._stopping:
+                return
+            self._probing = True
+        threading.Thread(
+            target=self._explain_failure, args=(attempt, dropped), name="mqtt:probe", daemon=True
+        ).start()
+
+    def _explain_failure(self, attempt: int, dropped: bool) -> None:
+        try:
+            cause = broker_probe.probe(self.cfg)
+        except Exception:  # the probe only explains; never let it break the link
+            log.exception("MQTT: could not find out why %s refuses connections", self.broker)
+            cause = None
+        finally:
+            with self._lock:
+                self._probing = False
+        if cause is None and dropped:
+            cause = (
+                "the broker accepted the network connection and then closed it before "
+                "accepting the client; its log says why (a client id already in use, a "
+                "connection limit, an MQTT version it does not take)"
+            )
+        elif cause is None:
+            cause = (
+                "it answered a test connection just now, so it may have been restarting; "
+                f"if this repeats, check mqtt.host/mqtt.port{' and the TLS settings' if self.cfg.tls else ''}"
+            )
+        log.warning(
+            "MQTT: cannot connect to %s (attempt %d): %s; retrying with backoff up to 30 s",
             self.broker,
-            self._connect_failures,
-            " and the TLS settings" if self.cfg.tls else "",
+            attempt,
+            cause,
         )
 
     def _handle_disconnect(self, rc: Any) -> None:
@@ -763,6 +833,10 @@ class MqttLink:
             )
         if was:
             self._notify_connection(False)
+        elif self._refused:
+            self._refused = False  # the refusal said why
+        elif not self._stopping:
+            self._attempt_failed(dropped=True)
 
     def _handle_publish(self, mid: int) -> None:
         """paho wrote a QoS 0 message or the broker acknowledged a QoS 1/2 one (not with qos 0)."""
@@ -957,7 +1031,7 @@ def read_retained(cfg: MqttConfig, topic_filter: str, timeout: float = 5.0) -> d
         "protocol": paho.MQTTv5 if cfg.protocol == "5" else paho.MQTTv311,
         "transport": cfg.transport,
     }
-    client = paho.Client(CallbackAPIVersion.VERSION2, **kw) if PAHO2 else paho.Client(**kw)
+    client = paho.Client(CallbackAPIVersion.VERSION2, **kw) if PAHO2 else _Paho16Client(**kw)
     client.on_connect = lambda c, u, flags, rc, props=None: connected(rc)
     if PAHO2 or cfg.protocol == "5":
         client.on_subscribe = lambda c, u, mid, rcs, props=None: subscribed()
@@ -968,8 +1042,9 @@ def read_retained(cfg: MqttConfig, topic_filter: str, timeout: float = 5.0) -> d
     try:
         client.connect(cfg.host, cfg.port, keepalive=30)
     except OSError as exc:
+        cause = broker_probe.probe(cfg) or f"{exc}; check mqtt.host and mqtt.port"
         raise ConnectionError(
-            f"cannot reach the MQTT broker {cfg.host}:{cfg.port}: {exc}; check mqtt.host and mqtt.port"
+            f"cannot reach the MQTT broker {cfg.host}:{cfg.port}: {cause}"
         ) from None
     client.loop_start()
     deadline = time.monotonic() + timeout
@@ -987,9 +1062,11 @@ def read_retained(cfg: MqttConfig, topic_filter: str, timeout: float = 5.0) -> d
             "check mqtt.username and mqtt.password_file"
         )
     if not state["subscribed"]:
+        cause = (
+            broker_probe.probe(cfg) or "check that it runs and that mqtt.host/port/tls are right"
+        )
         raise ConnectionError(
-            f"no answer from the MQTT broker {cfg.host}:{cfg.port} within {timeout:.0f} s; "
-            "check that it runs and that mqtt.host/port/tls are right"
+            f"no answer from the MQTT broker {cfg.host}:{cfg.port} within {timeout:.0f} s: {cause}"
         )
     return got
 

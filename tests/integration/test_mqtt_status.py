@@ -86,4 +86,6 @@ def test_status_without_a_broker_says_what_to_check(
         ["status", "--timeout", "2", "--config", str(write_config(tmp_path, broker, "x"))]
     )
     assert code == 2
-    assert "cannot reach the MQTT broker" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot reach the MQTT broker" in err
+    assert f"nothing listens on 127.0.0.1:{broker.port}" in err and "start the broker" in err

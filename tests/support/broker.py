@@ -2,6 +2,8 @@
 
     broker = Broker(tmp_path)                  # plain TCP, anonymous
     broker = Broker(tmp_path, tls=True)        # + CA and server certificate made with openssl
+    broker = Broker(tmp_path, tls=True, require_certificate=True)  # clients must show one;
+                                               # its CN is the user name (for the ACL)
     broker = Broker(tmp_path, users={"edge": "s3cret"}, acl="user edge\\ntopic readwrite #\\n")
     broker.start(); ...; broker.kill(); broker.restart(); broker.stop()
 
@@ -70,6 +72,7 @@ class Broker:
         folder: Path,
         *,
         tls: bool = False,
+        require_certificate: bool = False,
         users: dict[str, str] | None = None,
         acl: str | None = None,
         max_queued_messages: int | None = None,
@@ -118,6 +121,8 @@ class Broker:
                 f"certfile {self.certs['server_crt']}",
                 f"keyfile {self.certs['server_key']}",
             ]
+            if require_certificate:
+                lines += ["require_certificate true", "use_identity_as_username true"]
         if users:
             pwfile = self.folder / "passwd"
             for i, (user, password) in enumerate(users.items()):
@@ -248,8 +253,12 @@ class Subscriber:
             props.SessionExpiryInterval = 3600
             self._connect_kw = {"clean_start": False, "properties": props}
 
-    def tls(self, ca: Path) -> Subscriber:
-        self.client.tls_set(ca_certs=str(ca))
+    def tls(self, ca: Path, cert: Path | None = None, key: Path | None = None) -> Subscriber:
+        self.client.tls_set(
+            ca_certs=str(ca),
+            certfile=str(cert) if cert else None,
+            keyfile=str(key) if key else None,
+        )
         return self
 
     def login(self, user: str, password: str) -> Subscriber:
