@@ -34,6 +34,10 @@ APEX_CLASS = "/sys/class/apex"
 class LibraryMissing(DeviceError, OSError):
     """The Edge TPU runtime library could not be loaded (also an OSError, like dlopen's)."""
 
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail or message  # dlopen's own words, for callers that add their hint
+
 
 @dataclass(frozen=True)
 class EdgeTpuRef:
@@ -60,7 +64,8 @@ def _load(library: str) -> ctypes.CDLL:
         raise LibraryMissing(
             f"cannot load the Edge TPU runtime {library!r} ({exc}): install libedgetpu1-std "
             "(or libedgetpu1-max) from Coral's apt repository, or set runtime.library to the "
-            "path of libedgetpu.so.1"
+            "path of libedgetpu.so.1",
+            str(exc),
         ) from None
     try:
         lib.edgetpu_list_devices.restype = ctypes.POINTER(_Device)

@@ -45,6 +45,10 @@ _INSTALL_HINT = (
     "`pip install tflite-runtime` (Python 3.8-3.11, numpy<2) "
     "or `pip install ai-edge-litert` (Python 3.10 and newer)"
 )
+_PIP = {
+    "tflite_runtime": "pip install tflite-runtime",
+    "ai_edge_litert": "pip install ai-edge-litert",
+}
 # DevicesConfig.performance / ModelConfig.performance → libedgetpu's Performance option.
 PERFORMANCE = {"std": "High", "max": "Max", "low": "Low", "medium": "Medium", "high": "High"}
 # Delegate device strings that need no identity lookup: "", "usb", "pci", ":N", "usb:N", "pci:N".
@@ -121,8 +125,15 @@ def _import_runtime(prefer: str) -> _Runtime:
         _loaded[name] = runtime
         log.debug("TFLite runtime: %s from %s", name, getattr(module, "__file__", "?"))
         return runtime
-    wanted = "tflite_runtime nor ai_edge_litert is" if prefer == "auto" else f"{prefer} is not"
-    raise ModelError(f"neither {wanted} importable ({'; '.join(failures)}); {_INSTALL_HINT}")
+    if prefer == "auto":
+        raise ModelError(
+            f"neither tflite_runtime nor ai_edge_litert is importable ({'; '.join(failures)}); "
+            f"{_INSTALL_HINT}"
+        )
+    raise ModelError(
+        f'runtime.runtime = "{prefer}" but it is not importable ({failures[0]}): install it '
+        f'with `{_PIP[prefer]}`, or set runtime.runtime = "auto" to use whichever is installed'
+    )
 
 
 def runtime_name(prefer: str = "auto") -> str:
@@ -366,6 +377,8 @@ def _delegate_device(device: str, library: str) -> str:
 
     try:
         resolved: str = edgetpu_c.delegate_device_string(device, library)
+    except edgetpu_c.LibraryMissing as exc:
+        raise RuntimeMissing(library, exc.detail) from None
     except OSError as exc:
         raise RuntimeMissing(library, _first_line(exc)) from None
     except (DeviceUnavailable, RuntimeMissing):

@@ -154,7 +154,11 @@ class Service:
             name = runtime.runtime_name(self.cfg.runtime.runtime)
         except EdgetpudError as exc:
             self.runtime_error = str(exc)
-            log.error("no TFLite runtime: %s; serving nothing until one is installed", exc)
+            log.error(
+                "no TFLite runtime: %s; serving nothing until one is installed and the "
+                "service restarted (systemctl restart edgetpud)",
+                exc,
+            )
             return
         self.runtime_error = ""
         log.info("TFLite runtime: %s", name)
@@ -496,8 +500,8 @@ class Service:
         specs = []
         for name, rt in self.models.items():
             spec = placement.spec_from_config(name, rt.cfg, self.cfg, rt.info)
-            if rt.disabled:
-                spec = dataclasses.replace(spec, enabled=False)
+            if rt.disabled:  # it failed to open or load: say why, not "enabled = false"
+                spec = dataclasses.replace(spec, disabled_reason=rt.disabled)
             specs.append(spec)
         return specs
 
@@ -664,9 +668,15 @@ class Service:
             self._health_dirty = True
 
     def _is_device_fault(self, report: WorkerReport) -> bool:
-        from edgetpud.errors import DeviceError
+        """Whether the device itself refused (a port worth remembering as bad).
 
-        return isinstance(report.exc, DeviceError)
+        A missing Edge TPU runtime or a model the runtime cannot prepare fails on every
+        port alike: learning the port as bad would send the admin to move a healthy
+        accelerator.
+        """
+        from edgetpud.runtime import DeviceUnavailable
+
+        return isinstance(report.exc, DeviceUnavailable)
 
     def _quarantine(self, identity: str, reason: str) -> None:
         dh = self.device_health.setdefault(identity, DeviceHealth())

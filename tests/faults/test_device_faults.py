@@ -6,7 +6,9 @@
 - a device hanging mid-invoke under sustained load on two models: detected within
   stall_timeout, its model served elsewhere, health names the device and the reason;
 - a device that fails every invoke: quarantined after devices.quarantine_after errors and
-  left alone for the backoff, so error results stop instead of looping.
+  left alone for the backoff, so error results stop instead of looping;
+- no Edge TPU runtime installed: the models run on the CPU, the log says to install it
+  (once, not nested in itself), and the accelerator's port is not remembered as bad.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_service import THREE_MODELS, Rig, usb_root
-from tests.support.daemon import wait_for
+from tests.e2e.test_service import THREE_MODELS, Rig, config_text, usb_root
+from tests.support.daemon import Daemon, wait_for
 from tests.support.faults import fault_rig, threads
 
 pytestmark = pytest.mark.e2e
@@ -194,3 +196,28 @@ def test_a_device_failing_every_invoke_is_quarantined_not_looped_on(
         assert len([r for r in rig.results("beta") if "error" in r]) == len(errors_then)
         assert len(rig.events("device_quarantined")) == 1
         assert d.stop() == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_missing_edge_tpu_runtime_is_not_blamed_on_the_port(
+    tmp_path: Path, models_dir: Path, fake_lib: Path
+) -> None:
+    with fault_rig(tmp_path, models_dir, fake_lib) as rig:
+        rig.tb.add_accelerator(usb_root(rig.tb), 1)
+        missing = tmp_path / "not-installed" / "libedgetpu.so.1"
+        text = config_text(tmp_path, rig.broker.port, models_dir, missing, models=TWO_MODELS)
+        d = Daemon(tmp_path / "daemon", text, env=rig.control.env())
+        rig.daemons.append(d)
+        d.start().wait_ready()
+        wait_for(lambda: rig.placement("alpha") == ["cpu"], 60, "alpha falling back to the CPU")
+        ids = [f"r{i}" for i in range(5)]
+        rig.send("alpha", ids)
+        wait_for(lambda: set(ids) <= set(rig.answered("alpha")), 60, "alpha answering on the CPU")
+        assert d.stop() == 0
+        said = [x for x in d.log().splitlines() if "cannot load the Edge TPU runtime" in x]
+        assert said, d.log()
+        for line in said:
+            assert line.count("cannot load") == 1 and "apt install libedgetpu1-std" in line, line
+        learned = tmp_path / "state" / "learned-ports.json"
+        assert not learned.exists() or "2-1" not in learned.read_text(), learned.read_text()
+        assert "tried last" not in d.log() and "Move the accelerator" not in d.log()

@@ -60,15 +60,16 @@ def test_runtime_is_tflite_runtime() -> None:
     assert runtime_name("tflite_runtime") == "tflite_runtime"
 
 
-def test_missing_runtime_names_both_packages() -> None:
+def test_a_missing_pinned_runtime_says_how_to_install_it_or_to_use_auto() -> None:
     if importlib.util.find_spec("ai_edge_litert") is not None:
         assert runtime_name("ai_edge_litert") == "ai_edge_litert"
         return
     with pytest.raises(ModelError) as err:
         runtime_name("ai_edge_litert")
     message = str(err.value)
-    assert "ai-edge-litert" in message and "tflite-runtime" in message
-    assert "python3-tflite-runtime" in message
+    assert message.startswith('runtime.runtime = "ai_edge_litert" but it is not importable')
+    assert "pip install ai-edge-litert" in message and 'runtime.runtime = "auto"' in message
+    assert "neither" not in message
 
 
 def test_unknown_runtime_is_refused() -> None:
