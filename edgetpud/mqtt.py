@@ -30,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 import paho.mqtt.client as paho
@@ -38,6 +39,7 @@ from paho.mqtt.properties import Properties
 
 from edgetpud import __version__, broker_probe, payloads
 from edgetpud.config import MqttConfig
+from edgetpud.errors import ConfigUnreadableError
 from edgetpud.messages import ReplyTo, Request, Result, new_request_id
 
 try:
@@ -137,9 +139,11 @@ class Topics:
 
     def peer_of(self, topic: str) -> tuple[str, str] | None:
         """(node, "status" | "fleet") for another node's status or fleet-state topic, else None."""
-        head, _, rest = topic.partition("/")
-        node, _, leaf = rest.partition("/")
-        if head != self.prefix or leaf not in ("status", "fleet") or node in ("", self.node):
+        head = f"{self.prefix}/"  # the prefix may have several levels ("site/edgetpud")
+        if not topic.startswith(head):
+            return None
+        node, _, leaf = topic[len(head) :].partition("/")
+        if leaf not in ("status", "fleet") or node in ("", self.node):
             return None
         return node, leaf
 
@@ -986,18 +990,44 @@ def _no_delay(client: Any) -> None:
 
 
 def _authenticate(client: Any, cfg: MqttConfig) -> None:
-    """User name, password (from its file) and TLS settings from the config, on a paho client."""
-    if cfg.username:
-        password = cfg.password_file.read_text().rstrip("\r\n") if cfg.password_file else None
-        client.username_pw_set(cfg.username, password)
-    if cfg.tls:
-        client.tls_set(
-            ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
-            certfile=str(cfg.cert_file) if cfg.cert_file else None,
-            keyfile=str(cfg.key_file) if cfg.key_file else None,
+    """User name, password (from its file) and TLS settings from the config, on a paho client.
+
+    Raises ConfigUnreadableError, saying which files to check, when they cannot be used.
+    """
+    try:
+        if cfg.username:
+            # the first line is the password (docs/mqtt.md); a trailing comment line is not
+            password = _first_line(cfg.password_file) if cfg.password_file else None
+            client.username_pw_set(cfg.username, password)
+        if cfg.tls:
+            client.tls_set(
+                ca_certs=str(cfg.ca_file) if cfg.ca_file else None,
+                certfile=str(cfg.cert_file) if cfg.cert_file else None,
+                keyfile=str(cfg.key_file) if cfg.key_file else None,
+            )
+            if cfg.tls_insecure:
+                client.tls_insecure_set(True)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        files = ", ".join(
+            f"mqtt.{key} = {path}"
+            for key, path in (
+                ("password_file", cfg.password_file if cfg.username else None),
+                ("ca_file", cfg.ca_file if cfg.tls else None),
+                ("cert_file", cfg.cert_file if cfg.tls else None),
+                ("key_file", cfg.key_file if cfg.tls else None),
+            )
+            if path is not None
         )
-        if cfg.tls_insecure:
-            client.tls_insecure_set(True)
+        raise ConfigUnreadableError(
+            f"cannot use the MQTT credentials ({exc}); check {files or 'the [mqtt] files'}: "
+            "readable by the service's user, the password file UTF-8 with the password on its "
+            "first line, certificates and key in PEM form (edgetpud check-config checks them)"
+        ) from None
+
+
+def _first_line(path: Path) -> str:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return lines[0] if lines else ""
 
 
 def read_retained(cfg: MqttConfig, topic_filter: str, timeout: float = 5.0) -> dict[str, bytes]:

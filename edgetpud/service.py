@@ -163,21 +163,25 @@ class Service:
         self.runtime_error = ""
         log.info("TFLite runtime: %s", name)
 
-    def _start_mqtt(self) -> None:
+    def _start_mqtt(self, link: Any = None) -> None:
+        self.mqtt = link or self._new_mqtt(self.cfg)
+        self.mqtt.start()
+
+    def _new_mqtt(self, cfg: Config) -> Any:
+        """A link for `cfg`, not started; raises ConfigUnreadableError for unusable credentials."""
         if self._mqtt_factory is not None:
             factory = self._mqtt_factory
         else:
             from edgetpud.mqtt import MqttLink
 
             factory = MqttLink
-        self.mqtt = factory(
-            self.cfg.mqtt,
-            self.cfg.daemon.node_id,
+        return factory(
+            cfg.mqtt,
+            cfg.daemon.node_id,
             on_request=self._on_mqtt_request,
             on_connection=self._on_mqtt_connection,
-            fleet_group=self.cfg.fleet.group,
+            fleet_group=cfg.fleet.group,
         )
-        self.mqtt.start()
 
     def _start_devices(self) -> None:
         if self._watcher_factory is not None:
@@ -720,7 +724,15 @@ class Service:
             self._health_dirty = True
             self.notifier.ready(self._status_line())
             return False
-        self._apply_config(new)
+        try:
+            self._apply_config(new)
+        except ConfigUnreadableError as exc:  # a file the config names, unusable on opening
+            self.last_reload_error = str(exc)
+            log.error("reload refused, still running generation %d: %s", self.generation, exc)
+            self._publish_event("reload_failed", errors=[str(exc)], generation=self.generation)
+            self._health_dirty = True
+            self.notifier.ready(self._status_line())
+            return False
         self.generation += 1
         self.last_reload_error = ""
         log.info("reload applied: generation %d", self.generation)
@@ -730,18 +742,21 @@ class Service:
 
     def _apply_config(self, new: Config) -> None:
         old = self.cfg
-        self.cfg = new
-        if new.daemon.log_level != old.daemon.log_level:
-            logging.getLogger().setLevel(new.daemon.log_level.upper())
+        link = None
         if (
             new.mqtt != old.mqtt
             or new.fleet != old.fleet
             or new.daemon.node_id != old.daemon.node_id
         ):
+            link = self._new_mqtt(new)  # before anything changes: unusable files refuse the reload
+        self.cfg = new
+        if new.daemon.log_level != old.daemon.log_level:
+            logging.getLogger().setLevel(new.daemon.log_level.upper())
+        if link is not None:
             log.info("MQTT settings changed: reconnecting")
             self.mqtt.stop(timeout=2.0)
             self._fleet_held.clear()
-            self._start_mqtt()
+            self._start_mqtt(link)
         if new.runtime != old.runtime:
             self._check_runtime()
         deadline = time.monotonic() + new.daemon.drain_timeout

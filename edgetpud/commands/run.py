@@ -21,7 +21,12 @@ def main(args: argparse.Namespace) -> int:
     if args.log_level is None:
         logging.getLogger().setLevel(cfg.daemon.log_level.upper())
     from edgetpud import service
+    from edgetpud.errors import ConfigUnreadableError
 
-    code = service.run(cfg)
+    try:
+        code = service.run(cfg)
+    except ConfigUnreadableError as exc:  # a file the config names, unusable on opening
+        log.error("not starting: %s", exc)
+        return EXIT_CONFIG_INVALID
     sys.stderr.flush()
     return code

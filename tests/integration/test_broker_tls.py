@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,3 +170,26 @@ def test_after_a_tls_refusal_the_daemon_retries_and_connects_once_the_broker_is_
             d.close()
         assert code == 0
         assert "Traceback" not in d.log()
+
+
+def test_a_credential_file_broken_after_validation_stops_the_start_with_a_sentence(
+    tmp_path: Path,
+) -> None:
+    """The CA file is replaced between validation and use: no traceback, a ConfigUnreadableError."""
+    from edgetpud import config, service
+    from edgetpud.errors import ConfigUnreadableError
+
+    ca = make_certs(tmp_path / "certs")["ca"]
+    path = tmp_path / "edgetpud.toml"
+    path.write_text(daemon_config(tmp_path, Broker(tmp_path), tls_lines(ca)))
+    cfg = config.load(path)
+    ca.write_text("not a certificate\n")
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        with pytest.raises(ConfigUnreadableError) as err:
+            service.run(cfg)
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    message = str(err.value)
+    assert f"mqtt.ca_file = {ca}" in message and "PEM" in message, message

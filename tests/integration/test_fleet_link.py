@@ -3,12 +3,15 @@
 A link pauses a model's fleet subscription only while another online node of the
 group takes it, so the broker never finds the fleet topic without a member; when the
 last peer with room goes away, a paused link takes the requests again by itself.
+Both with a one-level topic prefix and a two-level one ("site/edgetpud").
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from edgetpud.config import MqttConfig
 from edgetpud.messages import Request
@@ -26,8 +29,8 @@ class Inputs:
     inputs = (Spec(),)  # a one-byte raw tensor
 
 
-def link(broker: Broker, node: str, got: list[Request]) -> MqttLink:
-    cfg = replace(MqttConfig(), host=broker.host, port=broker.port, topic_prefix="t")
+def link(broker: Broker, node: str, got: list[Request], prefix: str) -> MqttLink:
+    cfg = replace(MqttConfig(), host=broker.host, port=broker.port, topic_prefix=prefix)
 
     def take(request: Request) -> None:
         got.append(request)
@@ -39,11 +42,12 @@ def link(broker: Broker, node: str, got: list[Request]) -> MqttLink:
     return lk
 
 
-def test_the_last_member_keeps_the_fleet_topic(tmp_path: Path) -> None:
+@pytest.mark.parametrize("prefix", ["t", "site/t"])
+def test_the_last_member_keeps_the_fleet_topic(tmp_path: Path, prefix: str) -> None:
     got_a: list[Request] = []
     got_b: list[Request] = []
     with Broker(tmp_path) as broker:
-        a, b = link(broker, "a", got_a), link(broker, "b", got_b)
+        a, b = link(broker, "a", got_a, prefix), link(broker, "b", got_b, prefix)
         try:
             wait_until(
                 lambda: "m" in a.fleet_peers().get("b", {}).get("models", []), what="a sees b"
@@ -57,14 +61,14 @@ def test_the_last_member_keeps_the_fleet_topic(tmp_path: Path) -> None:
 
             with Subscriber(broker, ["t/unused"]) as client:
                 for i in range(6):
-                    client.publish("t/fleet/models/m/infer", b"x", CorrelationData=b"%d" % i)
+                    client.publish(f"{prefix}/fleet/models/m/infer", b"x", CorrelationData=b"%d" % i)
                 wait_until(lambda: len(got_b) == 6, what="b taking all six")
             assert not got_a and {r.source for r in got_b} == {"mqtt-fleet"}
 
             b.stop()  # b's clean "offline": a is the last member now and resumes by itself
             wait_until(lambda: not a.fleet_paused("m"), what="a resuming")
             with Subscriber(broker, ["t/unused"]) as client:
-                client.publish("t/fleet/models/m/infer", b"y", CorrelationData=b"after")
+                client.publish(f"{prefix}/fleet/models/m/infer", b"y", CorrelationData=b"after")
                 wait_until(lambda: len(got_a) == 1, what="a taking the next request")
             assert not a.pause_fleet("m"), "no peer left to take the requests"
         finally:

@@ -333,8 +333,8 @@ def test_wrong_password_is_refused_logged_and_retried(
                 assert sub.on(STATUS) == []  # never "online" after a refusal
         finally:
             link.stop()
-        # the right password: connected and online
-        secret.write_text("right\n")
+        # the right password on the first line (a note below it is not part of it): connected
+        secret.write_text("right\n# rotated by the admin, 2026-11\n")
         link = link_for(broker, username="edge", password_file=secret)
         link.start()
         try:
