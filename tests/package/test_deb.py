@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import subprocess
@@ -118,8 +119,18 @@ def test_deb_holds_both_packages_their_entry_points_and_the_service_files(
         "usr/share/man/man8/edgetpud.8.gz",
     ):
         assert (tmp_path / path).is_file(), f"{path} is missing from {built.name}"
-    docs = {p.name for p in (tmp_path / "usr/share/doc/edgetpud").iterdir()}
-    assert docs & {"install.md", "install.md.gz"}, f"docs/install.md is missing: {sorted(docs)}"
+    # every document the unit, the example config and the README point at is there, as named
+    doc = tmp_path / "usr/share/doc/edgetpud"
+    unit = (tmp_path / "lib/systemd/system/edgetpud.service").read_text()
+    conffile = (tmp_path / "etc/edgetpud/edgetpud.toml").read_text()
+    named = re.findall(r"file:(/\S+)", unit) + re.findall(r"(/usr/share/doc/\S+\.md)", conffile)
+    named += [
+        f"/usr/share/doc/edgetpud/{link}"
+        for link in re.findall(r"\]\((docs/[^)#]+)", (doc / "README.md").read_text())
+    ]
+    assert len(named) > 10, named
+    missing = sorted({n for n in named if not (tmp_path / n.lstrip("/")).is_file()})
+    assert not missing, f"{built.name} lacks documents it points at: {missing}"
     control = tmp_path / "control"
     run(["dpkg-deb", "-e", str(built), str(control)])
     assert (control / "conffiles").read_text().split() == [str(CONFFILE)]
