@@ -9,9 +9,11 @@ docs/configuration.md.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import socket
+import ssl
 import stat
 import sys
 from dataclasses import dataclass, field, replace
@@ -30,6 +32,12 @@ else:  # pragma: no cover - Python < 3.11
 DEFAULT_PATH = Path("/etc/edgetpud/edgetpud.toml")
 TOPIC_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 PORT_PATH = re.compile(r"^\d+-\d+(\.\d+)*$")
+BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def toml_key(name: str) -> str:
+    """`name` as one part of a dotted TOML key: bare when it can be, else quoted."""
+    return name if BARE_KEY.match(name) else show(name)
 
 
 def check_topic_segment(value: str) -> str | None:
@@ -318,7 +326,10 @@ def read_toml(path: Path) -> dict[str, Any]:
             f"{path}: no such file; create it from the example in /etc/edgetpud or pass --config"
         ) from None
     except IsADirectoryError:
-        raise ConfigUnreadableError(f"{path}: is a folder, not a config file") from None
+        raise ConfigUnreadableError(
+            f"{path}: is a folder, not a config file; give the .toml file inside it"
+            + _toml_file_in(path)
+        ) from None
     except PermissionError:
         raise ConfigUnreadableError(
             f"{path}: permission denied; the file must be readable by the user running edgetpud"
@@ -326,11 +337,64 @@ def read_toml(path: Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigUnreadableError(f"{path}: cannot be read: {exc.strerror}") from None
     try:
-        return tomllib.loads(data.decode("utf-8"))
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigUnreadableError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        raise ConfigUnreadableError(
+            f"{path}: not UTF-8 text (byte {exc.start}); re-save it as UTF-8"
+        ) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigUnreadableError(f"{path}: not valid TOML: {exc}") from None
+        raise ConfigUnreadableError(
+            f"{path}: not valid TOML: {_toml_problem(str(exc), text, path)}"
+        ) from None
+
+
+def _toml_file_in(folder: Path) -> str:
+    """', such as <folder>/x.toml' naming a .toml file in `folder`, or '' when it has none."""
+    try:
+        found = sorted(p for p in folder.glob("*.toml") if p.is_file())
+    except OSError:
+        return ""
+    preferred = [p for p in found if p.name == "edgetpud.toml"] or found
+    return f", such as {preferred[0]}" if preferred else ""
+
+
+_TOML_WHERE = re.compile(
+    r"^(?P<what>.*) \(at (?:line (?P<line>\d+), column (?P<column>\d+)|end of document)\)$",
+    re.DOTALL,
+)
+_TOML_TWICE = re.compile(r"^Can(?:not| not) declare (?P<key>.+) twice$")
+_TOML_OVERWRITE = re.compile(r"^Can(?:not| not) overwrite a value$")
+_TOML_KEY_LINE = re.compile(r"^\s*(?P<key>[^=\[#]+?)\s*=")
+
+
+def _toml_problem(error: str, text: str, path: Path) -> str:
+    """tomllib's error with its line and column, and what to do about it."""
+    match = _TOML_WHERE.match(error)
+    what = match.group("what") if match else error
+    line = match.group("line") if match else None
+    column = match.group("column") if match else None
+    twice = _TOML_TWICE.match(what)
+    if twice and line:
+        try:
+            key = ast.literal_eval(twice.group("key"))
+        except (ValueError, SyntaxError):
+            key = None
+        if isinstance(key, tuple) and key and all(isinstance(k, str) for k in key):
+            table = ".".join(toml_key(k) for k in key)
+            return f"[{table}] appears twice (line {line}): merge the two tables into one"
+    if _TOML_OVERWRITE.match(what) and line:
+        lines = text.splitlines()
+        source = lines[int(line) - 1] if int(line) <= len(lines) else ""
+        key_line = _TOML_KEY_LINE.match(source)
+        key_text = key_line.group("key") if key_line else ""
+        subject = (
+            key_text if key_text[:1] in ("'", '"') else show(key_text) if key_text else "a key"
+        )
+        return f"{subject} is set twice (line {line}, column {column}): keep one"
+    where = "at that line" if line else "near the end of the file"
+    return f"{error}; fix the TOML syntax {where} (edgetpud check-config {path} checks it)"
 
 
 def load(
@@ -414,10 +478,13 @@ def _load_models(
         return {}
     models: dict[str, ModelConfig] = {}
     for name, table in data.items():
-        path = f"models.{name}"
-        problem = check_topic_segment(name) if name else "a model needs a name"
-        if problem:
-            ctx.error(path, f"the model name {problem.split(' ', 1)[1]}")
+        path = f"models.{toml_key(name)}"
+        if not name:
+            ctx.error(path, "a model needs a name; name the table, e.g. [models.birds]")
+            continue
+        problem = check_topic_segment(name)
+        if problem:  # it starts with the name, shown quoted
+            ctx.error(path, f"the model name {problem}")
             continue
         if not isinstance(table, dict):
             ctx.error(path, f"must be a table, got {show(table)}")
@@ -517,6 +584,119 @@ def _check_mqtt(mqtt: MqttConfig, ctx: Context) -> None:
         _check_secret_file(mqtt.password_file, "mqtt.password_file", ctx)
     if mqtt.key_file is not None:
         _check_secret_file(mqtt.key_file, "mqtt.key_file", ctx)
+    if mqtt.password_file is not None:
+        _check_password_text(mqtt.password_file, ctx)
+    if mqtt.tls:
+        _check_tls_files(mqtt, ctx)
+
+
+def _check_password_text(path: Path, ctx: Context) -> None:
+    """The daemon reads the password's first line as UTF-8; say so before it fails to."""
+    try:
+        data = path.read_bytes()
+    except OSError:  # reported by _check_secret_file, or readable only by the service's user
+        return
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        ctx.error(
+            "mqtt.password_file",
+            f"{path} is not UTF-8 text (byte {exc.start}); write the password as the "
+            "first line in UTF-8",
+        )
+
+
+def _ssl_reason(exc: ssl.SSLError) -> str:
+    """OpenSSL's reason, e.g. "X509: NO_CERTIFICATE_OR_CRL_FOUND" or "SSL: PEM lib"."""
+    if exc.reason:
+        return f"{exc.library}: {exc.reason}" if exc.library else str(exc.reason)
+    text = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
+    text = re.sub(r"\s*\(_ssl\.c:\d+\)$", "", text)
+    return re.sub(r"^\[(\w+)\]\s*", r"\1: ", text) or type(exc).__name__
+
+
+class _Encrypted(Exception):
+    """Raised from the pass phrase callback: the key is encrypted."""
+
+
+def _ask_pass_phrase() -> str:
+    # the daemon has no terminal to type a pass phrase into; never let OpenSSL prompt
+    raise _Encrypted
+
+
+def _holds_certificate(path: Path) -> ssl.SSLError | None:
+    """None when `path` holds at least one PEM certificate, else OpenSSL's complaint."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=str(path))
+    except ssl.SSLError as exc:
+        return exc
+    return None
+
+
+def _check_tls_files(mqtt: MqttConfig, ctx: Context) -> None:
+    """Load the CA and client certificate as the daemon will, in a throwaway SSL context.
+
+    Files this user cannot read are skipped: the service's user may well read them, and
+    missing files were already reported.
+    """
+    if mqtt.ca_file is not None:
+        try:
+            problem = _holds_certificate(mqtt.ca_file)
+        except OSError:
+            problem = None
+        if problem is not None:
+            found = (
+                "holds no PEM certificate"
+                if problem.reason == "NO_CERTIFICATE_OR_CRL_FOUND"
+                else "cannot be read as PEM certificates"
+            )
+            ctx.error(
+                "mqtt.ca_file",
+                f"{mqtt.ca_file} {found} ({_ssl_reason(problem)}); point it at the CA "
+                "certificate that signed the broker's, in PEM form",
+            )
+    if mqtt.cert_file is None:
+        return
+    cert, key = mqtt.cert_file, mqtt.key_file
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(
+            str(cert), str(key) if key else None, password=_ask_pass_phrase
+        )
+    except _Encrypted:
+        where = "mqtt.key_file" if key else "mqtt.cert_file"
+        ctx.error(
+            where,
+            f"the private key in {key or cert} is encrypted with a pass phrase, which edgetpud "
+            f"cannot type in; store it decrypted with mode 0600 (openssl pkey -in {key or cert} "
+            "-out <new file>) and point mqtt.key_file at that",
+        )
+    except ssl.SSLError as exc:
+        ctx.error("mqtt.cert_file", _cert_chain_problem(cert, key, exc))
+    except OSError:
+        pass  # unreadable here; see the docstring
+
+
+def _cert_chain_problem(cert: Path, key: Path | None, exc: ssl.SSLError) -> str:
+    """Which of the client certificate and its key is wrong, and what to do."""
+    try:
+        no_cert = _holds_certificate(cert)
+    except OSError:
+        no_cert = None
+    if no_cert is not None:
+        why = f"{cert} holds no PEM certificate ({_ssl_reason(no_cert)})"
+    elif exc.reason == "KEY_VALUES_MISMATCH":
+        why = f"{key or cert} is not the private key of that certificate ({_ssl_reason(exc)})"
+    else:
+        why = f"{key or cert} holds no PEM private key ({_ssl_reason(exc)})"
+    if key is None:
+        return (
+            f"cannot load the client certificate and its key from {cert}: {why}; put both there "
+            "in PEM form, or set mqtt.key_file to the key's file"
+        )
+    return (
+        f"cannot load the client certificate with mqtt.key_file: {why}; check both are PEM "
+        "and the key belongs to the certificate"
+    )
 
 
 def _check_secret_file(path: Path, key: str, ctx: Context) -> None:

@@ -132,10 +132,15 @@ BROKEN = [
     ('[models.cat]\nmodel = "labels.d"', "models.cat.model", "is a folder, not a file"),
     (
         '[models."bad name"]\nmodel = "m.tflite"',
-        "models.bad name",
-        "cannot be used in an MQTT topic",
+        'models."bad name"',
+        'the model name "bad name" cannot be used in an MQTT topic',
     ),
-    ('[models."a/b"]\nmodel = "m.tflite"', "models.a/b", "cannot be used in an MQTT topic"),
+    (
+        '[models."a/b"]\nmodel = "m.tflite"',
+        'models."a/b"',
+        'the model name "a/b" cannot be used in an MQTT topic',
+    ),
+    ('[models.""]\nmodel = "m.tflite"', 'models.""', "a model needs a name; name the table"),
     ('[models.cat]\nmodel = "m.tflite"\npriority = "high"', "models.cat.priority", "from 0 to 100"),
     (
         '[models.cat]\nmodel = "m.tflite"\nreplicas = 0',
