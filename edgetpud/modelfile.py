@@ -140,22 +140,45 @@ def inspect_model(path: Path) -> ModelInfo:
     return parse_model(data, path)
 
 
+class _Malformed(ValueError):
+    """A part of the model the parser checked and found wrong; its text is a sentence for users."""
+
+
+_COPY_AGAIN = "copy the model file again and compare its size or checksum with the original"
+
+
 def parse_model(data: bytes, path: Path = Path("<memory>")) -> ModelInfo:
     """Like `inspect_model`, for a model already in memory."""
     if len(data) < 8 or data[4:8] != TFLITE_IDENTIFIER:
-        what = "empty" if not data else f"identifier {bytes(data[4:8])!r}"
+        what = (
+            "the file is empty"
+            if not data
+            else "it lacks the TFL3 marker of a TensorFlow Lite file"
+        )
         raise ModelError(
-            f"{path} is not a TensorFlow Lite model ({what}, expected {TFLITE_IDENTIFIER!r}): "
+            f"{path} is not a TensorFlow Lite model ({what}): "
             "give the .tflite file (convert other formats with the TFLite converter, "
             "then edgetpu_compiler for an Edge TPU build)"
         )
     try:
         return _parse(data, path)
-    except (struct.error, IndexError, ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+    except _Malformed as exc:
+        raise ModelError(
+            f"{path} is truncated or corrupt ({len(data)} bytes): {exc}; {_COPY_AGAIN}"
+        ) from None
+    except (struct.error, IndexError):
+        # Python's own text ("unpack_from requires a buffer of at least…") goes to the debug
+        # log, for a bug report; the user is told what it means.
         log.debug("parsing %s failed", path, exc_info=True)
         raise ModelError(
-            f"{path} is truncated or corrupt ({len(data)} bytes; {type(exc).__name__}: {exc}): "
-            "copy the model file again and compare its size or checksum with the original"
+            f"{path} is truncated or corrupt: it ends early ({len(data)} bytes), so the file "
+            f"was cut short or is not a .tflite model; {_COPY_AGAIN}"
+        ) from None
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+        log.debug("parsing %s failed", path, exc_info=True)
+        raise ModelError(
+            f"{path} is truncated or corrupt: its contents ({len(data)} bytes) do not read as a "
+            f"TensorFlow Lite model; {_COPY_AGAIN}"
         ) from None
 
 
@@ -249,7 +272,7 @@ def _parse(data: bytes, path: Path) -> ModelInfo:
     codes = [_opcode_name(code) for code in model.tables(_MODEL_OPERATOR_CODES)]
     subgraphs = model.tables(_MODEL_SUBGRAPHS)
     if not subgraphs:
-        raise ValueError("the model has no subgraph")
+        raise _Malformed("the model has no subgraph")
     main = subgraphs[0]
     tensors = main.tables(_SUBGRAPH_TENSORS)
     inputs = tuple(_tensor(tensors[i]) for i in main.numbers(_SUBGRAPH_INPUTS, "i"))
@@ -317,7 +340,7 @@ def _blob_or_string(value: Any, index: int) -> bytes:
     if value.IsBlob:
         return bytes(value.AsBlob)
     if not value.IsString:
-        raise ValueError(f"Edge TPU op {index}'s compiled package is neither a blob nor a string")
+        raise _Malformed(f"Edge TPU op {index}'s compiled package is neither a blob nor a string")
     as_bytes = getattr(value, "AsStringBytes", None)
     if as_bytes is None:
         as_bytes = flexbuffers.String(value._Indirect(), value._byte_width).Bytes
@@ -331,14 +354,16 @@ def _edgetpu_op(index: int, options: memoryview, path: Path) -> EdgeTpuOp | None
         return None
     root = flexbuffers.GetRoot(bytes(options))  # flexbuffers needs bytes (it calls .find)
     if not root.IsMap:
-        raise ValueError(f"Edge TPU op {index}'s options are not a FlexBuffer map")
+        raise _Malformed(f"Edge TPU op {index}'s options are not a FlexBuffer map")
     package_map = root.AsMap
     keys = [key.AsKey for key in package_map.Keys]
     if _PACKAGE_KEY not in keys:
-        raise ValueError(f"Edge TPU op {index}'s options lack the compiled package")
+        raise _Malformed(f"Edge TPU op {index}'s options lack the compiled package")
     package = _blob_or_string(package_map[_PACKAGE_KEY], index)
     if len(package) < 8 or bytes(package[4:8]) != PACKAGE_IDENTIFIER:
-        raise ValueError(f"Edge TPU op {index}'s package has identifier {bytes(package[4:8])!r}")
+        raise _Malformed(
+            f"Edge TPU op {index}'s compiled package lacks the DWN1 marker of an Edge TPU package"
+        )
     multi_bytes = _Fb.root(package).blob(_PACKAGE_MULTI_EXECUTABLE)
     token = 0
     param_bytes = 0

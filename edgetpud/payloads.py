@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 import warnings
 from collections.abc import Mapping
@@ -41,6 +42,31 @@ BAD_IMAGE = "bad_image"
 IMAGE_TOO_LARGE = "image_too_large"
 BAD_CONTENT_TYPE = "bad_content_type"
 EMPTY = "empty"
+
+# What a Pillow message may not show a user: an object repr (`<_io.BytesIO object at 0x…>`),
+# a bytes repr (b'…'), an address.
+_REPR = re.compile(r"<[^<>]*>|\bb'|\bb\"|0x[0-9a-f]{4,}", re.IGNORECASE)
+
+
+def image_error_detail(exc: BaseException, default: str = "truncated or corrupt") -> str:
+    """Why Pillow could not read an image, in words a user can read.
+
+    Pillow's own text is kept when it is plain ("image file is truncated (6 bytes not
+    processed)"); when it carries a repr or says only that the format is unknown
+    ("cannot identify image file <_io.BytesIO object at 0x…>"), `default` says it instead.
+    """
+    text = " ".join(str(exc).split()).rstrip(".")
+    if not text or _REPR.search(text) or text.lower().startswith("cannot identify image file"):
+        return default
+    return text
+
+
+def tensor_hint(nbytes: int | None, desc: str = "") -> str:
+    """How to send a raw input tensor instead, as docs/mqtt.md says; "" when the size is unknown."""
+    if not nbytes:
+        return ""
+    what = f"{nbytes} bytes, {desc}" if desc else f"{nbytes} bytes"
+    return f", or the raw input tensor ({what}) with content type application/octet-stream"
 
 
 def _json_default(obj: Any) -> Any:
@@ -175,7 +201,10 @@ def decode_request(
     ctype = (content_type or "").split(";", 1)[0].strip().lower()
     if ctype:
         if ctype in IMAGE_TYPES:
-            return _check_image(payload, IMAGE_TYPES[ctype], max_pixels)
+            fmt = IMAGE_TYPES[ctype]
+            return _check_image(
+                payload, fmt, max_pixels, ctype=ctype, nbytes=input_nbytes, desc=input_desc
+            )
         if ctype in TENSOR_TYPES:
             return _check_tensor(model, payload, input_nbytes, input_desc)
         raise BadRequest(
@@ -186,7 +215,9 @@ def decode_request(
     for magic, fmt in MAGIC:
         if payload.startswith(magic):
             try:
-                return _check_image(payload, fmt, max_pixels)
+                return _check_image(
+                    payload, fmt, max_pixels, ctype="", nbytes=input_nbytes, desc=input_desc
+                )
             except BadRequest:
                 if input_nbytes is not None and size == input_nbytes:
                     break  # a raw tensor that happens to start like an image
@@ -211,7 +242,11 @@ def _check_tensor(model: str, payload: bytes, nbytes: int | None, desc: str) -> 
     return Decoded("tensor", payload)
 
 
-def _check_image(payload: bytes, fmt: str, max_pixels: int) -> Decoded:
+def _check_image(
+    payload: bytes, fmt: str, max_pixels: int, *, ctype: str, nbytes: int | None, desc: str
+) -> Decoded:
+    """Read the image's header (format, size). `ctype` is the content type that declared it,
+    "" when its first bytes did; `nbytes` and `desc` the model's input tensor, for the hint."""
     from PIL import Image  # Pillow is loaded only once an image arrives
 
     try:
@@ -222,14 +257,21 @@ def _check_image(payload: bytes, fmt: str, max_pixels: int) -> Decoded:
             with Image.open(io.BytesIO(payload), formats=[fmt]) as im:
                 width, height = im.size
     except Image.DecompressionBombError as exc:
+        detail = image_error_detail(exc, default="its width times height is too many pixels")
         raise BadRequest(
-            IMAGE_TOO_LARGE, f"the image is too large to decode safely: {exc}"
+            IMAGE_TOO_LARGE,
+            f"the image is too large to decode safely ({detail}); scale it down before sending",
         ) from None
     except Exception as exc:  # Pillow raises many kinds for bad headers
+        said = (
+            f"the payload has content type {ctype} but is not a readable {fmt} image"
+            if ctype
+            else f"the payload looks like {fmt} but is not a readable image"
+        )
         raise BadRequest(
             BAD_IMAGE,
-            f"the payload looks like {fmt} but its header cannot be read ({exc}); "
-            "send a complete JPEG, PNG or BMP file",
+            f"{said} ({image_error_detail(exc)}); "
+            f"send a complete JPEG, PNG or BMP file{tensor_hint(nbytes, desc)}",
         ) from None
     if width * height > max_pixels:
         raise BadRequest(
@@ -238,5 +280,8 @@ def _check_image(payload: bytes, fmt: str, max_pixels: int) -> Decoded:
             f"{max_pixels}; scale it down before sending",
         )
     if width == 0 or height == 0:
-        raise BadRequest(BAD_IMAGE, f"the {fmt} image has no pixels ({width}x{height})")
+        raise BadRequest(
+            BAD_IMAGE,
+            f"the {fmt} image has no pixels ({width}x{height}); send an image of at least 1x1",
+        )
     return Decoded("image", payload, fmt, width, height)

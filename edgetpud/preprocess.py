@@ -40,6 +40,7 @@ from PIL import Image, ImageOps
 
 from edgetpud.errors import RequestError
 from edgetpud.messages import Request
+from edgetpud.payloads import image_error_detail, tensor_hint
 from edgetpud.plugins import ModelInfo, Resize, TensorInfo
 
 log = logging.getLogger(__name__)
@@ -74,9 +75,17 @@ class Transform:
         return (x - self.offset_x) / self.scale_x, (y - self.offset_y) / self.scale_y
 
 
-def decode_image(data: bytes | bytearray | memoryview) -> Image.Image:
-    """Encoded bytes → an upright RGB image; RequestError when they are not an image."""
+def decode_image(
+    data: bytes | bytearray | memoryview, info: ModelInfo | None = None
+) -> Image.Image:
+    """Encoded bytes → an upright RGB image; RequestError when they are not an image.
+
+    With the model's `info` (a request), the error also says how to send its raw input
+    tensor instead; without it (`edgetpud infer` on a file) it only asks for an image.
+    """
     if not data:
+        if info is None:
+            raise RequestError("the file is empty; use a JPEG, PNG or BMP image")
         raise RequestError("the request is empty; send an encoded image (JPEG, PNG or BMP)")
     try:
         with warnings.catch_warnings():
@@ -88,9 +97,14 @@ def decode_image(data: bytes | bytearray | memoryview) -> Image.Image:
             "the image is too large to decode safely; send one under 89 megapixels"
         ) from None
     except Exception as exc:
+        detail = image_error_detail(exc, default="an unknown format, or truncated or corrupt")
+        if info is None:
+            raise RequestError(
+                f"not a readable image ({detail}); use a complete JPEG, PNG or BMP file"
+            ) from None
         raise RequestError(
-            f"the request is not a readable image ({type(exc).__name__}: {exc}); "
-            "send JPEG, PNG or BMP bytes, or raw tensor bytes as kind 'tensor'"
+            f"the request is not a readable image ({detail}); send a complete JPEG, PNG or BMP "
+            f"file{_tensor_hint(info)}"
         ) from None
     image: Image.Image = ImageOps.exif_transpose(opened) or opened
     return image if image.mode == "RGB" else image.convert("RGB")
@@ -162,11 +176,29 @@ def image_to_input(
     return quantize(pixels, spec)[np.newaxis, ...]
 
 
+def _input_nbytes(spec: TensorInfo) -> int:
+    """How many bytes a raw tensor for this input has."""
+    return math.prod(max(d, 1) for d in spec.shape) * np.dtype(_dtype(spec)).itemsize
+
+
+def _tensor_hint(info: ModelInfo) -> str:
+    """How to send this model's raw input tensor instead of an image; "" when it cannot say."""
+    if len(info.inputs) != 1:
+        return ""
+    spec = info.inputs[0]
+    try:
+        nbytes = _input_nbytes(spec)
+    except RequestError:  # a type numpy does not know: no size to give
+        return ""
+    shape = "x".join(str(max(d, 1)) for d in spec.shape)
+    return tensor_hint(nbytes, f"{shape} {spec.dtype}")
+
+
 def tensor_from_bytes(data: bytes | bytearray | memoryview, spec: TensorInfo) -> NDArray[Any]:
     """Raw tensor bytes → an array shaped like the input; RequestError on a size mismatch."""
     dtype = _dtype(spec)
     shape = [max(d, 1) for d in spec.shape]
-    expected = math.prod(shape) * np.dtype(dtype).itemsize
+    expected = _input_nbytes(spec)
     if len(data) != expected:
         raise RequestError(
             f"the tensor request has {len(data)} bytes but input {spec.name} needs {expected} "
@@ -206,7 +238,7 @@ def make_preprocess(resize: Resize) -> Preprocess:
 
     def preprocess(request: Request, info: ModelInfo) -> list[NDArray[Any]]:
         if request.kind == "image":
-            image = decode_image(request.payload)
+            image = decode_image(request.payload, info)
             return [image_to_input(image, info, resize, request.meta)]
         if request.kind == "tensor":
             if len(info.inputs) != 1:

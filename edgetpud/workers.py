@@ -232,7 +232,15 @@ def _percentile(ordered: list[float], q: float) -> float:
 
 
 def _describe(exc: BaseException) -> str:
+    """A failure as results, health, events and quarantine reasons show it.
+
+    edgetpud's own errors already say what happened and what to do next, so their
+    message is all a user reads. Anything else is unexpected (a bug here or in a
+    plugin): its class name stays, because that is what a bug report needs.
+    """
     text = str(exc).strip()
+    if isinstance(exc, EdgetpudError) and text:
+        return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

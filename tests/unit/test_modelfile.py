@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from flatbuffers import flexbuffers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,8 +18,17 @@ from tests.support.runtime import (
     add_model,
     edgetpu_model,
     edgetpu_options,
+    package_bytes,
     tflite_bytes,
 )
+
+# What a user must never read in a model error: a Python class name, a bytes repr.
+NOT_FOR_USERS = ("Error:", "b'", 'b"', "object at 0x", "struct.error")
+
+
+def assert_plain(message: str) -> None:
+    for leak in NOT_FOR_USERS:
+        assert leak not in message, f"{leak!r} in {message!r}"
 
 
 def write(tmp_path: Path, data: bytes, name: str = "model.tflite") -> Path:
@@ -72,8 +82,30 @@ def test_a_package_of_another_type_is_reported() -> None:
     tensors = [Tensor("in", [1, 8]), Tensor("out", [1, 2])]
     options = edgetpu_options([Executable(1, 5, 64)], package_as="int")
     op = Op([0], [1], custom="edgetpu-custom-op", raw_options=options)
-    with pytest.raises(ModelError, match=r"truncated or corrupt"):
+    with pytest.raises(ModelError, match=r"truncated or corrupt") as exc:
         parse_model(tflite_bytes(tensors, [op], [0], [1]))
+    assert "compiled package is neither a blob nor a string" in str(exc.value)
+    assert_plain(str(exc.value))
+
+
+def test_a_package_without_its_marker_is_reported_in_words() -> None:
+    package = bytearray(package_bytes([Executable(1, 5, 64)]))
+    package[4:8] = b"XXXX"
+    fbb = flexbuffers.Builder()
+    with fbb.Map():
+        fbb.Key("4")
+        fbb.Blob(bytes(package))
+    tensors = [Tensor("in", [1, 8]), Tensor("out", [1, 2])]
+    op = Op([0], [1], custom="edgetpu-custom-op", raw_options=bytes(fbb.Finish()))
+    with pytest.raises(ModelError) as exc:
+        parse_model(tflite_bytes(tensors, [op], [0], [1]), Path("m_edgetpu.tflite"))
+    message = str(exc.value)
+    assert message.startswith("m_edgetpu.tflite is truncated or corrupt (")
+    assert "lacks the DWN1 marker of an Edge TPU package" in message
+    assert message.endswith(
+        "copy the model file again and compare its size or checksum with the original"
+    )
+    assert_plain(message)
 
 
 def test_every_edgetpu_op_counts(tmp_path: Path) -> None:
@@ -109,15 +141,33 @@ def test_directory(tmp_path: Path) -> None:
     ids=["empty", "zeros", "zip", "wrong-identifier"],
 )
 def test_not_a_tflite_file(tmp_path: Path, data: bytes) -> None:
-    with pytest.raises(ModelError, match=r"is not a TensorFlow Lite model .*expected b'TFL3'"):
+    with pytest.raises(ModelError, match=r"is not a TensorFlow Lite model \(") as exc:
         inspect_model(write(tmp_path, data))
+    message = str(exc.value)
+    what = "the file is empty" if not data else "it lacks the TFL3 marker of a TensorFlow Lite file"
+    assert f"({what}): give the .tflite file" in message
+    assert_plain(message)
 
 
 def test_every_truncation_is_reported(tmp_path: Path) -> None:
     data = add_model(weights=bytes(range(256)) * 4)
     for cut in range(8, len(data)):
-        with pytest.raises(ModelError, match=r"truncated or corrupt .*copy the model file again"):
+        with pytest.raises(
+            ModelError, match=r"truncated or corrupt: .*copy the model file again"
+        ) as exc:
             parse_model(data[:cut], tmp_path / "cut.tflite")
+        assert_plain(str(exc.value))
+
+
+def test_a_cut_off_file_says_it_ends_early(tmp_path: Path) -> None:
+    data = add_model(weights=bytes(range(256)) * 4)
+    with pytest.raises(ModelError) as exc:
+        parse_model(data[:300], tmp_path / "cut.tflite")
+    assert str(exc.value) == (
+        f"{tmp_path / 'cut.tflite'} is truncated or corrupt: it ends early (300 bytes), so the "
+        "file was cut short or is not a .tflite model; copy the model file again and compare "
+        "its size or checksum with the original"
+    )
 
 
 def test_truncated_edgetpu_package(tmp_path: Path) -> None:
@@ -143,7 +193,8 @@ def test_corrupted_bytes_never_crash_the_parser(data: st.DataObject) -> None:
         model[index] = data.draw(st.integers(0, 255))
     try:
         info = parse_model(bytes(model))
-    except ModelError:
+    except ModelError as exc:
+        assert_plain(str(exc))
         return
     assert isinstance(info.edgetpu, bool)
 

@@ -74,6 +74,65 @@ def test_wrong_size_message_names_the_expected_size() -> None:
     assert "1x4x4x3 uint8" in str(exc.value)
 
 
+# What a user must never read in a refusal: Pillow's object reprs, Python class names.
+NOT_FOR_USERS = ("object at 0x", "<_io.", "Error:", "b'", "kind 'tensor'")
+
+
+def refusal(payload: bytes, **kw: object) -> payloads.BadRequest:
+    with pytest.raises(payloads.BadRequest) as exc:
+        decode(payload, **kw)
+    for leak in NOT_FOR_USERS:
+        assert leak not in str(exc.value), f"{leak!r} in {str(exc.value)!r}"
+    return exc.value
+
+
+def test_an_unreadable_image_says_what_to_send_instead() -> None:
+    got = refusal(b"\xff\xd8\xff" + b"\x00" * 20)
+    assert got.reason == payloads.BAD_IMAGE
+    assert str(got) == (
+        "the payload looks like JPEG but is not a readable image (truncated or corrupt); "
+        "send a complete JPEG, PNG or BMP file, or the raw input tensor (48 bytes, "
+        "1x4x4x3 uint8) with content type application/octet-stream"
+    )
+
+
+def test_an_unreadable_image_of_a_declared_type_names_the_type() -> None:
+    got = refusal(image("PNG")[:20], content_type="image/png")
+    assert got.reason == payloads.BAD_IMAGE
+    assert str(got).startswith(
+        "the payload has content type image/png but is not a readable PNG image ("
+    )
+    assert "with content type application/octet-stream" in str(got)
+
+
+def test_without_a_known_input_size_only_images_are_suggested() -> None:
+    got = refusal(image("BMP")[:10], input_nbytes=None)
+    assert str(got).endswith("; send a complete JPEG, PNG or BMP file")
+
+
+@pytest.mark.parametrize(
+    ("exc", "detail"),
+    [
+        (OSError("cannot identify image file <_io.BytesIO object at 0x7f5a9dbb49a0>"), None),
+        (SyntaxError("broken PNG file (chunk b'IHDR')"), None),
+        (OSError(""), None),
+        (
+            OSError("image file is truncated (6 bytes not processed)"),
+            "image file is truncated (6 bytes not processed)",
+        ),
+        (OSError("Truncated File Read"), "Truncated File Read"),
+    ],
+)
+def test_pillow_text_is_kept_only_when_it_is_plain(exc: Exception, detail: str | None) -> None:
+    assert payloads.image_error_detail(exc) == (detail or "truncated or corrupt")
+
+
+def test_too_large_image_says_what_to_do() -> None:
+    got = refusal(image("PNG", (50, 50)), max_pixels=2000)
+    assert got.reason == payloads.IMAGE_TOO_LARGE
+    assert str(got).endswith("scale it down before sending")
+
+
 def test_result_payload_carries_identity_timing_and_output() -> None:
     req = Request("birds", b"", "image", id="r1", source="mqtt", reply_to=ReplyTo("x", b"1"))
     res = Result(req, "usb:2-1", {"classes": [{"id": 3, "score": 0.5}]}, timing=Timing(1, 2, 3, 4))

@@ -11,7 +11,7 @@ from PIL import Image
 
 from edgetpud.errors import RequestError
 from edgetpud.messages import Request
-from edgetpud.preprocess import Transform, make_preprocess
+from edgetpud.preprocess import Transform, decode_image, make_preprocess
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,54 @@ def test_garbage_is_a_request_error_that_says_what_to_send() -> None:
         make_preprocess("stretch")(request(b"not an image"), info())
     with pytest.raises(RequestError, match="empty"):
         make_preprocess("stretch")(request(b""), info())
+
+
+# What a user must never read: Pillow's object reprs, Python class names, internal kinds.
+NOT_FOR_USERS = ("object at 0x", "<_io.", "Error:", "Error)", "kind 'tensor'")
+
+
+def assert_plain(message: str) -> None:
+    for leak in NOT_FOR_USERS:
+        assert leak not in message, f"{leak!r} in {message!r}"
+
+
+def test_an_unreadable_request_says_how_to_send_an_image_or_the_tensor() -> None:
+    with pytest.raises(RequestError) as exc:
+        make_preprocess("stretch")(request(b"not an image"), info())
+    assert str(exc.value) == (
+        "the request is not a readable image (an unknown format, or truncated or corrupt); "
+        "send a complete JPEG, PNG or BMP file, or the raw input tensor (192 bytes, "
+        "1x8x8x3 uint8) with content type application/octet-stream"
+    )
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "BMP"])
+def test_a_truncated_image_is_reported_in_words(fmt: str) -> None:
+    data = encode(Image.new("RGB", (64, 64), (1, 2, 3)), fmt)
+    for cut in (10, 40, len(data) // 2):
+        with pytest.raises(RequestError, match=r"^the request is not a readable image \(") as exc:
+            make_preprocess("stretch")(request(data[:cut]), info())
+        assert_plain(str(exc.value))
+        assert "with content type application/octet-stream" in str(exc.value)
+
+
+def test_without_a_model_only_an_image_file_is_asked_for() -> None:
+    """`edgetpud infer` decodes files with no request behind them: no tensor, no content type."""
+    with pytest.raises(RequestError) as exc:
+        decode_image(b"\x89PNG\r\n\x1a\n" + b"junk")
+    assert str(exc.value) == (
+        "not a readable image (an unknown format, or truncated or corrupt); "
+        "use a complete JPEG, PNG or BMP file"
+    )
+    with pytest.raises(RequestError, match=r"^the file is empty; use a JPEG, PNG or BMP image$"):
+        decode_image(b"")
+
+
+def test_a_model_with_two_inputs_gets_no_tensor_hint() -> None:
+    two = Info((Spec("a", (1, 8, 8, 3), "uint8"), Spec("b", (1, 4), "uint8")))
+    with pytest.raises(RequestError) as exc:
+        decode_image(b"garbage", two)
+    assert str(exc.value).endswith("; send a complete JPEG, PNG or BMP file")
 
 
 def test_tensor_bytes_must_match_the_input_size() -> None:

@@ -244,6 +244,74 @@ def test_model_error_at_open_is_reported_and_takes_no_work() -> None:
     assert w.stop(time.monotonic() + 1) == []
 
 
+# -- what users read: the project's own errors as they are, no class names ------------------
+
+
+def test_errors_users_read_carry_no_class_names() -> None:
+    def picky(request: Request, info: Any) -> list[Any]:
+        if request.payload == "garbage":
+            raise RequestError("the request is not a readable image; send a JPEG")
+        return array_pre(request, info)
+
+    def strict(outputs: Any, request: Request, info: Any) -> Any:
+        if request.payload == 2:
+            raise RequestError("the model gave no boxes; send a larger image")
+        if request.payload == 3:
+            raise KeyError("boxes")  # a plugin's bug: its class name helps the report
+        return first_item(outputs, request, info)
+
+    q = ModelQueue("m", 100, "block")
+    sink = Collector()
+    w = make_worker(q, sink, pre=picky, post=strict)
+    w.start()
+    garbage, misfit, empty, buggy, broken = (
+        req("garbage"),
+        req("misfit"),
+        req(2),
+        req(3),
+        req("error"),
+    )
+    for r in (garbage, misfit, empty, buggy, broken):
+        q.put(r)
+    wait_until(lambda: len(sink.results) == 5, what="5 results")
+    assert sink.by_id(garbage.id).error == (
+        "bad request: the request is not a readable image; send a JPEG"
+    )
+    assert sink.by_id(misfit.id).error.startswith("bad request: input 'x' of fake.tflite wants")
+    assert sink.by_id(empty.id).error == (
+        "postprocess failed: the model gave no boxes; send a larger image"
+    )
+    assert sink.by_id(buggy.id).error == "postprocess failed: KeyError: 'boxes'"
+    invoke_error = sink.by_id(broken.id).error
+    assert invoke_error == (
+        "invoke failed on usb:0: inference of fake.tflite failed: Node number 0 failed to invoke"
+    )
+    wait_until(lambda: "invoke_error" in sink.kinds(), what="the invoke_error report")
+    [report] = [r for r in sink.reports if r.kind == "invoke_error"]
+    assert report.error == invoke_error  # what health, events and quarantine reasons show
+    w.stop(time.monotonic() + 30)
+
+
+def test_open_failure_report_is_the_message_itself() -> None:
+    q = ModelQueue("m", 100, "block")
+    sink = Collector()
+    message = "model_invoking_error.tflite cannot run on the CPU; give its CPU build"
+    w = make_worker(q, sink, open_error=ModelError(message))
+    w.start()
+    wait_until(lambda: not w.alive, what="worker to give up")
+    assert sink.reports[0].kind == "open_failed"
+    assert sink.reports[0].error == message
+
+
+def test_an_unexpected_open_failure_keeps_its_class_name_for_the_bug_report() -> None:
+    q = ModelQueue("m", 100, "block")
+    sink = Collector()
+    w = make_worker(q, sink, open_error=ZeroDivisionError("division by zero"))
+    w.start()
+    wait_until(lambda: not w.alive, what="worker to give up")
+    assert sink.reports[0].error == "ZeroDivisionError: division by zero"
+
+
 def test_stop_lets_the_in_flight_requests_finish_and_leaves_the_rest_queued() -> None:
     q = ModelQueue("m", 100, "block")
     session = ScriptedSession()
