@@ -61,7 +61,9 @@ def test_the_last_member_keeps_the_fleet_topic(tmp_path: Path, prefix: str) -> N
 
             with Subscriber(broker, ["t/unused"]) as client:
                 for i in range(6):
-                    client.publish(f"{prefix}/fleet/models/m/infer", b"x", CorrelationData=b"%d" % i)
+                    client.publish(
+                        f"{prefix}/fleet/models/m/infer", b"x", CorrelationData=b"%d" % i
+                    )
                 wait_until(lambda: len(got_b) == 6, what="b taking all six")
             assert not got_a and {r.source for r in got_b} == {"mqtt-fleet"}
 
