@@ -107,6 +107,15 @@ class DaemonConfig:
         minimum=0,
         maximum=600,
     )
+    waiting_timeout: float = option(
+        "How long MQTT requests for a model with no usable device (no Edge TPU for it, no "
+        "cpu_model) wait for one; then they are answered with a no_device error, and new "
+        "ones refused at once, until the model runs again. 0 waits forever.",
+        30.0,
+        kind="duration",
+        minimum=0,
+        maximum=86400,
+    )
     log_level: Literal["debug", "info", "warning", "error"] = option(
         "Log verbosity on stderr (journald captures it).", "info"
     )

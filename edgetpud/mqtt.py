@@ -260,6 +260,7 @@ class MqttLink:
         self._started = False
         self._models: dict[str, int | None] = {}
         self._input_desc: dict[str, str] = {}
+        self._unavailable: dict[str, tuple[str, str]] = {}  # model -> (reason, message)
         self._fleet_paused: set[str] = set()
         self._peers: dict[str, _Peer] = {}
         self._health: bytes | None = None
@@ -363,8 +364,16 @@ class MqttLink:
 
     # ----------------------------------------------------------------- what the service calls
 
-    def set_models(self, models: Mapping[str, ModelInputs | None]) -> None:
-        """Take MQTT requests for exactly these models; others get an `unknown_model` error reply.
+    def set_models(
+        self,
+        models: Mapping[str, ModelInputs | None],
+        unavailable: Mapping[str, tuple[str, str]] | None = None,
+    ) -> None:
+        """Take MQTT requests for exactly these models; others get an error reply.
+
+        `unavailable` names configured models that cannot take MQTT requests, with the
+        (reason, message) their requests are refused with; any other model is
+        `unknown_model`.
 
         The node's `.../models/+/infer` is one wildcard subscription; fleet topics are
         subscribed per model, so this subscribes/unsubscribes the difference.
@@ -382,6 +391,7 @@ class MqttLink:
             old = set(self._models)
             self._models = sizes
             self._input_desc = descs
+            self._unavailable = dict(unavailable or {})
             connected = self._connected
         if connected and self.topics.fleet_group:
             gone = sorted(old - set(sizes))
@@ -898,8 +908,11 @@ class MqttLink:
             known = model in self._models
             nbytes = self._models.get(model)
             desc = self._input_desc.get(model, "")
+            unavailable = self._unavailable.get(model)
         payload = bytes(msg.payload)
         try:
+            if not known and unavailable is not None:
+                raise payloads.BadRequest(*unavailable)
             if not known:
                 raise payloads.BadRequest(
                     payloads.UNKNOWN_MODEL,

@@ -65,6 +65,8 @@ class ModelRuntime:
     preprocess: Callable[..., Any] | None = None
     workers: dict[str, Worker] = field(default_factory=dict)  # target → worker
     disabled: str = ""  # why it cannot run at all
+    waiting_since: float = 0.0  # monotonic time it last lost its last worker (0: it has one)
+    no_device: str = ""  # set once it waited waiting_timeout: MQTT requests are refused with it
     errors: int = 0
     results: int = 0
 
@@ -291,6 +293,7 @@ class Service:
                 replan = True
         if replan:
             self._replan("device health changed")
+        self._check_waiting(now)
         if self.cfg.fleet.group:
             self._fleet_backpressure()
         if now - self._last_health >= self.cfg.daemon.health_interval or (
@@ -307,6 +310,49 @@ class Service:
             if status != self._last_status:
                 self._last_status = status
                 self.notifier.status(status)
+
+    def _check_waiting(self, now: float) -> None:
+        """MQTT clients of a model with no device get an answer after waiting_timeout.
+
+        Until then requests queue, so an accelerator replugged within the timeout serves
+        them; after it, queued MQTT requests are answered `no_device` and new ones refused
+        at once (other sources hold back by themselves and keep waiting).
+        """
+        limit = self.cfg.daemon.waiting_timeout
+        for name, rt in self.models.items():
+            if rt.workers or rt.disabled:
+                if rt.no_device:
+                    log.info("model %s runs again: taking MQTT requests", name)
+                rt.waiting_since, rt.no_device = 0.0, ""
+                continue
+            if not rt.waiting_since:
+                rt.waiting_since = now
+            if not limit or rt.no_device or now - rt.waiting_since < limit:
+                continue
+            placed = self.plan.placements.get(name) if self.plan is not None else None
+            why = placed.reason if placed is not None else "no usable device"
+            rt.no_device = (
+                f"no_device: model {name} has had no device to run on for {limit:g} s "
+                f"({why.removeprefix('waiting: ')}); retry when the node's health topic "
+                "shows it running"
+            )
+            kept, answered = [], 0
+            for request in rt.queue.drain():
+                if request.source in ("mqtt", "mqtt-fleet"):
+                    self._on_result(rt, rt.source, Result(request, "", error=rt.no_device))
+                    answered += 1
+                else:
+                    kept.append(request)
+            for request in kept:
+                rt.queue.put_over_limit(request)
+            log.warning(
+                "model %s: no device for %g s (%s); answered %d queued MQTT request(s) with "
+                "no_device, refusing new ones until it runs (daemon.waiting_timeout)",
+                name,
+                limit,
+                why,
+                answered,
+            )
 
     def _healthy(self) -> bool:
         """Feed the watchdog only while every running worker's loop is turning.
@@ -465,6 +511,8 @@ class Service:
             return f'unknown model "{request.model}"'
         if rt.disabled:
             return f"model {request.model} is disabled: {rt.disabled}"
+        if rt.no_device:
+            return rt.no_device
         if request.source == "mqtt-fleet":
             # The broker already gave this one to us: keep it (over the limit, behind the
             # others) rather than refuse or drop it; the tick pauses our fleet subscription
@@ -497,6 +545,26 @@ class Service:
             for name, rt in self.models.items()
             if not rt.disabled and rt.source is not None and rt.source.transport == "mqtt"
         }
+
+    def _mqtt_unavailable(self) -> dict[str, tuple[str, str]]:
+        """Configured models MQTT requests cannot reach: (reason, what the client is told)."""
+        node = self.cfg.daemon.node_id
+        out: dict[str, tuple[str, str]] = {}
+        for name, rt in self.models.items():
+            if rt.disabled:
+                out[name] = (
+                    "model_disabled",
+                    f"model {name} is configured on {node} but disabled: {rt.disabled}; "
+                    "the operator must fix it (journalctl -u edgetpud says more)",
+                )
+            elif rt.source is not None and rt.source.transport != "mqtt":
+                out[name] = (
+                    "not_mqtt_source",
+                    f"model {name} on {node} takes its requests from its "
+                    f'"{rt.cfg.source.type}" source, not from MQTT; send requests to a model '
+                    f'whose source is mqtt, or set models.{name}.source.type = "mqtt"',
+                )
+        return out
 
     # ---- placement -------------------------------------------------------------------
 
@@ -549,7 +617,7 @@ class Service:
                 self._stop_source(rt)
                 self._answer_leftovers(rt, f"model {name} is disabled: {rt.disabled}")
         if self.mqtt is not None:
-            self.mqtt.set_models(self._mqtt_models())
+            self.mqtt.set_models(self._mqtt_models(), self._mqtt_unavailable())
 
     def _start_worker(self, rt: ModelRuntime, target: str) -> None:
         from edgetpud import runtime
