@@ -596,6 +596,12 @@ class Service:
                 reason=move.reason,
                 trigger=why,
             )
+        for name, placed in new.placements.items():
+            before = self.plan.placements.get(name) if self.plan is not None else None
+            if placed.tier == "waiting" and (
+                before is None or before.tier != "waiting" or before.reason != placed.reason
+            ):
+                log.warning("model %s waiting: %s", name, placed.reason.removeprefix("waiting: "))
         self.plan = new
         self._apply_plan()
         self._health_dirty = True
@@ -787,7 +793,13 @@ class Service:
         except (ConfigError, ConfigUnreadableError) as exc:
             self.last_reload_error = str(exc)
             errors = [str(i) for i in exc.issues] if isinstance(exc, ConfigError) else [str(exc)]
-            log.error("reload refused, still running generation %d: %s", self.generation, exc)
+            log.error(
+                "reload refused, still running generation %d; fix the config (edgetpud "
+                "check-config %s), then systemctl reload edgetpud. %s",
+                self.generation,
+                path,
+                exc,
+            )
             self._publish_event("reload_failed", errors=errors, generation=self.generation)
             self._health_dirty = True
             self.notifier.ready(self._status_line())
@@ -796,7 +808,13 @@ class Service:
             self._apply_config(new)
         except ConfigUnreadableError as exc:  # a file the config names, unusable on opening
             self.last_reload_error = str(exc)
-            log.error("reload refused, still running generation %d: %s", self.generation, exc)
+            log.error(
+                "reload refused, still running generation %d; fix the config (edgetpud "
+                "check-config %s), then systemctl reload edgetpud. %s",
+                self.generation,
+                path,
+                exc,
+            )
             self._publish_event("reload_failed", errors=[str(exc)], generation=self.generation)
             self._health_dirty = True
             self.notifier.ready(self._status_line())

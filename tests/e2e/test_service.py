@@ -324,6 +324,8 @@ def test_reload_restarts_only_the_changed_model(rig: Rig) -> None:
     rig.send("alpha", ["after-bad-reload"])
     wait_for(lambda: "after-bad-reload" in rig.answered("alpha"), 30, "alpha still serving")
     wait_for(lambda: rig.health()["daemon"]["last_reload_error"], 10, "the error in health")
+    refused = [x for x in d.log().splitlines() if "reload refused" in x]
+    assert len(refused) == 1 and f"edgetpud check-config {d.config}" in refused[0], refused
     assert d.stop() == 0
 
 

@@ -4,6 +4,7 @@
   its queue for `daemon.waiting_timeout`, so a quick replug would serve them; after it
   the queued ones are answered `no_device` and new ones refused at once. Once an
   accelerator appears the model serves again.
+- The journal says once why the model waits.
 - A model disabled by a broken label file is refused as `model_disabled`, with the
   reason; a model fed by another source as `not_mqtt_source`. Neither is
   `unknown_model`, which would tell the client the node does not have it.
@@ -79,6 +80,8 @@ def test_requests_for_models_that_cannot_serve_them_are_answered_with_why(
         assert synth["reason"] == "not_mqtt_source", synth
         assert 'source.type = "mqtt"' in synth["message"]
 
+        waiting = [x for x in d.log().splitlines() if "model alpha waiting:" in x]
+        assert len(waiting) == 1 and "waiting: waiting" not in waiting[0], waiting
         rig.tb.add_accelerator(usb_root(rig.tb), 1)  # a device appears: alpha serves again
         wait_for(lambda: rig.placement("alpha") == ["usb:2-1"], 60, "alpha on the new device")
         rig.send("alpha", ["after"])
