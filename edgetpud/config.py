@@ -50,6 +50,16 @@ def check_topic_segment(value: str) -> str | None:
     )
 
 
+def check_node_id(value: str) -> str | None:
+    """A topic level that is not "fleet": <prefix>/fleet/... holds the fleet's shared topics."""
+    if value == "fleet":
+        return (
+            '"fleet" is reserved: <topic_prefix>/fleet/models/<model>/infer is the fleet\'s '
+            "shared request topic; choose another node_id"
+        )
+    return check_topic_segment(value)
+
+
 def check_topic_prefix(value: str) -> str | None:
     parts = value.split("/")
     if any(not p or check_topic_segment(p) for p in parts):
@@ -78,7 +88,7 @@ class DaemonConfig:
     node_id: str = option(
         "Name of this box in MQTT topics and health; empty means the hostname.",
         "",
-        check=check_topic_segment,
+        check=check_node_id,
     )
     state_dir: Path = option(
         "Where learned facts (bad ports) are kept across restarts; unset: systemd's "
@@ -476,7 +486,8 @@ def default_state_dir() -> Path:
 def default_node_id() -> str:
     """The hostname, reduced to characters usable in one MQTT topic level."""
     name = re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname().split(".")[0]).strip("-.")
-    return name[:64] or "edgetpud"
+    name = name[:64] or "edgetpud"
+    return "fleet-node" if name == "fleet" else name  # "fleet" names the fleet's topics
 
 
 def _load_models(

@@ -84,6 +84,7 @@ class Service:
     ) -> None:
         self.cfg = cfg
         self.generation = 1
+        self.log_level_pinned = False  # --log-level given: daemon.log_level is not applied
         self.notifier = notifier or Notifier()
         self.events: queue.Queue[Any] = queue.Queue()
         self._watcher_factory = watcher_factory
@@ -836,7 +837,7 @@ class Service:
         ):
             link = self._new_mqtt(new)  # before anything changes: unusable files refuse the reload
         self.cfg = new
-        if new.daemon.log_level != old.daemon.log_level:
+        if new.daemon.log_level != old.daemon.log_level and not self.log_level_pinned:
             logging.getLogger().setLevel(new.daemon.log_level.upper())
         if link is not None:
             log.info("MQTT settings changed: reconnecting")
@@ -930,10 +931,14 @@ class Service:
 SWITCH_INTERVAL_S = 0.001
 
 
-def run(cfg: Config) -> int:
-    """Entry point for `edgetpud run`: build the service, wire signals, run it."""
+def run(cfg: Config, *, log_level_pinned: bool = False) -> int:
+    """Entry point for `edgetpud run`: build the service, wire signals, run it.
+
+    `log_level_pinned`: --log-level was given, so reloads leave the level alone.
+    """
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     service = Service(cfg)
+    service.log_level_pinned = log_level_pinned
     service.install_signal_handlers()
     log.info("edgetpud %s starting (config %s, node %s)", __version__, cfg.path, cfg.daemon.node_id)
     return service.run()

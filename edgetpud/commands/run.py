@@ -24,7 +24,7 @@ def main(args: argparse.Namespace) -> int:
     from edgetpud.errors import ConfigUnreadableError
 
     try:
-        code = service.run(cfg)
+        code = service.run(cfg, log_level_pinned=args.log_level is not None)
     except ConfigUnreadableError as exc:  # a file the config names, unusable on opening
         log.error("not starting: %s", exc)
         return EXIT_CONFIG_INVALID

@@ -353,3 +353,16 @@ def test_sigterm_under_load_exits_cleanly_and_leaves_offline(rig: Rig) -> None:
     assert retained.payload == b"offline" and retained.retain
     answered = rig.answered("alpha")
     assert set(answered) == set(ids), f"{len(set(ids) - set(answered))} requests unanswered"
+
+
+def test_a_reload_keeps_the_log_level_given_on_the_command_line(rig: Rig) -> None:
+    text = config_text(rig.tmp, rig.broker.port, rig.models_dir, rig.fake_lib, models=THREE_MODELS)
+    d = Daemon(rig.tmp / "pinned", text, env=rig.control.env())
+    rig.daemons.append(d)
+    d.start("--log-level", "warning").wait_ready()
+    d.reload(d.config.read_text().replace('log_level = "info"', 'log_level = "debug"'))
+    wait_for(lambda: rig.events("reload_ok"), 30, "reload_ok")
+    assert d.stop() == 0
+    log = d.log()
+    assert "reload applied" not in log  # INFO: hidden by --log-level warning, before and after
+    assert not [x for x in log.splitlines() if x.startswith(("DEBUG", "INFO"))], log

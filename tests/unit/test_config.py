@@ -104,6 +104,7 @@ BROKEN = [
     ),
     ('[daemon]\nlog_level = "verbose"', "daemon.log_level", 'one of "debug", "info"'),
     ('[daemon]\nnode_id = "my box"', "daemon.node_id", "cannot be used in an MQTT topic"),
+    ('[daemon]\nnode_id = "fleet"', "daemon.node_id", '"fleet" is reserved'),
     ('[daemon]\nstall_timeout = "0ms"', "daemon.stall_timeout", "from 0.01s to 600s, got 0s"),
     ("[daemon]\nstate_dir = 5", "daemon.state_dir", "must be a path"),
     ("[mqtt]\nport = 70000", "mqtt.port", "from 1 to 65535, got 70000"),
