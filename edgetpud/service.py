@@ -860,7 +860,12 @@ class Service:
             if rt_old is None:
                 self._create_model(name, mcfg)
                 log.info("model %s added", name)
-            elif mcfg != rt_old.cfg or new.runtime != old.runtime:
+            elif (
+                mcfg != rt_old.cfg
+                or new.runtime != old.runtime
+                # the clock its Edge TPU delegate was opened with
+                or (not mcfg.performance and new.devices.performance != old.devices.performance)
+            ):
                 self._restart_model(rt_old, mcfg, deadline)
         if new.devices != old.devices and self.watcher is not None:
             for dev in self.watcher.set_policy(new.devices):

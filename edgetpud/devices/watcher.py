@@ -129,6 +129,8 @@ class DeviceWatcher:
         """Re-judge every device under a new policy; emits "changed" where a record changed."""
         with self._lock:
             self._policy = policy
+            if self._performance is not None:  # the power budget follows the clock setting
+                self._performance = policy.performance
             self._update()
             return self.snapshot()
 

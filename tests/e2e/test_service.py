@@ -366,3 +366,23 @@ def test_a_reload_keeps_the_log_level_given_on_the_command_line(rig: Rig) -> Non
     log = d.log()
     assert "reload applied" not in log  # INFO: hidden by --log-level warning, before and after
     assert not [x for x in log.splitlines() if x.startswith(("DEBUG", "INFO"))], log
+
+
+def test_a_reload_of_devices_performance_rejudges_power_and_reopens_models(rig: Rig) -> None:
+    """std -> max on a USB 2 port: the 900 mA verdict appears, and alpha reopens at the new clock."""
+    root = rig.tb.add_root_hub(1, 480, maxchild=4)
+    rig.tb.add_accelerator(root, 1, speed=480)
+    d = rig.daemon(THREE_MODELS.split("[models.beta]", 1)[0])
+    d.wait_ready()
+    wait_for(lambda: rig.placement("alpha") == ["usb:1-1"], 30, "alpha on the USB 2 accelerator")
+
+    def reasons() -> list[str]:
+        devs = [x for x in rig.health().get("devices", []) if x["identity"] == "usb:1-1"]
+        return list(devs[0]["reasons"]) if devs else []
+
+    assert not [r for r in reasons() if "900 mA" in r]
+    d.reload(d.config.read_text().replace("[devices]\n", '[devices]\nperformance = "max"\n'))
+    wait_for(lambda: rig.events("reload_ok"), 30, "reload_ok")
+    wait_for(lambda: [r for r in reasons() if "900 mA" in r], 30, "the 900 mA warning")
+    wait_for(lambda: d.log().count("model alpha: worker started on") == 2, 30, "alpha reopened")
+    assert d.stop() == 0
