@@ -127,8 +127,8 @@ def inspect_model(path: Path) -> ModelInfo:
         data = path.read_bytes()
     except FileNotFoundError:
         raise ModelError(
-            f"model file {path} does not exist: check the path (models are usually "
-            "under /var/lib/edgetpud/models or /usr/share/edgetpud/models)"
+            f"model file {path} does not exist: check the path (the package ships no "
+            "models; the example config expects them in /var/lib/edgetpud/models)"
         ) from None
     except IsADirectoryError:
         raise ModelError(f"model path {path} is a directory: name the .tflite file in it") from None

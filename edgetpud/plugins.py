@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "edgetpud.plugins"
 PluginKind = Literal["source", "postprocess"]
-PluginState = Literal["loaded", "load_error", "config_error", "environment_error"]
+PluginState = Literal["loaded", "load_error", "environment_error"]
 Resize = Literal["stretch", "letterbox", "center-crop"]
 STOP_TIMEOUT = 5.0
 

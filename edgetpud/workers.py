@@ -617,6 +617,9 @@ class Worker:
             try:
                 output = postprocess(outputs, req, info)
                 error = ""
+            except RequestError as exc:  # this request's outputs: answered, no traceback
+                log.warning("%s: postprocess failed on request %s: %s", self.name, req.id, exc)
+                output, error = None, f"postprocess failed: {_describe(exc)}"
             except Exception as exc:
                 log.exception("%s: postprocess failed on request %s", self.name, req.id)
                 output, error = None, f"postprocess failed: {_describe(exc)}"

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from edgetpud.errors import RequestError
+from edgetpud.errors import PluginError, RequestError
 from edgetpud.messages import Request
 from edgetpud.plugins import Postprocessor
 from edgetpud.preprocess import Transform, dequantize, source_size
@@ -33,6 +33,16 @@ class Detect(Postprocessor):
 
     name = "detect"
     Config = DetectConfig
+
+    def __init__(self, config: Any, info: Any, labels: Any) -> None:
+        super().__init__(config, info, labels)
+        n = len(info.outputs) if info is not None else 4
+        if n != 4:  # refuse at start: the model is disabled with this, not every request
+            raise PluginError(
+                f'postprocess type "detect" needs an SSD-style model with 4 outputs (boxes, '
+                f"classes, scores, count); this model has {n}: set the model's postprocess "
+                'type to "classify" or "raw"'
+            )
 
     def process(self, outputs: list[NDArray[Any]], request: Request) -> Any:
         config: DetectConfig = self.config

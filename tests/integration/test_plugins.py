@@ -111,6 +111,15 @@ def test_detect_returns_boxes_in_source_image_pixels(tmp_path: Path) -> None:
     assert result[0]["box"] == {"xmin": 80.0, "ymin": 80.0, "xmax": 320.0, "ymax": 240.0}
 
 
+def test_detect_on_a_classifier_is_refused_at_start_with_what_to_set(models_dir: Path) -> None:
+    """Not an error per request: the model is disabled once, with the setting to change."""
+    with pytest.raises(plugins.PluginError) as err:
+        Pipeline(models_dir / "mobilenet_v1_0.25_128_quant.tflite", "detect", None)
+    message = str(err.value)
+    assert "4 outputs" in message and "this model has 1" in message
+    assert 'postprocess type to "classify" or "raw"' in message
+
+
 def test_segment_counts_pixels_per_class() -> None:
     spec = modelfile.TensorSpec("mask", (1, 4, 4), "int32")
     info = type("Info", (), {"inputs": (), "outputs": (spec,)})()
