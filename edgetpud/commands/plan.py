@@ -88,5 +88,11 @@ def present_devices(cfg: config.Config) -> list[DeviceInfo]:
             f"cannot scan devices in this build ({exc}); pass --devices FILE with records "
             "from `edgetpud devices --json`"
         ) from None
-    found: list[DeviceInfo] = enumerate_devices(cfg.devices, cfg.daemon.state_dir)
+    try:
+        found: list[DeviceInfo] = enumerate_devices(cfg.devices, cfg.daemon.state_dir)
+    except OSError as exc:
+        raise EdgetpudError(
+            f"cannot read udev ({exc}); run it on the host, with /sys and /run/udev "
+            "available, or pass --devices FILE with records from `edgetpud devices --json`"
+        ) from None
     return found
