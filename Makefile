@@ -11,7 +11,7 @@ STAMPS := .stamps
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 FAKE_LIB := build/libfake_edgetpu.so
 
-# Debian packages the tests and the demo use. Keep in step with docs/development.md.
+# Debian packages the tests and the demo use. Keep in step with docs/testing.md.
 APT_PACKAGES := mosquitto umockdev gir1.2-umockdev-1.0 libumockdev0 gcc libc6-dev make \
 	python3-venv systemd openssl ca-certificates
 # Building and checking the Debian package (make deb, tests/package), and its runtime

@@ -48,7 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "check-config", help="validate a config file; exit 0 valid, 1 invalid, 2 unreadable"
     )
-    p.add_argument("path", metavar="PATH", nargs="?", default=str(DEFAULT_PATH))
+    p.add_argument(
+        "path",
+        metavar="PATH",
+        nargs="?",
+        default=str(DEFAULT_PATH),
+        help=f"config file to check (default {DEFAULT_PATH})",
+    )
 
     p = sub.add_parser("devices", help="show every Edge TPU udev sees, with verdicts and reasons")
     p.add_argument(

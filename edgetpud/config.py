@@ -277,7 +277,10 @@ class ModelConfig:
         "A CPU build of the same model, used when no Edge TPU is available.", None, kind="file"
     )
     labels: Path | None = option(
-        "Label file, one label per line, with or without leading ids.", None, kind="file"
+        "Label file, one label per line, with or without leading ids; it must name every "
+        'class the model outputs, a "background" class 0 included (a misfit is logged).',
+        None,
+        kind="file",
     )
     device: str = option(
         'Where it may run: "any", "pci", "usb", "cpu", or one device identity.',

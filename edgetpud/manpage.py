@@ -82,6 +82,55 @@ def synopsis(verb: str, sub: argparse.ArgumentParser) -> str:
     return escape(usage)
 
 
+EXIT_STATUS = (
+    (
+        "run",
+        "0 after a clean stop (SIGTERM, or SIGINT once started); 78 (EX_CONFIG) when the "
+        "config is invalid or unreadable, or a file it names (an MQTT password, certificate "
+        "or key) cannot be opened at start. The unit's RestartPreventExitStatus=78 keeps "
+        "systemd from restarting it into the same error.",
+    ),
+    ("check-config", "0 valid, 1 invalid, 2 unreadable or not TOML."),
+    (
+        "devices",
+        "0 listed (also when none was found), 1 invalid config, 2 unreadable config or udev "
+        "cannot be read.",
+    ),
+    (
+        "plan",
+        "0 plan printed, 1 invalid config, 2 unreadable config, a --devices file that cannot "
+        "be read or is not device records, or no way to scan devices in this build.",
+    ),
+    (
+        "infer",
+        "0 every image answered, 1 otherwise: a bad --top-k, a model, label file or device "
+        "that cannot be opened, or any image that failed (the others are still printed).",
+    ),
+    (
+        "status",
+        "0 every node found is online, 1 a node is offline, no retained health was found or "
+        "the config is invalid, 2 the config is unreadable or the broker cannot be reached or "
+        "refuses the connection.",
+    ),
+    ("version", "0."),
+)
+
+
+def exit_status() -> list[str]:
+    """The EXIT STATUS section's body: each verb's codes, then those every verb shares."""
+    out: list[str] = []
+    for verb, text in EXIT_STATUS:
+        out += [".TP", bold(verb), escape(text)]
+    out += [
+        ".PP",
+        escape(
+            "Every verb exits 2 for a command-line usage error and 130 when interrupted with "
+            "Ctrl-C (run instead stops cleanly and exits 0, once it has loaded its config)."
+        ),
+    ]
+    return out
+
+
 def build_date() -> str:
     """SOURCE_DATE_EPOCH (reproducible builds) or today."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
@@ -141,9 +190,7 @@ def render(parser: argparse.ArgumentParser | None = None) -> str:
         italic("/usr/lib/udev/rules.d/60-edgetpud.rules"),
         escape("Gives group plugdev the USB Accelerators and group apex the PCIe modules."),
         ".SH EXIT STATUS",
-        escape(
-            "0 on success; check-config exits 1 for an invalid file and 2 for an unreadable one."
-        ),
+        *exit_status(),
         ".SH SEE ALSO",
         escape("systemctl(1), journalctl(1), mosquitto_sub(1), /usr/share/doc/edgetpud/"),
     ]

@@ -29,12 +29,13 @@ that plugin. Unknown keys and bad values are reported with their full path, e.g.
 Durations take "250ms", "10s", "2m", "1h" or a number of seconds. Relative paths
 are taken from the config file's folder.
 
-Example:
+Example (the package ships no models; `/var/lib/edgetpud/models/` stands for
+wherever you put yours):
 
 ```toml
 [models.birds]
-model = "/usr/share/edgetpud/models/mobilenet_v1_0.5_160_quant_edgetpu.tflite"
-labels = "/usr/share/edgetpud/models/imagenet_labels.txt"
+model = "/var/lib/edgetpud/models/mobilenet_v1_0.5_160_quant_edgetpu.tflite"
+labels = "/var/lib/edgetpud/models/imagenet_labels.txt"
 
 [models.birds.source]
 type = "directory"
@@ -62,11 +63,12 @@ wrong size is answered with an error; it never counts against a device.
 ## Plugin status in health
 
 Every plugin found through the `edgetpud.plugins` entry points has a status in
-the health snapshot: `loaded`, `load_error` (import failed, or the entry-point
-name and the class's `name` differ), `environment_error` (an optional dependency
-is missing; the message names what to install) or `config_error`. The running
-daemon disables only the models whose plugin is unusable; `edgetpud
-check-config` reports them as errors.
+the health snapshot: `loaded`, `load_error` (import failed, its environment
+check crashed, or the entry-point name and the class's `name` differ) or
+`environment_error` (an optional dependency is missing; the message names what
+to install). A `type` the config names that no installed package provides is
+listed too, as `load_error`. The running daemon disables only the models whose
+plugin is unusable; `edgetpud check-config` reports them as errors.
 
 ## Writing a plugin
 

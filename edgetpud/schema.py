@@ -311,10 +311,23 @@ def describe(cls: type[Any]) -> list[OptionDoc]:
             default = f'"{_num(f.default)}s"'
         elif isinstance(f.default, tuple):
             default = json.dumps(list(f.default))
+        elif dataclasses.is_dataclass(f.default) and not isinstance(f.default, type):
+            default = _table_default(f.default)
         else:
             default = show(str(f.default) if isinstance(f.default, Path) else f.default)
         out.append(OptionDoc(f.name, type_name, default, f.metadata.get("doc", "")))
     return out
+
+
+def _table_default(value: Any) -> str:
+    """A sub-table default as the TOML keys it amounts to, e.g. `type = "mqtt"`: its fields
+    that differ from their own defaults (a plugin table's options and error stay unset)."""
+    keys = [
+        f"{f.name} = {show(getattr(value, f.name))}"
+        for f in dataclasses.fields(value)
+        if f.init and getattr(value, f.name) != f.default
+    ]
+    return ", ".join(keys) or "empty table"
 
 
 def options_table(cls: type[Any]) -> list[str]:
