@@ -11,16 +11,25 @@ Two layouts exist and both are accepted, even mixed in one file:
 Blank lines are skipped in the id form and count as an unnamed class in the
 plain form. A label that is itself only a number stays a label only in the plain
 form.
+
+A postprocessor names class `i` with `labels.name(i)`, so a label file must give the
+model's class ids, counting any "background" class 0 (the 1001-class ImageNet models
+take the 1001-line `imagenet_labels.txt`). `fit_problem` says when it does not.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edgetpud.errors import ModelError
+
+if TYPE_CHECKING:
+    from edgetpud.modelfile import ModelInfo
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +39,12 @@ _WITH_ID = re.compile(r"^\s*(\d+)(?:\s*:\s*|\s+)(\S.*?)\s*$")
 class Labels(Mapping[int, str]):
     """Class id → label; `name(i)` falls back to the id as text for unknown classes."""
 
-    def __init__(self, labels: Mapping[int, str], source: str = "") -> None:
+    def __init__(
+        self, labels: Mapping[int, str], source: str = "", *, numbered: bool = False
+    ) -> None:
         self._labels = dict(labels)
         self.source = source
+        self.numbered = numbered  # the file gave each label's id
 
     def __getitem__(self, key: int) -> str:
         return self._labels[key]
@@ -62,7 +74,7 @@ def parse_labels(text: str, source: str = "") -> Labels:
         for m in matches:
             assert m is not None
             labels[int(m.group(1))] = m.group(2)
-        return Labels(labels, source)
+        return Labels(labels, source, numbered=True)
     return Labels({i: line.strip() for i, line in enumerate(lines)}, source)
 
 
@@ -81,3 +93,74 @@ def load_labels(path: str | Path) -> Labels:
     if not labels:
         log.warning("label file %s holds no labels; class ids will be shown instead", path)
     return labels
+
+
+def output_classes(info: ModelInfo, postprocess: str, output: int = 0) -> int | None:
+    """How many class ids the model's scores give to a built-in postprocessor, or None
+    when its outputs do not say (detection: ids are values, not positions).
+
+    `classify` reads one score per class from output `output` (the last when there are
+    fewer); `segment` reads per-class scores from the last dimension of a [1, H, W, C]
+    output (a map of class ids tells nothing).
+    """
+    if not info.outputs:
+        return None
+    if postprocess == "classify":
+        shape = info.outputs[min(max(output, 0), len(info.outputs) - 1)].shape
+        size = math.prod(max(d, 1) for d in shape)
+        return size if size > 1 else None
+    if postprocess == "segment":
+        shape = info.outputs[0].shape
+        scores = len(shape) == 4 or (len(shape) == 3 and shape[0] != 1)
+        return shape[-1] if scores and shape[-1] > 1 else None
+    return None
+
+
+def fit_problem(labels: Labels, classes: int | None) -> str | None:
+    """A warning sentence when `labels` do not name the model's `classes` class ids (0 to
+    classes - 1), saying what the results will show and what to check; None when they fit.
+
+    Blank lines after the last class are not a misfit. A file one label short (no
+    "background" for class 0) or one over (a "background" the model does not have) is
+    reported apart: every result would carry the next or previous class's label.
+    """
+    if not classes or classes < 1 or not labels:
+        return None
+    source = f"label file {labels.source}" if labels.source else "the label file"
+    ids = {i for i, text in labels.items() if i < classes or text.strip()}
+    if ids == set(range(classes)):
+        return None
+    count, named = len(ids), len(ids & set(range(classes)))
+    plain = ids == set(range(count))
+    first = labels.get(0, "").strip().lower()
+    if plain and count == classes - 1 and first != "background":
+        fix = (
+            'add the line "0 background" and number the other labels from 1'
+            if labels.numbered
+            else 'add a first line "background"'
+        )
+        return (
+            f"{source} has {count} labels but the model outputs {classes} classes: its class 0 "
+            'is likely "background", so every result would carry the label of the class after '
+            f"it; {fix}"
+        )
+    if plain and count == classes + 1 and first == "background":
+        fix = (
+            'remove "0 background" and number the other labels from 0'
+            if labels.numbered
+            else 'remove the "background" line'
+        )
+        return (
+            f'{source} has {count} labels, the first "background", but the model outputs '
+            f"{classes} classes and has no background class, so every result would carry the "
+            f"label of the class before it; {fix}"
+        )
+    what = f"{count} labels" if plain else f"{count} labels for ids {min(ids)} to {max(ids)}"
+    if named < classes:
+        effect = f"{classes - named} of the classes will show as numbers"
+    else:
+        effect = f"{count - named} labels are for ids the model never outputs"
+    return (
+        f"{source} has {what} but the model outputs {classes} classes ({effect}); is it this "
+        "model's label file? Set the model's labels to the file that came with it"
+    )

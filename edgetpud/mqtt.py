@@ -1050,11 +1050,13 @@ def read_retained(cfg: MqttConfig, topic_filter: str, timeout: float = 5.0) -> d
     """
     got: dict[str, bytes] = {}
     state = {"rc": -1, "subscribed": 0.0, "last": 0.0}
+    refusal: list[str] = []  # the CONNACK's reason as text
     done = threading.Event()
     lock = threading.Lock()
 
     def connected(rc: Any) -> None:
         state["rc"] = _rc_value(rc)
+        refusal.append(_rc_text(rc))
         if state["rc"] == 0:
             client.subscribe(topic_filter, qos=1)
         else:
@@ -1100,9 +1102,15 @@ def read_retained(cfg: MqttConfig, topic_filter: str, timeout: float = 5.0) -> d
         client.disconnect()
         client.loop_stop()
     if state["rc"] > 0:
+        code = int(state["rc"])
+        hint = (
+            "check mqtt.username, the password in mqtt.password_file and the broker's ACL"
+            if code in AUTH_REFUSED
+            else "see the broker's log for why"
+        )
         raise ConnectionError(
-            f"the MQTT broker {cfg.host}:{cfg.port} refused the connection (code {state['rc']}); "
-            "check mqtt.username and mqtt.password_file"
+            f"the MQTT broker {cfg.host}:{cfg.port} refused the connection "
+            f"({refusal[-1] + ', ' if refusal else ''}code {code}); {hint}"
         )
     if not state["subscribed"]:
         cause = (

@@ -482,7 +482,7 @@ class Service:
 
     def _build_plugins(self, rt: ModelRuntime) -> None:
         from edgetpud import plugins, preprocess
-        from edgetpud.labels import load_labels
+        from edgetpud.labels import fit_problem, load_labels, output_classes
 
         reg = plugins.registry()
         mcfg = rt.cfg
@@ -491,6 +491,11 @@ class Service:
                 raise PluginError(table.error or f'plugin "{table.type}" is unavailable')
         labels = load_labels(mcfg.labels) if mcfg.labels else None
         info = rt.info
+        if labels is not None and info is not None:
+            output = getattr(mcfg.postprocess.options, "output", 0)
+            classes = output_classes(info, mcfg.postprocess.type, output)
+            if problem := fit_problem(labels, classes):
+                log.warning("model %s: %s", rt.name, problem)
         post_cls = reg.get("postprocess", mcfg.postprocess.type)
         rt.postprocessor = post_cls(mcfg.postprocess.options, info, labels)  # type: ignore[call-arg]
         src_cls = reg.get("source", mcfg.source.type)

@@ -12,9 +12,15 @@ EXIT_INVALID = 1
 EXIT_UNREADABLE = 2
 
 
-def load_config(path: str | Path, *, lenient_plugins: bool = False) -> config.Config | int:
+def load_config(
+    path: str | Path, *, lenient_plugins: bool = False, checking: bool = False
+) -> config.Config | int:
     """The config at `path`, or (after printing why on stderr) the exit code to return:
-    1 when it is invalid (every problem with its dotted key), 2 when it cannot be read."""
+    1 when it is invalid (every problem with its dotted key), 2 when it cannot be read.
+
+    `checking` is True for `edgetpud check-config` itself, whose summary must not send
+    the user to check-config.
+    """
     try:
         return config.load(path, lenient_plugins=lenient_plugins)
     except ConfigUnreadableError as exc:
@@ -23,9 +29,16 @@ def load_config(path: str | Path, *, lenient_plugins: bool = False) -> config.Co
     except ConfigError as exc:
         for issue in exc.issues:
             print(issue, file=sys.stderr)
-        print(
-            f"{path}: {len(exc.issues)} problem(s); fix them (edgetpud check-config {path} "
-            "shows the same) and try again",
-            file=sys.stderr,
-        )
+        print(summary(path, len(exc.issues), checking=checking), file=sys.stderr)
         return EXIT_INVALID
+
+
+def summary(path: str | Path, problems: int, *, checking: bool = False) -> str:
+    """The line after the problems: what to do next. check-config itself asks for a fix and
+    a rerun; the other verbs point at check-config to check the fix before trying again."""
+    if checking:
+        return f"{path}: {problems} problem(s); fix them and run edgetpud check-config {path} again"
+    return (
+        f"{path}: {problems} problem(s); fix them (edgetpud check-config {path} shows the same) "
+        "and try again"
+    )

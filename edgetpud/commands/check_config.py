@@ -8,7 +8,7 @@ from edgetpud.commands import load_config
 
 
 def main(args: argparse.Namespace) -> int:
-    cfg = load_config(args.path)
+    cfg = load_config(args.path, checking=True)
     if isinstance(cfg, int):
         return cfg
     names = ", ".join(cfg.models) or "no models"

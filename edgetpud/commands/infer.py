@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgetpud.errors import EdgetpudError, ModelError
-from edgetpud.labels import Labels, load_labels
+from edgetpud.labels import Labels, fit_problem, load_labels, output_classes
 from edgetpud.modelfile import TensorSpec
 from edgetpud.preprocess import decode_image, image_to_input
 from edgetpud.runtime import Session, open_session
@@ -45,6 +45,11 @@ def main(args: argparse.Namespace) -> int:
     except EdgetpudError as exc:
         _fail(str(exc))
         return 1
+    misfit = None
+    if labels is not None and _is_classifier(session.info.outputs):
+        misfit = fit_problem(labels, output_classes(session.info, "classify"))
+    if misfit:  # results still print, with the labels given
+        _fail(f"warning: {misfit}")
     failed = 0
     try:
         for image in args.images:

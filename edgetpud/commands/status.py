@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from edgetpud.commands import load_config
+
+REASON_WIDTH = 72  # a longer REASON is cut, with a note under the table
 
 
 def main(args: argparse.Namespace) -> int:
@@ -73,6 +76,7 @@ def render(
     node_rows = []
     device_rows = []
     model_rows = []
+    cut = False
     for name in sorted(nodes):
         h = nodes[name]
         daemon = h.get("daemon") or {}
@@ -87,7 +91,7 @@ def render(
                 str(daemon.get("config_generation", "")),
                 _duration(age) + " ago" if age is not None else "",
                 str(mq.get("backlog", "")),
-                str(daemon.get("last_reload_error") or ""),
+                reload_error(daemon.get("last_reload_error"), daemon.get("config")),
             ]
         )
         for dev in _items(h.get("devices"), "identity"):
@@ -106,6 +110,8 @@ def render(
             )
         for model in _items(h.get("models"), "name"):
             placement = ", ".join(map(str, model.get("devices") or ()))
+            why = model_reason(model)
+            cut = cut or len(why) > REASON_WIDTH
             model_rows.append(
                 [
                     name,
@@ -119,6 +125,7 @@ def render(
                     str(model.get("queue_depth", "")),
                     str(model.get("dropped", "")),
                     str(model.get("errors", "")),
+                    _cut(why, REASON_WIDTH),
                 ]
             )
     parts = [
@@ -168,13 +175,59 @@ def render(
                     "QUEUE",
                     "DROPPED",
                     "ERRORS",
+                    "REASON",
                 ],
                 model_rows,
+            )
+            + (
+                f"\n(a REASON ending in … is cut to {REASON_WIDTH} characters; the node's log "
+                "has it whole: journalctl -u edgetpud)"
+                if cut
+                else ""
             )
         )
     if fleet and model_rows:
         parts.append(_fleet_table(nodes, online))
     return "\n\n".join(parts)
+
+
+def model_reason(model: Mapping[str, Any]) -> str:
+    """Why a model does not run on an Edge TPU (disabled, waiting, or on the CPU): the
+    first line of its health `reason`, whole; "" when it runs or starts on an Edge TPU
+    (PLACEMENT and TIER say where)."""
+    if model.get("state") in ("running", "starting") and model.get("tier") != "cpu":
+        return ""
+    reason = model.get("reason")
+    if not isinstance(reason, str):
+        return ""
+    lines = [line for line in reason.splitlines() if line.strip()]
+    return " ".join(lines[0].split()).removeprefix("waiting: ") if lines else ""
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1].rstrip() + "…"
+
+
+# ConfigError's text: "<path>: <n> problem(s) in the configuration:", then one problem a line
+_PROBLEMS_HEAD = re.compile(r"^(?:(?P<path>.+?): )?(?P<count>\d+) problem\(s\).*:$")
+
+
+def reload_error(error: Any, config_path: Any = None) -> str:
+    """`last_reload_error` on one line. A refused config (a header line, then one line per
+    problem) becomes `2 problems, first: <problem>; run edgetpud check-config PATH`; any
+    other error has its lines joined."""
+    if not error:
+        return ""
+    lines = [" ".join(line.split()) for line in str(error).splitlines() if line.strip()]
+    head = _PROBLEMS_HEAD.match(lines[0]) if len(lines) > 1 else None
+    if head is None:
+        return "; ".join(lines)
+    count = int(head.group("count"))
+    path = config_path or head.group("path") or ""
+    hint = f"run edgetpud check-config {path}".rstrip()
+    if count == 1:
+        return f"1 problem: {lines[1]}; {hint}"
+    return f"{count} problems, first: {lines[1]}; {hint}"
 
 
 def _fleet_table(nodes: Mapping[str, Mapping[str, Any]], online: Mapping[str, str]) -> str:

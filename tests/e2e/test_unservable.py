@@ -4,7 +4,8 @@
   its queue for `daemon.waiting_timeout`, so a quick replug would serve them; after it
   the queued ones are answered `no_device` and new ones refused at once. Once an
   accelerator appears the model serves again.
-- The journal says once why the model waits.
+- The journal says once why the model waits, and once that a label file does not fit
+  its model (COCO's labels on an ImageNet classifier).
 - A model disabled by a broken label file is refused as `model_disabled`, with the
   reason; a model fed by another source as `not_mqtt_source`. Neither is
   `unknown_model`, which would tell the client the node does not have it.
@@ -30,6 +31,12 @@ queue_size = 100
 model = "{m}/mobilenet_v1_0.25_128_quant.tflite"
 device = "cpu"
 labels = "{labels}"
+[models.misfit]
+model = "{m}/mobilenet_v1_0.25_128_quant.tflite"
+device = "cpu"
+labels = "{m}/coco_labels.txt"
+[models.misfit.postprocess]
+type = "classify"
 [models.synth]
 model = "{m}/mobilenet_v1_0.25_128_quant.tflite"
 device = "cpu"
@@ -90,3 +97,6 @@ def test_requests_for_models_that_cannot_serve_them_are_answered_with_why(
         assert "reason" not in rig.answered("alpha")["after"]
         assert d.stop() == 0
         assert "Traceback" not in d.log()
+        misfit = [x for x in d.log().splitlines() if "model misfit: label file" in x]
+        assert len(misfit) == 1 and "coco_labels.txt" in misfit[0], misfit
+        assert "model alpha: label file" not in d.log()

@@ -56,6 +56,25 @@ def test_cat_is_in_the_top_3(models_dir: Path) -> None:
     assert all(0.0 <= s <= 1.0 for s in scores)
 
 
+def test_a_label_file_of_another_model_is_warned_about(models_dir: Path) -> None:
+    """COCO's 90 labels on a 1001-class ImageNet classifier: results still print, with a warning."""
+    done = infer(
+        "--model", models_dir / CPU_128, "--labels", models_dir / "coco_labels.txt",
+        models_dir / "cat.bmp",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert len(records(done.stdout)) == 1
+    warning = [x for x in done.stderr.splitlines() if "warning" in x]
+    assert len(warning) == 1, done.stderr
+    assert "coco_labels.txt" in warning[0] and "1001 classes" in warning[0]
+    assert "is it this model's label file?" in warning[0]
+    clean = infer(
+        "--model", models_dir / CPU_128, "--labels", models_dir / "imagenet_labels.txt",
+        models_dir / "cat.bmp",
+    )  # fmt: skip
+    assert "warning" not in clean.stderr, clean.stderr
+
+
 def test_one_line_per_image_and_top_k(models_dir: Path) -> None:
     done = infer(
         "--model", models_dir / "mobilenet_v1_0.5_160_quant.tflite", "--top-k", "5",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -12,7 +13,7 @@ from edgetpud.config import MqttConfig
 from edgetpud.mqtt import MqttLink
 from tests.support.broker import Broker, wait_until
 
-HEALTH = {
+HEALTH: dict[str, Any] = {
     "daemon": {"version": "0.1.0", "uptime_s": 3725, "config_generation": 2},
     "devices": [
         {"identity": "usb:2-1.3", "kind": "usb", "speed": "5000M", "verdict": "ok", "state": "serving",
@@ -31,13 +32,13 @@ def write_config(tmp_path: Path, broker: Broker, node: str) -> Path:
     return path
 
 
-def run_link(broker: Broker, node: str) -> MqttLink:
+def run_link(broker: Broker, node: str, health: dict[str, Any] = HEALTH) -> MqttLink:
     link = MqttLink(
         replace(MqttConfig(), host=broker.host, port=broker.port), node, on_request=lambda r: None
     )
     link.start()
     wait_until(lambda: link.stats().connected, what="connect")
-    link.publish_health(HEALTH)
+    link.publish_health(health)
     # "online" and the health acknowledged by the broker: both retained there now
     wait_until(lambda: link.stats().published >= 2, what="the broker to take the health")
     return link
@@ -58,6 +59,48 @@ def test_status_prints_the_retained_health(
     assert "usb:2-1.3" in out and "serving" in out
     assert "birds" in out and "41.5/s" in out and "7.9 ms" in out
     assert "62m" in out  # uptime
+
+
+def test_status_says_why_a_model_is_not_running_and_what_a_reload_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = "/etc/edgetpud/edgetpud.toml"
+    refused = (
+        f"{config}: 2 problem(s) in the configuration:\n"
+        '  mqtt.hots: unknown key (did you mean "host"?)\n'
+        "  models.owls.priority: must be an integer from 0 to 100, got -1"
+    )
+    models = {
+        **HEALTH["models"],
+        "cats": {"state": "disabled", "tier": "disabled", "devices": [],
+                 "reason": "model file /m/cats.tflite does not exist: check the path"},
+        "owls": {"state": "waiting", "tier": "waiting", "devices": [],
+                 "reason": "waiting: no usable PCIe Edge TPU; set cpu_model (with "
+                           "runtime.cpu_fallback = true) to run on the CPU meanwhile"},
+    }  # fmt: skip
+    daemon = {**HEALTH["daemon"], "config": config, "last_reload_error": refused}
+    with Broker(tmp_path) as broker:
+        link = run_link(broker, "box1", {**HEALTH, "daemon": daemon, "models": models})
+        try:
+            code = cli.main(["status", "--config", str(write_config(tmp_path, broker, "box1"))])
+        finally:
+            link.stop()
+    out = capsys.readouterr().out
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[1].endswith(
+        '2 problems, first: mqtt.hots: unknown key (did you mean "host"?); '
+        f"run edgetpud check-config {config}"
+    )
+    assert "models.owls.priority" not in out  # one line: the first problem only
+    header = next(line for line in lines if line.startswith("NODE  MODEL"))
+    rows = {line.split()[1]: line for line in lines if line.startswith("box1  ")}
+    column = header.index("REASON")
+    assert rows["cats"][column:] == "model file /m/cats.tflite does not exist: check the path"
+    assert rows["owls"][column:].startswith("no usable PCIe Edge TPU; set cpu_model")
+    assert rows["owls"].endswith("…")  # cut to fit, with a note saying where it is whole
+    assert any(line.startswith("(a REASON ending in … is cut") for line in lines)
+    assert "41.5/s" in rows["birds"] and len(rows["birds"]) < column
 
 
 def test_status_fleet_shows_every_node_and_who_is_offline(
@@ -89,3 +132,19 @@ def test_status_without_a_broker_says_what_to_check(
     err = capsys.readouterr().err
     assert "cannot reach the MQTT broker" in err
     assert f"nothing listens on 127.0.0.1:{broker.port}" in err and "start the broker" in err
+
+
+def test_status_with_a_wrong_password_names_the_refusal_and_the_password_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("wrong\n")
+    secret.chmod(0o600)
+    with Broker(tmp_path, users={"edge": "right"}) as broker:
+        path = write_config(tmp_path, broker, "x")
+        path.write_text(path.read_text() + f'username = "edge"\npassword_file = "{secret}"\n')
+        code = cli.main(["status", "--timeout", "5", "--config", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "refused the connection (" in err and "code " in err, err
+    assert "mqtt.password_file" in err, err
