@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from edgetpud.commands import load_config
+from edgetpud.errors import ConfigUnreadableError
 
 REASON_WIDTH = 72  # a longer REASON is cut, with a note under the table
 
@@ -34,6 +35,9 @@ def main(args: argparse.Namespace) -> int:
         status = mqtt.read_retained(cfg.mqtt, f"{prefix}/{node}/status", args.timeout)
     except ConnectionError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ConfigUnreadableError as exc:  # e.g. the service's 0600 password file, read by a user
+        print(f"error: {exc}; run edgetpud status with sudo to read them", file=sys.stderr)
         return 2
     nodes: dict[str, dict[str, Any]] = {}
     for topic, data in health.items():
