@@ -50,8 +50,11 @@ class Notifier:
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         self.send("RELOADING=1", f"MONOTONIC_USEC={usec}")
 
-    def stopping(self) -> None:
-        self.send("STOPPING=1")
+    def stopping(self, within: float = 0.0) -> None:
+        """STOPPING=1; with `within` seconds, systemd's stop timeout is extended to at least
+        that (EXTEND_TIMEOUT_USEC, systemd 236+), so a long drain is not cut by SIGKILL."""
+        extend = [f"EXTEND_TIMEOUT_USEC={round(within * 1_000_000)}"] if within > 0 else []
+        self.send("STOPPING=1", *extend)
 
     def status(self, text: str) -> None:
         self.send(f"STATUS={text}")

@@ -205,7 +205,8 @@ class Service:
 
     def _shutdown(self) -> None:
         """Stop in reverse order; every step is safe if its part never started."""
-        self.notifier.stopping()
+        # the drain, then up to STOP_MARGIN_S for workers to close, health and "offline"
+        self.notifier.stopping(within=self.cfg.daemon.drain_timeout + STOP_MARGIN_S)
         log.info("stopping")
         deadline = time.monotonic() + self.cfg.daemon.drain_timeout
         for rt in self.models.values():
@@ -939,6 +940,7 @@ class Service:
 # already queued on the device, and 1 ms still measured 0.889 vs 0.822-0.869 of the
 # ceiling with two (docs/benchmarks.md).
 SWITCH_INTERVAL_S = 0.001
+STOP_MARGIN_S = 15.0  # beyond drain_timeout: closing workers, health, "offline"
 
 
 def run(cfg: Config, *, log_level_pinned: bool = False) -> int:

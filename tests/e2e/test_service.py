@@ -344,7 +344,10 @@ def test_sigterm_under_load_exits_cleanly_and_leaves_offline(rig: Rig) -> None:
     assert d.proc.wait(30) == 0
     took = time.monotonic() - started
     assert took < 10 + 5, f"stop took {took:.1f} s, drain_timeout is 10 s"
-    assert "STOPPING=1" in [line for _, line in d.notifications]
+    said = [line for _, line in d.notifications]
+    assert "STOPPING=1" in said
+    # systemd's TimeoutStopSec (30 s) is extended to the drain (10 s) + 15 s of closing
+    assert "EXTEND_TIMEOUT_USEC=25000000" in said, said
     late = Subscriber(rig.broker, [f"{BASE}/status"]).start()
     try:
         retained = late.wait_for(f"{BASE}/status", 1, 10)[0]
