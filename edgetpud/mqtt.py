@@ -78,6 +78,7 @@ ONLINE = b"online"
 OFFLINE = b"offline"
 WINDOW = 1000  # messages handed to paho but not yet confirmed written/acknowledged
 BATCH = 256  # messages handed to paho per turn of the sender
+QUICK_LOSS_S = 10.0  # a connection lost this soon after it was made may be a client id clash
 ROOM_WAIT_S = 1.0  # how long a result waits for room while connected and the outbox is full
 RESEND_WAIT = 10.0  # after reconnect, how long to wait for paho's resends before moving on
 AUTH_REFUSED = {4, 5, 134, 135}  # 3.1.1 and MQTT 5 codes for bad credentials / not authorised
@@ -265,6 +266,7 @@ class MqttLink:
         self._peers: dict[str, _Peer] = {}
         self._health: bytes | None = None
         self._discovery: dict[str, bytes] = {}
+        self._connected_at = 0.0
         self._connect_failures = 0  # attempts since the last connection; reset on CONNACK
         self._refused = False  # the last attempt ended in a CONNACK refusal, already logged
         self._probing = False  # a thread is finding out why attempts fail
@@ -728,6 +730,7 @@ class MqttLink:
         self._direct_publish(self.topics.status, ONLINE)
         with self._lock:
             self._connected = True
+            self._connected_at = time.monotonic()
             self._connects += 1
             self._connect_failures = 0
             models = sorted(self._models)
@@ -842,7 +845,7 @@ class MqttLink:
             log.warning(
                 "MQTT: lost connection to %s (%s); keeping up to %d results until it is back",
                 self.broker,
-                str(rc) if _rc_value(rc) else "closed by the broker",
+                self._disconnect_text(rc),
                 self.cfg.backlog_limit,
             )
         if was:
@@ -851,6 +854,29 @@ class MqttLink:
             self._refused = False  # the refusal said why
         elif not self._stopping:
             self._attempt_failed(dropped=True)
+
+    def _disconnect_text(self, rc: Any) -> str:
+        """Why the link broke, in words: paho 1.6 gives bare numbers, paho 2 "Unspecified error"."""
+        code = _rc_value(rc)
+        if code == 0:
+            return "closed by the broker"
+        if code == 142:  # MQTT 5 "Session taken over"
+            return (
+                f"another client connected with this daemon's client id {self._client_id!r} and "
+                "took the session over; give each daemon its own daemon.node_id or mqtt.client_id"
+            )
+        if code == 128 or (not hasattr(rc, "value") and code == paho.MQTT_ERR_CONN_LOST):
+            text = "the connection broke: the broker stopped or restarted, or the network failed"
+            if time.monotonic() - self._connected_at < QUICK_LOSS_S:
+                text += (
+                    f"; if this repeats soon after every reconnect, another client may be "
+                    f"using this daemon's client id {self._client_id!r}: give each daemon its "
+                    "own daemon.node_id or mqtt.client_id"
+                )
+            return text
+        if hasattr(rc, "value"):
+            return str(rc)
+        return str(paho.error_string(code))
 
     def _handle_publish(self, mid: int) -> None:
         """paho wrote a QoS 0 message or the broker acknowledged a QoS 1/2 one (not with qos 0)."""

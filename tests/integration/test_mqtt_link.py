@@ -400,3 +400,28 @@ def test_requests_are_subscribed_before_online_is_published() -> None:
     online = ("publish", STATUS)
     assert infer in order and online in order, order
     assert order.index(infer) < order.index(online), order
+
+
+def test_a_second_daemon_with_the_same_client_id_is_named_in_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two boxes with one hostname: the broker hands the session over (mosquitto just closes
+    the socket); a connection lost soon after it was made names the client id as a suspect."""
+    caplog.set_level(logging.WARNING, logger="edgetpud.mqtt")
+    with Broker(tmp_path) as broker:
+        first, second = link_for(broker), link_for(broker)
+        first.start()
+        try:
+            wait_until(lambda: first.stats().connected, what="the first link connected")
+            second.start()
+            wait_until(
+                lambda: any("lost connection" in r.getMessage() for r in caplog.records),
+                timeout=30,
+                what="a link losing its session",
+            )
+        finally:
+            second.stop()
+            first.stop()
+    line = next(r.getMessage() for r in caplog.records if "lost connection" in r.getMessage())
+    assert f"another client may be using this daemon's client id 'edgetpud-{NODE}'" in line, line
+    assert "daemon.node_id or mqtt.client_id" in line, line
