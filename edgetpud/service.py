@@ -797,6 +797,7 @@ class Service:
         self.notifier.reloading()
         try:
             new = config.load(path, lenient_plugins=True)
+            self._apply_config(new)  # a file it names, unusable on opening, refuses it too
         except (ConfigError, ConfigUnreadableError) as exc:
             self.last_reload_error = str(exc)
             errors = [str(i) for i in exc.issues] if isinstance(exc, ConfigError) else [str(exc)]
@@ -808,21 +809,6 @@ class Service:
                 exc,
             )
             self._publish_event("reload_failed", errors=errors, generation=self.generation)
-            self._health_dirty = True
-            self.notifier.ready(self._status_line())
-            return False
-        try:
-            self._apply_config(new)
-        except ConfigUnreadableError as exc:  # a file the config names, unusable on opening
-            self.last_reload_error = str(exc)
-            log.error(
-                "reload refused, still running generation %d; fix the config (edgetpud "
-                "check-config %s), then systemctl reload edgetpud. %s",
-                self.generation,
-                path,
-                exc,
-            )
-            self._publish_event("reload_failed", errors=[str(exc)], generation=self.generation)
             self._health_dirty = True
             self.notifier.ready(self._status_line())
             return False

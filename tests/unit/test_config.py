@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from edgetpud import config
-from edgetpud.cli import main
 from edgetpud.errors import ConfigError
+from tests.support.checkconfig import check, write
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "etc" / "edgetpud" / "edgetpud.toml"
@@ -30,18 +29,6 @@ def files(tmp_path: Path) -> Path:
     open_pw.write_text("secret\n")
     open_pw.chmod(0o644)
     return tmp_path
-
-
-def write(folder: Path, text: str) -> Path:
-    path = folder / "edgetpud.toml"
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-def check(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(["check-config", str(path)])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_example_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:

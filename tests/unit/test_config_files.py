@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest
 
-from edgetpud.cli import main
 from tests.support.broker import make_certs
+from tests.support.checkconfig import check, write
 
 
 @pytest.fixture(scope="module")
@@ -45,18 +44,6 @@ def folder(tmp_path: Path) -> Path:
     key.write_text("not a key\n")
     key.chmod(0o600)
     return tmp_path
-
-
-def write(folder: Path, text: str) -> Path:
-    path = folder / "edgetpud.toml"
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-def check(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(["check-config", str(path)])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def lines_for(key: str, err: str) -> list[str]:
