@@ -372,37 +372,42 @@ class Service:
         return True
 
     def _fleet_backpressure(self) -> None:
-        """A full model stops taking fleet requests until its queue is half empty again.
+        """A full model, or one without a device, stops taking fleet requests until it can.
 
         The broker then hands the shared subscription's messages to nodes with room,
         instead of this node refusing or dropping them. The link refuses to pause while
         no other online node of the group takes the model's requests (the broker would
-        discard them): then this node keeps taking them, queued over the limit.
+        discard them): then this node keeps taking them, queued over the limit (or
+        answered no_device).
         """
         for name, rt in self.models.items():
             depth, limit = rt.queue.depth, rt.queue.maxsize
             paused = self.mqtt.fleet_paused(name)
-            if not paused and depth >= limit:
+            why = (
+                "no device to run on"
+                if rt.no_device
+                else f"queue full ({depth} waiting, queue_size {limit})"
+            )
+            if not paused and (depth >= limit or rt.no_device):
                 if self.mqtt.pause_fleet(name):
                     self._fleet_held.discard(name)
-                    log.info(
-                        "model %s: queue full (%d waiting, queue_size %d); pausing fleet requests",
-                        name,
-                        depth,
-                        limit,
-                    )
-                elif name not in self._fleet_held:  # "held": say it once per full spell
+                    log.info("model %s: %s; pausing fleet requests", name, why)
+                elif name not in self._fleet_held:  # "held": say it once per spell
                     self._fleet_held.add(name)
                     log.info(
-                        "model %s: queue full (%d) but no other node of the fleet takes its "
-                        "requests now; keeping fleet requests (queued over the limit)",
+                        "model %s: %s but no other node of the fleet takes its requests now; "
+                        "keeping fleet requests",
                         name,
-                        depth,
+                        why,
                     )
-            elif paused and depth <= limit // 2:
+            elif paused and not rt.no_device and depth <= limit // 2:
                 self.mqtt.resume_fleet(name)
-                log.info("model %s: queue drained (%d); taking fleet requests again", name, depth)
-            if depth < limit:
+                log.info(
+                    "model %s: can take requests (%d queued); taking fleet requests again",
+                    name,
+                    depth,
+                )
+            if depth < limit and not rt.no_device:
                 self._fleet_held.discard(name)
 
     # ---- devices ---------------------------------------------------------------------

@@ -170,6 +170,26 @@ def test_a_full_node_hands_its_share_to_the_others(fleet: Fleet, client: FleetCl
     assert split.get("slow", 0) < len(ids) / 4, split
 
 
+def test_a_node_left_without_a_device_hands_its_share_to_the_others(
+    fleet: Fleet, client: FleetClient
+) -> None:
+    lost = fleet.add("lost", ["2-1"], invoke_ms=5, waiting_timeout="2s")
+    fleet.add("kept", ["2-3"], invoke_ms=5)
+    serving(fleet, client)
+    # the admin takes lost's only accelerator away (no cpu_model: nothing to run on)
+    lost.daemon.reload(lost.daemon.config.read_text().replace('allow = ["2-1"]', "allow = []"))
+    wait_for(
+        lambda: "no device to run on; pausing fleet requests" in lost.daemon.log(),
+        60,
+        "the node without a device pausing its fleet requests",
+    )
+    ids = [f"d{i}" for i in range(200)]
+    client.run(ids, window=20, timeout=120)
+    assert set(client.answers) == set(ids), f"{len(set(ids) - set(client.answers))} unanswered"
+    assert not client.errors(), list(client.errors().items())[:5]  # no "no_device" reply
+    assert client.by_node() == {"kept": len(ids)}, client.by_node()
+
+
 def test_requests_refused_while_no_node_serves_are_resent_and_answered(
     fleet: Fleet, client: FleetClient
 ) -> None:

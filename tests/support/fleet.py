@@ -45,6 +45,7 @@ def node_config(
     replicas: int,
     queue_size: int,
     group: str = GROUP,
+    waiting_timeout: str = "30s",
 ) -> str:
     ports = ", ".join(f'"{p}"' for p in allow)
     return f"""
@@ -54,6 +55,7 @@ state_dir = "{workdir / "state"}"
 health_interval = "1s"
 stall_timeout = "5s"
 drain_timeout = "5s"
+waiting_timeout = "{waiting_timeout}"
 log_level = "info"
 [mqtt]
 host = "127.0.0.1"
@@ -106,6 +108,7 @@ class Fleet:
         invoke_ms: float,
         queue_size: int = 32,
         replicas: int | None = None,
+        waiting_timeout: str = "30s",
     ) -> Node:
         workdir = self.tmp / name
         workdir.mkdir(parents=True, exist_ok=True)
@@ -121,6 +124,7 @@ class Fleet:
             allow=ports,
             replicas=replicas or len(ports),
             queue_size=queue_size,
+            waiting_timeout=waiting_timeout,
         )
         env = {**control.env(), "STATE_DIRECTORY": str(workdir / "state")}
         node = Node(name, Daemon(workdir, text, env=env), control, tuple(ports))
