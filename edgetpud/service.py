@@ -322,7 +322,8 @@ class Service:
         """
         limit = self.cfg.daemon.waiting_timeout
         for name, rt in self.models.items():
-            if rt.workers or rt.disabled:
+            mqtt_fed = rt.source is not None and rt.source.transport == "mqtt"
+            if rt.workers or rt.disabled or not mqtt_fed:  # other sources hold back themselves
                 if rt.no_device:
                     log.info("model %s runs again: taking MQTT requests", name)
                 rt.waiting_since, rt.no_device = 0.0, ""
