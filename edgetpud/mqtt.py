@@ -202,6 +202,11 @@ def _rc_value(rc: Any) -> int:
     return int(value) if isinstance(value, int) else 0
 
 
+def _worth_saying(attempt: int) -> bool:
+    """Failed connection attempts in a row that are logged: the 1st, 10th, every 100th."""
+    return attempt in (1, 10) or attempt % 100 == 0
+
+
 def _rc_text(rc: Any) -> str:
     """A CONNACK code as text: paho 2 and MQTT 5 codes name themselves, 1.x ints do not."""
     if hasattr(rc, "value"):
@@ -753,22 +758,31 @@ class MqttLink:
         self._notify_connection(True)
 
     def _log_refusal(self, code: int, rc: Any) -> None:
+        """The broker answered CONNACK with a refusal: logged on the 1st, 10th and every
+        100th attempt in a row (with 30 s backoff, not twice a minute for ever)."""
         self._connect_failures += 1
         self._refused = True
+        attempt = self._connect_failures
+        level = logging.ERROR if _worth_saying(attempt) else logging.DEBUG
         if code in AUTH_REFUSED:
             who = f"user {self.cfg.username!r}" if self.cfg.username else "an anonymous client"
-            log.error(
-                "MQTT: broker %s refused %s: %s; check mqtt.username and the password in %s "
-                "(and the broker's ACL); retrying with backoff up to 30 s",
+            log.log(
+                level,
+                "MQTT: broker %s refused %s (attempt %d): %s; check mqtt.username and the "
+                "password in %s (and the broker's ACL); retrying with backoff up to 30 s",
                 self.broker,
                 who,
+                attempt,
                 _rc_text(rc),
                 self.cfg.password_file or "mqtt.password_file",
             )
         else:
-            log.error(
-                "MQTT: broker %s refused the connection: %s; retrying with backoff up to 30 s",
+            log.log(
+                level,
+                "MQTT: broker %s refused the connection (attempt %d): %s; retrying with "
+                "backoff up to 30 s",
                 self.broker,
+                attempt,
                 _rc_text(rc),
             )
 
@@ -786,7 +800,7 @@ class MqttLink:
         """
         self._connect_failures += 1
         attempt = self._connect_failures
-        if attempt not in (1, 10) and attempt % 100 != 0:
+        if not _worth_saying(attempt):
             log.debug("MQTT: connection attempt %d to %s failed", attempt, self.broker)
             return
         with self._lock:
