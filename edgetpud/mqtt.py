@@ -74,6 +74,11 @@ class _Paho16Client(paho.Client):
             raise ConnectionError(f"TLS: {exc}") from exc
 
 
+def _paho_client(**kw: Any) -> Any:
+    """A paho client with the version 2 callback API on paho 2, or a TLS-safe 1.6 one."""
+    return paho.Client(CallbackAPIVersion.VERSION2, **kw) if PAHO2 else _Paho16Client(**kw)
+
+
 ONLINE = b"online"
 OFFLINE = b"offline"
 WINDOW = 1000  # messages handed to paho but not yet confirmed written/acknowledged
@@ -290,7 +295,7 @@ class MqttLink:
         }
         if not self._v5:
             kw["clean_session"] = True
-        client = paho.Client(CallbackAPIVersion.VERSION2, **kw) if PAHO2 else _Paho16Client(**kw)
+        client = _paho_client(**kw)
         if PAHO2:
             client.on_connect = lambda c, u, flags, rc, props=None: self._handle_connect(rc)
             client.on_disconnect = lambda c, u, flags, rc, props=None: self._handle_disconnect(rc)
@@ -1116,7 +1121,7 @@ def read_retained(cfg: MqttConfig, topic_filter: str, timeout: float = 5.0) -> d
         "protocol": paho.MQTTv5 if cfg.protocol == "5" else paho.MQTTv311,
         "transport": cfg.transport,
     }
-    client = paho.Client(CallbackAPIVersion.VERSION2, **kw) if PAHO2 else _Paho16Client(**kw)
+    client = _paho_client(**kw)
     client.on_connect = lambda c, u, flags, rc, props=None: connected(rc)
     if PAHO2 or cfg.protocol == "5":
         client.on_subscribe = lambda c, u, mid, rcs, props=None: subscribed()

@@ -70,6 +70,11 @@ class ModelRuntime:
     errors: int = 0
     results: int = 0
 
+    @property
+    def mqtt_fed(self) -> bool:
+        """Its requests come over MQTT (its source is the mqtt plugin)."""
+        return self.source is not None and self.source.transport == "mqtt"
+
 
 class Service:
     """edgetpud's daemon. `run()` blocks until stopped; returns the exit code."""
@@ -81,10 +86,11 @@ class Service:
         notifier: Notifier | None = None,
         watcher_factory: Callable[..., Any] | None = None,
         mqtt_factory: Callable[..., Any] | None = None,
+        log_level_pinned: bool = False,
     ) -> None:
         self.cfg = cfg
         self.generation = 1
-        self.log_level_pinned = False  # --log-level given: daemon.log_level is not applied
+        self.log_level_pinned = log_level_pinned  # --log-level given: reloads keep the level
         self.notifier = notifier or Notifier()
         self.events: queue.Queue[Any] = queue.Queue()
         self._watcher_factory = watcher_factory
@@ -322,8 +328,7 @@ class Service:
         """
         limit = self.cfg.daemon.waiting_timeout
         for name, rt in self.models.items():
-            mqtt_fed = rt.source is not None and rt.source.transport == "mqtt"
-            if rt.workers or rt.disabled or not mqtt_fed:  # other sources hold back themselves
+            if rt.workers or rt.disabled or not rt.mqtt_fed:  # other sources hold back
                 if rt.no_device:
                     log.info("model %s runs again: taking MQTT requests", name)
                 rt.waiting_since, rt.no_device = 0.0, ""
@@ -339,15 +344,7 @@ class Service:
                 f"({why.removeprefix('waiting: ')}); retry when the node's health topic "
                 "shows it running"
             )
-            kept, answered = [], 0
-            for request in rt.queue.drain():
-                if request.source in ("mqtt", "mqtt-fleet"):
-                    self._on_result(rt, rt.source, Result(request, "", error=rt.no_device))
-                    answered += 1
-                else:
-                    kept.append(request)
-            for request in kept:
-                rt.queue.put_over_limit(request)
+            answered = self._answer_leftovers(rt, rt.no_device)  # all came over MQTT
             log.warning(
                 "model %s: no device for %g s (%s); answered %d queued MQTT request(s) with "
                 "no_device, refusing new ones until it runs (daemon.waiting_timeout)",
@@ -554,9 +551,7 @@ class Service:
 
     def _mqtt_models(self) -> dict[str, Any]:
         return {
-            name: rt.info
-            for name, rt in self.models.items()
-            if not rt.disabled and rt.source is not None and rt.source.transport == "mqtt"
+            name: rt.info for name, rt in self.models.items() if not rt.disabled and rt.mqtt_fed
         }
 
     def _mqtt_unavailable(self) -> dict[str, tuple[str, str]]:
@@ -570,7 +565,7 @@ class Service:
                     f"model {name} is configured on {node} but disabled: {rt.disabled}; "
                     "the operator must fix it (journalctl -u edgetpud says more)",
                 )
-            elif rt.source is not None and rt.source.transport != "mqtt":
+            elif rt.source is not None and not rt.mqtt_fed:
                 out[name] = (
                     "not_mqtt_source",
                     f"model {name} on {node} takes its requests from its "
@@ -699,9 +694,12 @@ class Service:
             len(leftovers),
         )
 
-    def _answer_leftovers(self, rt: ModelRuntime, reason: str) -> None:
-        for request in rt.queue.drain():
+    def _answer_leftovers(self, rt: ModelRuntime, reason: str) -> int:
+        """Answer every queued request of `rt` with the error `reason`; how many there were."""
+        requests = rt.queue.drain()
+        for request in requests:
             self._on_result(rt, rt.source, Result(request, "", error=reason))
+        return len(requests)
 
     def _on_result(self, rt: ModelRuntime, source: Any, result: Result) -> None:
         """Called from worker threads: publish (waits up to 1 s, and only while a connected
@@ -941,8 +939,7 @@ def run(cfg: Config, *, log_level_pinned: bool = False) -> int:
     `log_level_pinned`: --log-level was given, so reloads leave the level alone.
     """
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    service = Service(cfg)
-    service.log_level_pinned = log_level_pinned
+    service = Service(cfg, log_level_pinned=log_level_pinned)
     service.install_signal_handlers()
     log.info("edgetpud %s starting (config %s, node %s)", __version__, cfg.path, cfg.daemon.node_id)
     return service.run()
