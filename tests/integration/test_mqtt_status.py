@@ -44,16 +44,23 @@ def run_link(broker: Broker, node: str, health: dict[str, Any] = HEALTH) -> Mqtt
     return link
 
 
-def test_status_prints_the_retained_health(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def status_of(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], health: dict[str, Any]
+) -> tuple[int, str]:
+    """`edgetpud status` for node box1 whose link published `health`: exit code, stdout."""
     with Broker(tmp_path) as broker:
-        link = run_link(broker, "box1")
+        link = run_link(broker, "box1", health)
         try:
             code = cli.main(["status", "--config", str(write_config(tmp_path, broker, "box1"))])
         finally:
             link.stop()
-    out = capsys.readouterr().out
+    return code, capsys.readouterr().out
+
+
+def test_status_prints_the_retained_health(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out = status_of(tmp_path, capsys, HEALTH)
     assert code == 0
     assert "box1" in out and "online" in out
     assert "usb:2-1.3" in out and "serving" in out
@@ -79,13 +86,7 @@ def test_status_says_why_a_model_is_not_running_and_what_a_reload_refused(
                            "runtime.cpu_fallback = true) to run on the CPU meanwhile"},
     }  # fmt: skip
     daemon = {**HEALTH["daemon"], "config": config, "last_reload_error": refused}
-    with Broker(tmp_path) as broker:
-        link = run_link(broker, "box1", {**HEALTH, "daemon": daemon, "models": models})
-        try:
-            code = cli.main(["status", "--config", str(write_config(tmp_path, broker, "box1"))])
-        finally:
-            link.stop()
-    out = capsys.readouterr().out
+    code, out = status_of(tmp_path, capsys, {**HEALTH, "daemon": daemon, "models": models})
     assert code == 0
     lines = out.splitlines()
     assert lines[1].endswith(
