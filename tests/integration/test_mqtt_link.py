@@ -192,6 +192,12 @@ def test_qos0_results_across_a_broker_kill_are_each_written_once(tmp_path: Path)
                 ),
                 what="the marker result",
             )
+            # the subscriber can see the marker before paho's thread marks it written
+            wait_until(
+                lambda: link.stats().published >= count + 1 + link.stats().connects,
+                timeout=10,
+                what="paho to record the marker as written",
+            )
         stats = link.stats()
     finally:
         link.stop()
