@@ -35,7 +35,7 @@ from typing import Any, NamedTuple, Protocol
 
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.properties import Properties, VariableByteIntegers
 
 from edgetpud import __version__, broker_probe, payloads
 from edgetpud.config import MqttConfig
@@ -72,6 +72,36 @@ class _Paho16Client(paho.Client):
             return super()._sock_send(buf)
         except ssl.SSLError as exc:
             raise ConnectionError(f"TLS: {exc}") from exc
+
+
+_PUBLISH_TEMPLATE = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+
+
+class _ReplyProperties(Properties):
+    """The MQTT 5 properties of a reply (content type, correlation data), encoded once.
+
+    paho's Properties checks every assignment against its table of property names and
+    walks the table again in pack(): queuing a reply took 0.38 ms (p50, paced, this VM),
+    0.27 ms with this. It builds the same bytes directly (a test compares them with
+    paho's) and stays a Properties for everything else (str(), resends)."""
+
+    _packed: bytes
+
+    def __init__(self, content_type: str, correlation: bytes | None) -> None:
+        # paho's read-only tables, shared instead of rebuilt per message
+        for name in ("packetType", "types", "names", "properties"):
+            object.__setattr__(self, name, getattr(_PUBLISH_TEMPLATE, name))
+        object.__setattr__(self, "ContentType", content_type)
+        ctype = content_type.encode()
+        body = b"\x03" + len(ctype).to_bytes(2, "big") + ctype
+        if correlation is not None:
+            object.__setattr__(self, "CorrelationData", correlation)
+            body += b"\x09" + len(correlation).to_bytes(2, "big") + correlation
+        packed = VariableByteIntegers.encode(len(body)) + body  # type: ignore[no-untyped-call]
+        object.__setattr__(self, "_packed", packed)
+
+    def pack(self) -> bytes:
+        return self._packed
 
 
 def _paho_client(**kw: Any) -> Any:
@@ -563,10 +593,7 @@ class MqttLink:
         if reply_to is not None and reply_to.topic:
             props = None
             if self._v5:
-                props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-                props.ContentType = "application/json"
-                if reply_to.correlation is not None:
-                    props.CorrelationData = reply_to.correlation
+                props = _ReplyProperties("application/json", reply_to.correlation)
             self._enqueue(_Out(reply_to.topic, data, self.cfg.qos, False, props), wait)
         else:
             self._enqueue(_Out(self.topics.results(model), data, self.cfg.qos, False, None), wait)
