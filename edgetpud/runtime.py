@@ -58,13 +58,18 @@ _GENERIC_KINDS = ("", "usb", "pci")
 class RuntimeMissing(DeviceError):
     """The Edge TPU runtime library could not be loaded at all."""
 
-    def __init__(self, library: str, detail: str) -> None:
+    def __init__(self, library: str, detail: str, setting: str = "runtime.library") -> None:
         self.library = library
+        self.detail = detail
         super().__init__(
             f"cannot load the Edge TPU runtime {library} ({detail}): install it with "
             "`apt install libedgetpu1-std` (or libedgetpu1-max) from Coral's repository, "
-            "or set runtime.library to its path"
+            f"or set {setting} to its path"
         )
+
+    def naming(self, setting: str) -> RuntimeMissing:
+        """The same error telling the user to change `setting` (a command's option, say)."""
+        return RuntimeMissing(self.library, self.detail, setting)
 
 
 class DeviceUnavailable(DeviceError):

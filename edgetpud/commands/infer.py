@@ -28,7 +28,7 @@ from edgetpud.errors import EdgetpudError, ModelError
 from edgetpud.labels import Labels, fit_problem, load_labels, output_classes
 from edgetpud.modelfile import TensorSpec
 from edgetpud.preprocess import decode_image, image_to_input
-from edgetpud.runtime import Session, open_session
+from edgetpud.runtime import RuntimeMissing, Session, open_session
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         labels = load_labels(args.labels) if args.labels else None
         session = open_session(Path(args.model), args.device, library=args.library)
+    except RuntimeMissing as exc:
+        _fail(str(exc.naming("--library")))
+        return 1
     except EdgetpudError as exc:
         _fail(str(exc))
         return 1

@@ -155,3 +155,17 @@ def test_unplugged_device_is_one_line(models_dir: Path, umock: Testbed, fake_lib
     assert done.returncode == 1
     (line,) = done.stderr.strip().splitlines()
     assert "usb:1-4 could not be opened" in line and "edgetpud devices" in line
+
+
+def test_a_missing_runtime_names_the_option_to_change(
+    models_dir: Path, umock: Testbed, tmp_path: Path
+) -> None:
+    umock.coral_docs_tree()
+    done = infer(
+        "--model", models_dir / CPU_128, "--device", "usb:2-3.2.1",
+        "--library", tmp_path / "libedgetpu.so.1", models_dir / "cat.bmp",
+    )  # fmt: skip
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert "cannot load the Edge TPU runtime" in line and "libedgetpu1-std" in line
+    assert "set --library to its path" in line and "runtime.library" not in line
