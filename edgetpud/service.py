@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-from edgetpud import __version__, config, health, placement
+from edgetpud import __version__, config, health, placement, threadnames
 from edgetpud.config import Config, ModelConfig
 from edgetpud.devices.model import DeviceInfo
 from edgetpud.errors import ConfigError, ConfigUnreadableError, EdgetpudError, PluginError
@@ -939,6 +939,7 @@ def run(cfg: Config, *, log_level_pinned: bool = False) -> int:
     `log_level_pinned`: --log-level was given, so reloads leave the level alone.
     """
     sys.setswitchinterval(SWITCH_INTERVAL_S)
+    threadnames.install()
     service = Service(cfg, log_level_pinned=log_level_pinned)
     service.install_signal_handlers()
     log.info("edgetpud %s starting (config %s, node %s)", __version__, cfg.path, cfg.daemon.node_id)

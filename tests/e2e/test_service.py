@@ -214,6 +214,14 @@ def test_start_puts_the_top_model_on_pcie_and_results_flow(rig: Rig) -> None:
     assert status.returncode == 0, status.stderr
     row = next(line for line in status.stdout.splitlines() if line.split()[1:2] == ["alpha"])
     assert "running" in row and "pci:0000:03:00.0" in row and "dedicated" in row
+    # `top -H` and `ps -L` tell the threads apart: alpha's 4 lanes, paho's, the watcher's
+    assert d.proc is not None
+    names = [
+        (task / "comm").read_text().strip() for task in Path(f"/proc/{d.proc.pid}/task").iterdir()
+    ]
+    assert {"mqtt:sender", "mqtt:paho", "devices:watch"} <= set(names), names
+    lanes = {n for n in names if n.startswith("alpha@pci:")}
+    assert len(lanes) == 4 and {n[-2:] for n in lanes} >= {"/2", "/3", "/4"}, names
     assert d.stop() == 0
 
 
