@@ -882,7 +882,8 @@ class MqttLink:
             self._outbox.extendleft(reversed([out for _, out in self._unwritten]))
             self._requeued = len(lost) + len(self._unwritten)
             self._unwritten.clear()
-            self._direct.clear()
+            # _direct stays: paho resends unacknowledged QoS 1 messages (an "online" the
+            # broker died before acknowledging) after reconnecting; counted once acknowledged
             self._early.clear()
             self._epoch += 1
             self._cond.notify_all()
