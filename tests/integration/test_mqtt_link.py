@@ -413,6 +413,44 @@ def test_requests_are_subscribed_before_online_is_published() -> None:
     assert order.index(infer) < order.index(online), order
 
 
+def test_a_broker_saying_the_session_was_taken_over_names_the_client_id(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Brokers that say why (MQTT 5 DISCONNECT, reason 0x8E "session taken over"; mosquitto
+    only closes the socket) get the cause named outright. A listening socket stands in."""
+    caplog.set_level(logging.WARNING, logger="edgetpud.mqtt")
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        cfg = replace(MqttConfig(), host="127.0.0.1", port=port, protocol="5")
+        link = MqttLink(cfg, NODE, on_request=refuse)
+        link.start()
+        try:
+            server.settimeout(30)
+            conn, _ = server.accept()
+            with conn:
+                conn.settimeout(30)
+                assert _read_packet(conn)[0] == 1  # CONNECT
+                conn.sendall(b"\x20\x03\x00\x00\x00")  # CONNACK: accepted, no properties
+                wait_until(lambda: link.stats().connected, what="the link connected")
+                # DISCONNECT, reason 0x8E, with a reason string (paho 1.6 reads the reason
+                # code only when properties follow), then the broker closes the socket
+                why = b"Session taken over"
+                props = b"\x1f" + len(why).to_bytes(2, "big") + why
+                body = b"\x8e" + bytes([len(props)]) + props
+                conn.sendall(b"\xe0" + bytes([len(body)]) + body)
+                conn.shutdown(socket.SHUT_WR)
+                wait_until(
+                    lambda: any("lost connection" in r.getMessage() for r in caplog.records),
+                    timeout=30,
+                    what="the link to report the lost session",
+                )
+        finally:
+            link.stop(timeout=1)
+    line = next(r.getMessage() for r in caplog.records if "lost connection" in r.getMessage())
+    assert f"another client connected with this daemon's client id 'edgetpud-{NODE}'" in line
+    assert "took the session over" in line and "daemon.node_id or mqtt.client_id" in line, line
+
+
 def test_a_second_daemon_with_the_same_client_id_is_named_in_the_log(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
