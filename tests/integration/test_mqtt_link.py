@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -375,14 +376,13 @@ def _read_packet(conn: Any) -> tuple[int, bytes]:
             return kind, exact(length)
 
 
-def test_requests_are_subscribed_before_online_is_published() -> None:
-    """A client may send a request the moment it sees `online`: on the wire, the daemon's
-    SUBSCRIBE to its infer topic comes before the PUBLISH of `online`. A listening socket
-    stands in for the broker (it answers CONNECT and records what follows), since a real
-    broker would hide the order."""
+@contextlib.contextmanager
+def _stand_in_broker(protocol: str) -> Iterator[tuple[MqttLink, socket.socket]]:
+    """A listening socket in the broker's place: a link connects to it, and the test gets
+    the link and the accepted connection, CONNECT read and CONNACK (accepted) sent."""
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
-        cfg = replace(MqttConfig(), host="127.0.0.1", port=port, protocol="3.1.1")
+        cfg = replace(MqttConfig(), host="127.0.0.1", port=port, protocol=protocol)
         link = MqttLink(cfg, NODE, on_request=refuse)
         link.start()
         try:
@@ -391,14 +391,24 @@ def test_requests_are_subscribed_before_online_is_published() -> None:
             with conn:
                 conn.settimeout(30)
                 assert _read_packet(conn)[0] == 1  # CONNECT
-                conn.sendall(b"\x20\x02\x00\x00")  # CONNACK, accepted
-                conn.settimeout(2.0)
-                packets = []
-                with contextlib.suppress(TimeoutError, EOFError):
-                    while len(packets) < 20:
-                        packets.append(_read_packet(conn))
+                # CONNACK, accepted (MQTT 5 adds an empty property list)
+                conn.sendall(b"\x20\x03\x00\x00\x00" if protocol == "5" else b"\x20\x02\x00\x00")
+                yield link, conn
         finally:
             link.stop(timeout=1)
+
+
+def test_requests_are_subscribed_before_online_is_published() -> None:
+    """A client may send a request the moment it sees `online`: on the wire, the daemon's
+    SUBSCRIBE to its infer topic comes before the PUBLISH of `online`. A listening socket
+    stands in for the broker (it answers CONNECT and records what follows), since a real
+    broker would hide the order."""
+    with _stand_in_broker("3.1.1") as (_, conn):
+        conn.settimeout(2.0)
+        packets = []
+        with contextlib.suppress(TimeoutError, EOFError):
+            while len(packets) < 20:
+                packets.append(_read_packet(conn))
     order = []
     for kind, body in packets:
         if kind == 8:  # SUBSCRIBE: packet id, then (topic, options) pairs
@@ -419,33 +429,20 @@ def test_a_broker_saying_the_session_was_taken_over_names_the_client_id(
     """Brokers that say why (MQTT 5 DISCONNECT, reason 0x8E "session taken over"; mosquitto
     only closes the socket) get the cause named outright. A listening socket stands in."""
     caplog.set_level(logging.WARNING, logger="edgetpud.mqtt")
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        port = server.getsockname()[1]
-        cfg = replace(MqttConfig(), host="127.0.0.1", port=port, protocol="5")
-        link = MqttLink(cfg, NODE, on_request=refuse)
-        link.start()
-        try:
-            server.settimeout(30)
-            conn, _ = server.accept()
-            with conn:
-                conn.settimeout(30)
-                assert _read_packet(conn)[0] == 1  # CONNECT
-                conn.sendall(b"\x20\x03\x00\x00\x00")  # CONNACK: accepted, no properties
-                wait_until(lambda: link.stats().connected, what="the link connected")
-                # DISCONNECT, reason 0x8E, with a reason string (paho 1.6 reads the reason
-                # code only when properties follow), then the broker closes the socket
-                why = b"Session taken over"
-                props = b"\x1f" + len(why).to_bytes(2, "big") + why
-                body = b"\x8e" + bytes([len(props)]) + props
-                conn.sendall(b"\xe0" + bytes([len(body)]) + body)
-                conn.shutdown(socket.SHUT_WR)
-                wait_until(
-                    lambda: any("lost connection" in r.getMessage() for r in caplog.records),
-                    timeout=30,
-                    what="the link to report the lost session",
-                )
-        finally:
-            link.stop(timeout=1)
+    with _stand_in_broker("5") as (link, conn):
+        wait_until(lambda: link.stats().connected, what="the link connected")
+        # DISCONNECT, reason 0x8E, with a reason string (paho 1.6 reads the reason code
+        # only when properties follow), then the broker closes the socket
+        why = b"Session taken over"
+        props = b"\x1f" + len(why).to_bytes(2, "big") + why
+        body = b"\x8e" + bytes([len(props)]) + props
+        conn.sendall(b"\xe0" + bytes([len(body)]) + body)
+        conn.shutdown(socket.SHUT_WR)
+        wait_until(
+            lambda: any("lost connection" in r.getMessage() for r in caplog.records),
+            timeout=30,
+            what="the link to report the lost session",
+        )
     line = next(r.getMessage() for r in caplog.records if "lost connection" in r.getMessage())
     assert f"another client connected with this daemon's client id 'edgetpud-{NODE}'" in line
     assert "took the session over" in line and "daemon.node_id or mqtt.client_id" in line, line
