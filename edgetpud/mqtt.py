@@ -112,6 +112,7 @@ def _paho_client(**kw: Any) -> Any:
 ONLINE = b"online"
 OFFLINE = b"offline"
 WINDOW = 1000  # messages handed to paho but not yet confirmed written/acknowledged
+DIRECT_RESERVE = 4  # of a broker's Receive Maximum, kept for online/health/discovery
 BATCH = 256  # messages handed to paho per turn of the sender
 QUICK_LOSS_S = 10.0  # a connection lost this soon after it was made may be a client id clash
 ROOM_WAIT_S = 1.0  # how long a result waits for room while connected and the outbox is full
@@ -288,6 +289,7 @@ class MqttLink:
         self._early: set[int] = set()  # mids confirmed before publish() returned
         self._epoch = 0  # connection breaks so far
         self._window_wait = False
+        self._in_flight_max = WINDOW  # the broker's Receive Maximum can make it smaller
         self._sending = False  # a thread holds messages taken from the outbox, not yet published
         self._dropped = 0
         self._published = 0
@@ -327,10 +329,10 @@ class MqttLink:
             kw["clean_session"] = True
         client = _paho_client(**kw)
         if PAHO2:
-            client.on_connect = lambda c, u, flags, rc, props=None: self._handle_connect(rc)
+            client.on_connect = lambda c, u, flags, rc, props=None: self._handle_connect(rc, props)
             client.on_disconnect = lambda c, u, flags, rc, props=None: self._handle_disconnect(rc)
         elif self._v5:
-            client.on_connect = lambda c, u, flags, rc, props=None: self._handle_connect(rc)
+            client.on_connect = lambda c, u, flags, rc, props=None: self._handle_connect(rc, props)
             client.on_disconnect = lambda c, u, rc, props=None: self._handle_disconnect(rc)
         else:
             client.on_connect = lambda c, u, flags, rc: self._handle_connect(rc)
@@ -660,7 +662,7 @@ class MqttLink:
         return (
             self._connected
             and not self._sending
-            and self._in_paho() < WINDOW
+            and self._in_paho() < self._in_flight_max
             and not (self._unconfirmed and time.monotonic() < self._resync_until)
         )
 
@@ -700,7 +702,7 @@ class MqttLink:
                     return
                 self._resync_until = 0.0
                 epoch = self._epoch
-                n = min(len(self._outbox), WINDOW - self._in_paho(), BATCH)
+                n = min(len(self._outbox), self._in_flight_max - self._in_paho(), BATCH)
                 batch = [self._outbox.popleft() for _ in range(n)]
                 self._sending = True
                 self._room.notify_all()
@@ -757,11 +759,19 @@ class MqttLink:
 
     # ----------------------------------------------------------------- paho callbacks (network thread)
 
-    def _handle_connect(self, rc: Any) -> None:
+    def _handle_connect(self, rc: Any, props: Any = None) -> None:
         code = _rc_value(rc)
         if code != 0:
             self._log_refusal(code, rc)
             return
+        # MQTT 5: no more QoS 1/2 messages unacknowledged than the broker's Receive Maximum
+        # (absent: 65535); a few are kept for "online", health and discovery
+        receive_max = getattr(props, "ReceiveMaximum", None) if self.cfg.qos > 0 else None
+        in_flight = min(WINDOW, max(1, receive_max - DIRECT_RESERVE)) if receive_max else WINDOW
+        if in_flight != self._in_flight_max:
+            log.debug(
+                "MQTT: at most %d results unacknowledged (broker: %s)", in_flight, receive_max
+            )
         client = self._client
         _no_delay(client)
         # Requests first: the broker handles one connection's packets in order, so a
@@ -770,6 +780,7 @@ class MqttLink:
         # "online" next, before anyone can see us connected and publish "offline" in stop()
         self._direct_publish(self.topics.status, ONLINE)
         with self._lock:
+            self._in_flight_max = in_flight
             self._connected = True
             self._connected_at = time.monotonic()
             self._connects += 1

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -377,12 +378,14 @@ def _read_packet(conn: Any) -> tuple[int, bytes]:
 
 
 @contextlib.contextmanager
-def _stand_in_broker(protocol: str) -> Iterator[tuple[MqttLink, socket.socket]]:
+def _stand_in_broker(
+    protocol: str, connack_props: bytes = b"", **cfg_options: Any
+) -> Iterator[tuple[MqttLink, socket.socket]]:
     """A listening socket in the broker's place: a link connects to it, and the test gets
     the link and the accepted connection, CONNECT read and CONNACK (accepted) sent."""
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
-        cfg = replace(MqttConfig(), host="127.0.0.1", port=port, protocol=protocol)
+        cfg = replace(MqttConfig(), host="127.0.0.1", port=port, protocol=protocol, **cfg_options)
         link = MqttLink(cfg, NODE, on_request=refuse)
         link.start()
         try:
@@ -391,8 +394,11 @@ def _stand_in_broker(protocol: str) -> Iterator[tuple[MqttLink, socket.socket]]:
             with conn:
                 conn.settimeout(30)
                 assert _read_packet(conn)[0] == 1  # CONNECT
-                # CONNACK, accepted (MQTT 5 adds an empty property list)
-                conn.sendall(b"\x20\x03\x00\x00\x00" if protocol == "5" else b"\x20\x02\x00\x00")
+                if protocol == "5":  # CONNACK, accepted, with its properties
+                    body = b"\x00\x00" + bytes([len(connack_props)]) + connack_props
+                    conn.sendall(b"\x20" + bytes([len(body)]) + body)
+                else:
+                    conn.sendall(b"\x20\x02\x00\x00")  # CONNACK, accepted
                 yield link, conn
         finally:
             link.stop(timeout=1)
@@ -446,6 +452,44 @@ def test_a_broker_saying_the_session_was_taken_over_names_the_client_id(
     line = next(r.getMessage() for r in caplog.records if "lost connection" in r.getMessage())
     assert f"another client connected with this daemon's client id 'edgetpud-{NODE}'" in line
     assert "took the session over" in line and "daemon.node_id or mqtt.client_id" in line, line
+
+
+def test_results_in_flight_stay_within_the_brokers_receive_maximum() -> None:
+    """MQTT 5: a broker that takes at most 10 unacknowledged QoS 1 messages (CONNACK Receive
+    Maximum; a strict one disconnects a client sending more) gets no more than that, the
+    link's own "online"/health included, and every result once it acknowledges."""
+    results_topic = f"edgetpud/{NODE}/models/m/results"
+    receive_max = 10
+    with _stand_in_broker("5", b"\x21" + receive_max.to_bytes(2, "big"), qos=1) as (link, conn):
+        wait_until(lambda: link.stats().connected, what="the link connected")
+        for seq in range(40):
+            link.publish_result(result(seq))
+        # read until the link stops sending (it waits for acknowledgements), then
+        # acknowledge everything; an over-eager client would have sent more meanwhile
+        conn.settimeout(0.3)
+        unacked: list[bytes] = []  # packet ids of QoS 1 PUBLISHes not acknowledged yet
+        seen: list[int] = []
+        most = 0
+        deadline = time.monotonic() + 30
+        while len(seen) < 40 and time.monotonic() < deadline:
+            try:
+                kind, body = _read_packet(conn)
+            except TimeoutError:
+                for pid in unacked:
+                    conn.sendall(b"\x40\x02" + pid)  # PUBACK
+                unacked.clear()
+                continue
+            if kind != 3:
+                continue
+            n = int.from_bytes(body[0:2], "big")
+            topic, packet_id = body[2 : 2 + n].decode(), body[2 + n : 4 + n]
+            unacked.append(packet_id)
+            most = max(most, len(unacked))
+            if topic == results_topic:
+                props_len = body[4 + n]  # < 128 here: a one-byte length
+                seen.append(json.loads(body[5 + n + props_len :])["result"]["seq"])
+    assert sorted(seen) == list(range(40)), seen
+    assert most <= receive_max
 
 
 def test_a_second_daemon_with_the_same_client_id_is_named_in_the_log(
