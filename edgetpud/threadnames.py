@@ -4,7 +4,7 @@ Python 3.11 names its threads only for itself (logs, py-spy); the kernel calls e
 one of them "python3" (or "edgetpud"). `install()` gives each thread started after it
 its Python name, shortened to the 15 bytes the kernel keeps: `worker:birds@usb:2-1/2`
 (lane 2 of model birds on usb:2-1) becomes `birds@usb:2-1/2`, paho's network thread
-`mqtt:paho`. A name longer than that loses its middle, never the lane number.
+`mqtt:paho`. A longer name loses its end, never the lane number.
 
 It works through `threading.setprofile`: the hook runs once, at the first Python call
 in each new thread, names it and removes itself, so it costs nothing afterwards.
@@ -13,7 +13,6 @@ in each new thread, names it and removes itself, so it costs nothing afterwards.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import sys
 import threading
@@ -38,23 +37,14 @@ def os_name(name: str) -> str:
     suffix = sep + lane if head and lane.isdigit() else ""
     base = head if suffix else name
     room = LIMIT - len(suffix.encode())
-    encoded = base.encode()
-    if len(encoded) > room:
-        encoded = encoded[:room]
-    return encoded.decode(errors="ignore") + suffix
-
-
-def name_current_thread(name: str | None = None) -> None:
-    """Give the calling thread its kernel name (default: from its Python name)."""
-    if _prctl is None:
-        return
-    text = os_name(name if name is not None else threading.current_thread().name)
-    _prctl(PR_SET_NAME, ctypes.c_char_p(text.encode()), 0, 0, 0)
+    return base.encode()[:room].decode(errors="ignore") + suffix
 
 
 def _hook(frame: FrameType, event: str, arg: Any) -> None:
+    """Name the new thread from its Python name, then stop being called in it."""
     sys.setprofile(None)  # this thread only: the hook runs once
-    name_current_thread()
+    text = os_name(threading.current_thread().name)
+    _prctl(PR_SET_NAME, ctypes.c_char_p(text.encode()), 0, 0, 0)
 
 
 def install() -> None:
@@ -63,8 +53,8 @@ def install() -> None:
     if not sys.platform.startswith("linux"):
         return
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        _prctl = libc.prctl
+        # the process's own symbols, libc's among them (find_library would run ldconfig)
+        _prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError) as exc:  # names are a convenience: carry on without
         log.debug("threads keep the kernel's default names (%s)", exc)
         return
