@@ -272,10 +272,8 @@ def rig(invoke_ms: float = INVOKE_MS, swap_ms: float = 0.0) -> Iterator[Rig]:
         # the broker writes each message at once (no Nagle), as docs/mqtt.md advises;
         # BENCH_NODELAY=0 measures mosquitto's default instead
         nodelay = os.environ.get("BENCH_NODELAY", "1") == "1"
-        broker = Broker(tmp, max_queued_messages=0, nodelay=nodelay)
-        with broker.conf.open("a") as conf:
-            # no Receive Maximum for QoS 1 results (docs/mqtt.md, "Throughput at QoS 1")
-            conf.write("max_inflight_messages 0\n")
+        # and announces no Receive Maximum (docs/mqtt.md, "Throughput at QoS 1")
+        broker = Broker(tmp, max_queued_messages=0, max_inflight_messages=0, nodelay=nodelay)
         with testbed() as tb, broker:
             r = Rig(tmp, tb, broker, control)
             try:

@@ -76,6 +76,7 @@ class Broker:
         users: dict[str, str] | None = None,
         acl: str | None = None,
         max_queued_messages: int | None = None,
+        max_inflight_messages: int | None = None,
         nodelay: bool = False,
         persistence: bool = False,
         port: int | None = None,
@@ -115,6 +116,8 @@ class Broker:
             )  # else mosquitto drops to "mosquitto" and cannot read tmp_path
         if max_queued_messages is not None:
             lines.append(f"max_queued_messages {max_queued_messages}")
+        if max_inflight_messages is not None and not persistence:  # persistence sets 0
+            lines.append(f"max_inflight_messages {max_inflight_messages}")
         if tls:
             lines += [
                 f"cafile {self.certs['ca']}",
