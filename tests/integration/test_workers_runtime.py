@@ -21,7 +21,7 @@ from edgetpud.preprocess import make_preprocess
 from edgetpud.runtime import Session, open_session
 from edgetpud.workers import ModelQueue, Worker
 from tests.support.fakelib import Accelerators, Control, FakeLib, make_control
-from tests.support.workers import Collector, wait_until
+from tests.support.workers import Collector, lanes_alive, wait_until
 
 CPU_MODEL = "mobilenet_v1_0.25_128_quant.tflite"
 EDGETPU_MODEL = "mobilenet_v1_0.25_128_quant_edgetpu.tflite"
@@ -47,7 +47,6 @@ def image(models_dir: Path, name: str) -> Request:
 
 
 def test_cpu_worker_classifies_real_images_in_its_own_thread(models_dir: Path) -> None:
-    baseline = threading.active_count()
     opened_in: list[str] = []
 
     def opener() -> Session:
@@ -79,7 +78,7 @@ def test_cpu_worker_classifies_real_images_in_its_own_thread(models_dir: Path) -
     timing = sink.by_id(cat.id).timing
     assert timing is not None and timing.invoke_ms > 0 and timing.preprocess_ms > 0
     assert w.stop(time.monotonic() + 60) == []
-    wait_until(lambda: threading.active_count() == baseline, what="worker thread to end")
+    wait_until(lambda: not lanes_alive(), what="worker thread to end")
     assert [r.kind for r in sink.reports] == ["opened", "stopped"]
 
 
@@ -257,7 +256,6 @@ def test_model_with_an_unknown_op_fails_at_open_and_takes_no_work(
 def test_hung_device_loses_no_request(
     models_dir: Path, lib: FakeLib, bed: Accelerators, control: Control
 ) -> None:
-    baseline = threading.active_count()
     bed.add_usb("2-1")
     bed.add_usb("2-2")
     control.set(hang=["2-1"])
@@ -283,14 +281,13 @@ def test_hung_device_loses_no_request(
 
     control.set(hang=None)  # the device answers at last: its late result is discarded
     good.stop(time.monotonic() + 60)
-    wait_until(lambda: threading.active_count() == baseline, what="threads back to baseline")
+    wait_until(lambda: not lanes_alive(), what="threads back to baseline")
     assert sum(sink.ids().values()) == 20
 
 
 def test_stop_drains_the_in_flight_request(
     models_dir: Path, lib: FakeLib, bed: Accelerators, control: Control
 ) -> None:
-    baseline = threading.active_count()
     bed.add_usb("2-1")
     control.set(invoke_ms=300)
     q = ModelQueue("m", 64, "block")
@@ -307,4 +304,4 @@ def test_stop_drains_the_in_flight_request(
     assert answered[sent[0].id] == 1 and sink.by_id(sent[0].id).ok
     assert all(answered[r.id] + queued.count(r) == 1 for r in sent)
     assert sink.kinds() == ["opened", "stopped"]
-    wait_until(lambda: threading.active_count() == baseline, what="threads back to baseline")
+    wait_until(lambda: not lanes_alive(), what="threads back to baseline")

@@ -34,6 +34,15 @@ def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE, what: s
         time.sleep(0.005)
 
 
+def lanes_alive() -> list[str]:
+    """Names of the workers' lane threads still running (`worker:<model>@<device>…`).
+
+    Tests wait for this to be empty rather than for threading.active_count() to come
+    back to where it was: a thread of an earlier test (an MQTT link's probe, say) that
+    ends meanwhile would make the count miss its mark for ever."""
+    return [t.name for t in threading.enumerate() if t.name.startswith("worker:")]
+
+
 @dataclass
 class Collector:
     """on_result / on_report sink, thread-safe, with views the tests assert on."""

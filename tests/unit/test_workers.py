@@ -24,6 +24,7 @@ from tests.support.workers import (
     ScriptedSession,
     array_pre,
     first_item,
+    lanes_alive,
     wait_until,
 )
 
@@ -149,7 +150,6 @@ def test_set_limits_changes_policy_and_rejects_nonsense() -> None:
 
 @pytest.mark.parametrize("interpreters", [1, 2])
 def test_worker_answers_each_request_with_a_timing_breakdown(interpreters: int) -> None:
-    baseline = threading.active_count()
     q = ModelQueue("m", 100, "block")
     sink = Collector()
     w = make_worker(q, sink, interpreters=interpreters)
@@ -166,7 +166,7 @@ def test_worker_answers_each_request_with_a_timing_breakdown(interpreters: int) 
     assert stats.p50_ms <= stats.p99_ms
     assert stats.heartbeat > 0
     assert w.stop(time.monotonic() + 30) == []
-    wait_until(lambda: threading.active_count() == baseline, what="worker thread to end")
+    wait_until(lambda: not lanes_alive(), what="worker thread to end")
     assert sink.kinds() == ["opened", "stopped"]
 
 
@@ -338,7 +338,6 @@ def test_stop_lets_the_in_flight_requests_finish_and_leaves_the_rest_queued() ->
 
 @pytest.mark.parametrize("interpreters", [1, 2])
 def test_stop_past_the_deadline_hands_the_request_back_once(interpreters: int) -> None:
-    baseline = threading.active_count()
     q = ModelQueue("m", 100, "block")
     session = ScriptedSession()
     sink = Collector()
@@ -349,14 +348,13 @@ def test_stop_past_the_deadline_hands_the_request_back_once(interpreters: int) -
     assert session.hanging.wait(30)
     assert w.stop(time.monotonic() + 0.05) == [stuck]
     session.release.set()
-    wait_until(lambda: threading.active_count() == baseline, what="abandoned thread to end")
+    wait_until(lambda: not lanes_alive(), what="abandoned thread to end")
     assert sink.ids()[stuck.id] == 0  # its late result was discarded, not a duplicate
     assert session.closed.is_set()
 
 
 @pytest.mark.parametrize("interpreters", [1, 2])
 def test_hung_worker_loses_no_request_and_answers_none_twice(interpreters: int) -> None:
-    baseline = threading.active_count()
     q = ModelQueue("m", 100, "block")
     hung_session = ScriptedSession("usb:0")
     sink = Collector()
@@ -390,14 +388,13 @@ def test_hung_worker_loses_no_request_and_answers_none_twice(interpreters: int) 
     hung_session.release.set()
     assert hung.stop(time.monotonic() + 30) == []
     good.stop(time.monotonic() + 30)
-    wait_until(lambda: threading.active_count() == baseline, what="threads back to baseline")
+    wait_until(lambda: not lanes_alive(), what="threads back to baseline")
     ids = sink.ids()
     assert all(ids[r.id] == 1 for r in [victim, *rest])
     assert sum(ids.values()) == 11
 
 
 def test_a_request_that_hangs_every_device_is_answered_in_the_end() -> None:
-    baseline = threading.active_count()
     q = ModelQueue("m", 100, "block")
     sink = Collector()
     sessions = []
@@ -419,7 +416,7 @@ def test_a_request_that_hangs_every_device_is_answered_in_the_end() -> None:
     for w in workers:
         w.stop(time.monotonic() + 30)
     # the abandoned lanes end (and log so) here, not during a later test
-    wait_until(lambda: threading.active_count() == baseline, what="abandoned threads to end")
+    wait_until(lambda: not lanes_alive(), what="abandoned threads to end")
 
 
 @pytest.mark.parametrize("interpreters", [1, 2])
