@@ -14,6 +14,7 @@ this machine, right now, can be set beside edgetpud's.
 from __future__ import annotations
 
 import argparse
+import queue
 import signal
 import socket
 import threading
@@ -62,16 +63,41 @@ def serve_raw(host: str, port: int, requests: str, stop: threading.Event) -> Non
     client.close()
 
 
+def serve_raw_thread(host: str, port: int, requests: str, stop: threading.Event) -> None:
+    """As serve_raw, but the reading thread hands each request to a worker thread, which
+    answers: the least any responder with a worker thread per model pays here."""
+    client = RawClient(host, port, "bench-echo-responder-thread")
+    inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
+
+    def work() -> None:
+        while not stop.is_set():
+            try:
+                msg = inbox.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            topic = msg.props.get(RESPONSE_TOPIC)
+            if topic:
+                corr = {CORRELATION_DATA: msg.props.get(CORRELATION_DATA, b"")}
+                client.publish(topic.decode(), REPLY, qos=1, props=corr)
+
+    worker = threading.Thread(target=work, name="echo:worker", daemon=True)
+    worker.start()
+    client.subscribe(requests, qos=1, on_message=inbox.put)
+    stop.wait()
+    worker.join()
+    client.close()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--base", required=True)
-    p.add_argument("--client", choices=("paho", "raw"), default="paho")
+    p.add_argument("--client", choices=("paho", "raw", "rawthread"), default="paho")
     args = p.parse_args()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    serve = serve_raw if args.client == "raw" else serve_paho
+    serve = {"raw": serve_raw, "rawthread": serve_raw_thread}.get(args.client, serve_paho)
     serve(args.host, args.port, f"{args.base}/models/+/infer", stop)
     return 0
 

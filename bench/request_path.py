@@ -15,9 +15,11 @@ timestamps each reply the moment it has read it.
 - baselines: the same paced requests answered at once, with no inference, by
   bench/echo_responder.py: with a bare paho client (what any paho-based responder costs
   here), and with a plain-socket client answering from its reading thread (the floor of
-  the broker, loopback TCP and this VM's wake-ups; no responder can beat it). Each
-  listens on its own topic base; the three paths take turns of 200 requests, so that
-  all three see the same moments of this machine's load.
+  the broker, loopback TCP and this VM's wake-ups; no responder can beat it), and the
+  same plain-socket client handing each request to a worker thread that answers it (the
+  least a responder pays that, like edgetpud, runs each model in a thread of its own). Each
+  listens on its own topic base; the four paths take turns of 200 requests, so that
+  all four see the same moments of this machine's load.
 - throughput phase: a closed loop keeping `window` requests outstanding; replies/s.
 
     umockdev-wrapper .venv/bin/python bench/request_path.py [--quick]
@@ -44,7 +46,7 @@ HERE = Path(__file__).resolve().parent
 NAME = "request_path"
 TARGET_P50_MS = 1.0
 MODEL = "req"
-ECHO_CLIENTS = ("paho", "raw")
+ECHO_CLIENTS = ("paho", "raw", "rawthread")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -124,7 +126,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         for i in range(20):  # warm up: the first requests open the path end to end
             gen.send(MODEL, f"w{i}", payload)
         common.wait_for(lambda: gen.answered() >= 20, 60, "warm-up replies")
-        # the three paths in turns of count/blocks requests, so each sees the same moments
+        # the four paths in turns of count/blocks requests, so each sees the same moments
         rtts: dict[str, list[float]] = {kind: [] for kind in gens}
         ids: list[str] = []
         order = list(gens)
@@ -186,6 +188,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         "echo_round_trip_ms_p99": round(percentile(echo["paho"], 0.99), 3),
         "floor_round_trip_ms_p50": round(percentile(echo["raw"], 0.50), 3),
         "floor_round_trip_ms_p99": round(percentile(echo["raw"], 0.99), 3),
+        "rawthread_round_trip_ms_p50": round(percentile(echo["rawthread"], 0.50), 3),
         "added_over_echo_ms_p50": round(percentile(added, 0.50) - echo_p50, 3),
     }
     record["figures"] = fig
@@ -207,6 +210,10 @@ def run(quick: bool = False) -> dict[str, Any]:
             [
                 "plain-socket echo round trip p50 / p99 (ms, the floor)",
                 f"{fig['floor_round_trip_ms_p50']} / {fig['floor_round_trip_ms_p99']}",
+            ],
+            [
+                "plain-socket echo answered by a worker thread, round trip p50 (ms)",
+                fig["rawthread_round_trip_ms_p50"],
             ],
             ["added p50 minus paho echo p50 (ms)", fig["added_over_echo_ms_p50"]],
             [
