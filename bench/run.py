@@ -123,6 +123,7 @@ def headline(records: dict[str, dict[str, Any]]) -> list[list[str]]:
         for label, key in (
             ("3 bare paho echo round trip p50 (baseline)", "echo_round_trip_ms_p50"),
             ("3 plain-socket echo round trip p50 (floor)", "floor_round_trip_ms_p50"),
+            ("3 plain-socket echo via a worker thread p50", "rawthread_round_trip_ms_p50"),
             ("3 added p50, measured invoke subtracted", "added_minus_measured_invoke_ms_p50"),
         ):
             rows.append([label, "—", fmt(f.get(key), " ms"), ""])
@@ -141,7 +142,13 @@ def headline(records: dict[str, dict[str, Any]]) -> list[list[str]]:
         rows.append(["4 requests lost", "0", str(f["lost_total"]), ok(t)])
     if "placement" in records:
         t = tgt("placement")
+        f = records["placement"]["figures"]
         rows.append(["5 placement: plan ÷ round-robin", "≥ 1.5", fmt(t.get("measured")), ok(t)])
+        for label, key in (
+            ("5 plan ÷ round-robin, both run by the script", "ratio_within_plain_script"),
+            ("5 plan ÷ the script's round-robin", "ratio_to_plain_script"),
+        ):
+            rows.append([label, "—", fmt(f.get(key)), ""])
     if "cpu_fallback" in records:
         for f in records["cpu_fallback"]["figures"]:
             if "per_s" in f:
