@@ -6,7 +6,9 @@ this machine, right now, can be set beside edgetpud's.
 - `--client paho` (default): a bare paho client with loop_start(), as edgetpud runs paho:
   what any paho-based responder costs before it does any work;
 - `--client raw`: bench/rawmqtt.py, answering from the thread that read the request: the
-  floor of the broker, TCP loopback and this VM's wake-ups.
+  floor of the broker, TCP loopback and this VM's wake-ups;
+- `--client rawthread`: the same, answering from a worker thread the reader hands each
+  request to; with `--wait-ms 2.6` the worker first sleeps as a simulated invoke does.
 
     .venv/bin/python bench/echo_responder.py --port 1883 --base bench/box [--client raw]
 """
@@ -14,10 +16,12 @@ this machine, right now, can be set beside edgetpud's.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import queue
 import signal
 import socket
 import threading
+import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -26,6 +30,7 @@ from paho.mqtt.properties import Properties
 from rawmqtt import CORRELATION_DATA, RESPONSE_TOPIC, Message, RawClient
 
 REPLY = b'{"device": "echo"}'
+PR_SET_TIMERSLACK = 29
 
 
 def serve_paho(host: str, port: int, requests: str, stop: threading.Event) -> None:
@@ -63,18 +68,26 @@ def serve_raw(host: str, port: int, requests: str, stop: threading.Event) -> Non
     client.close()
 
 
-def serve_raw_thread(host: str, port: int, requests: str, stop: threading.Event) -> None:
+def serve_raw_thread(
+    host: str, port: int, requests: str, stop: threading.Event, wait_ms: float = 0.0
+) -> None:
     """As serve_raw, but the reading thread hands each request to a worker thread, which
-    answers: the least any responder with a worker thread per model pays here."""
-    client = RawClient(host, port, "bench-echo-responder-thread")
+    answers: the least any responder with a worker thread per model pays here. With
+    `wait_ms`, the worker first sleeps that long as the fake libedgetpu's simulated
+    invoke does (1 ns of timer slack), so the figure also holds the device's wake-up."""
+    client = RawClient(host, port, f"bench-echo-responder-thread-{wait_ms:g}")
     inbox: queue.SimpleQueue[Message] = queue.SimpleQueue()
 
     def work() -> None:
+        if wait_ms:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
         while not stop.is_set():
             try:
                 msg = inbox.get(timeout=0.1)
             except queue.Empty:
                 continue
+            if wait_ms:
+                time.sleep(wait_ms / 1000.0)  # clock_nanosleep, as the fake library sleeps
             topic = msg.props.get(RESPONSE_TOPIC)
             if topic:
                 corr = {CORRELATION_DATA: msg.props.get(CORRELATION_DATA, b"")}
@@ -94,11 +107,19 @@ def main() -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--base", required=True)
     p.add_argument("--client", choices=("paho", "raw", "rawthread"), default="paho")
+    p.add_argument(
+        "--wait-ms", type=float, default=0.0, help="rawthread: sleep this long before answering"
+    )
     args = p.parse_args()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    serve = {"raw": serve_raw, "rawthread": serve_raw_thread}.get(args.client, serve_paho)
-    serve(args.host, args.port, f"{args.base}/models/+/infer", stop)
+    requests = f"{args.base}/models/+/infer"
+    if args.client == "rawthread":
+        serve_raw_thread(args.host, args.port, requests, stop, args.wait_ms)
+    elif args.client == "raw":
+        serve_raw(args.host, args.port, requests, stop)
+    else:
+        serve_paho(args.host, args.port, requests, stop)
     return 0
 
 

@@ -17,9 +17,11 @@ timestamps each reply the moment it has read it.
   here), and with a plain-socket client answering from its reading thread (the floor of
   the broker, loopback TCP and this VM's wake-ups; no responder can beat it), and the
   same plain-socket client handing each request to a worker thread that answers it (the
-  least a responder pays that, like edgetpud, runs each model in a thread of its own). Each
-  listens on its own topic base; the four paths take turns of 200 requests, so that
-  all four see the same moments of this machine's load.
+  least a responder pays that, like edgetpud, runs each model in a thread of its own),
+  and that worker first sleeping 2.6 ms as the simulated invoke does (its added latency:
+  the least any such responder with this device adds here, doing no work at all). Each
+  listens on its own topic base; the five paths take turns of 200 requests, so that
+  all five see the same moments of this machine's load.
 - throughput phase: a closed loop keeping `window` requests outstanding; replies/s.
 
     umockdev-wrapper .venv/bin/python bench/request_path.py [--quick]
@@ -46,7 +48,13 @@ HERE = Path(__file__).resolve().parent
 NAME = "request_path"
 TARGET_P50_MS = 1.0
 MODEL = "req"
-ECHO_CLIENTS = ("paho", "raw", "rawthread")
+# the echo baselines: name -> bench/echo_responder.py options
+ECHO_CLIENTS = {
+    "paho": ["--client", "paho"],
+    "raw": ["--client", "raw"],
+    "rawthread": ["--client", "rawthread"],
+    "rawwait": ["--client", "rawthread", "--wait-ms", str(common.INVOKE_MS)],
+}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -74,11 +82,12 @@ def paced(gen: LoadGen, prefix: str, payload: bytes, rate: float, count: int) ->
 def start_echo(
     r: common.Rig, client: str, payload: bytes
 ) -> tuple[subprocess.Popen[bytes], LoadGen]:
-    """bench/echo_responder.py with `client` on its own topic base, and a load generator for it."""
+    """bench/echo_responder.py as ECHO_CLIENTS[client] on its own topic base, and a load
+    generator for it."""
     base = f"bench/echo-{client}"
     echo = subprocess.Popen(
         [sys.executable, str(HERE / "echo_responder.py"), "--port", str(r.broker.port),
-         "--base", base, "--client", client],
+         "--base", base, *ECHO_CLIENTS[client]],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     gen = LoadGen(r.broker.host, r.broker.port, base, f"echo-{client}")
@@ -126,7 +135,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         for i in range(20):  # warm up: the first requests open the path end to end
             gen.send(MODEL, f"w{i}", payload)
         common.wait_for(lambda: gen.answered() >= 20, 60, "warm-up replies")
-        # the four paths in turns of count/blocks requests, so each sees the same moments
+        # the five paths in turns of count/blocks requests, so each sees the same moments
         rtts: dict[str, list[float]] = {kind: [] for kind in gens}
         ids: list[str] = []
         order = list(gens)
@@ -189,6 +198,9 @@ def run(quick: bool = False) -> dict[str, Any]:
         "floor_round_trip_ms_p50": round(percentile(echo["raw"], 0.50), 3),
         "floor_round_trip_ms_p99": round(percentile(echo["raw"], 0.99), 3),
         "rawthread_round_trip_ms_p50": round(percentile(echo["rawthread"], 0.50), 3),
+        "rawwait_added_ms_p50": round(
+            percentile([x - common.INVOKE_MS for x in echo["rawwait"]], 0.50), 3
+        ),
         "added_over_echo_ms_p50": round(percentile(added, 0.50) - echo_p50, 3),
     }
     record["figures"] = fig
@@ -214,6 +226,10 @@ def run(quick: bool = False) -> dict[str, Any]:
             [
                 "plain-socket echo answered by a worker thread, round trip p50 (ms)",
                 fig["rawthread_round_trip_ms_p50"],
+            ],
+            [
+                "the same after a 2.6 ms simulated-invoke sleep, added p50 (ms)",
+                fig["rawwait_added_ms_p50"],
             ],
             ["added p50 minus paho echo p50 (ms)", fig["added_over_echo_ms_p50"]],
             [

@@ -124,6 +124,7 @@ def headline(records: dict[str, dict[str, Any]]) -> list[list[str]]:
             ("3 bare paho echo round trip p50 (baseline)", "echo_round_trip_ms_p50"),
             ("3 plain-socket echo round trip p50 (floor)", "floor_round_trip_ms_p50"),
             ("3 plain-socket echo via a worker thread p50", "rawthread_round_trip_ms_p50"),
+            ("3 the same worker sleeping 2.6 ms, added p50", "rawwait_added_ms_p50"),
             ("3 added p50, measured invoke subtracted", "added_minus_measured_invoke_ms_p50"),
         ):
             rows.append([label, "—", fmt(f.get(key), " ms"), ""])
