@@ -54,16 +54,17 @@ def serve_paho(host: str, port: int, requests: str, stop: threading.Event) -> No
     client.loop_stop()
 
 
+def reply(client: RawClient, msg: Message) -> None:
+    """Answer `msg` on its MQTT 5 response topic, if it has one."""
+    topic = msg.props.get(RESPONSE_TOPIC)
+    if topic:
+        corr = {CORRELATION_DATA: msg.props.get(CORRELATION_DATA, b"")}
+        client.publish(topic.decode(), REPLY, qos=1, props=corr)
+
+
 def serve_raw(host: str, port: int, requests: str, stop: threading.Event) -> None:
     client = RawClient(host, port, "bench-echo-responder")
-
-    def on_message(msg: Message) -> None:
-        topic = msg.props.get(RESPONSE_TOPIC)
-        if topic:
-            corr = {CORRELATION_DATA: msg.props.get(CORRELATION_DATA, b"")}
-            client.publish(topic.decode(), REPLY, qos=1, props=corr)
-
-    client.subscribe(requests, qos=1, on_message=on_message)
+    client.subscribe(requests, qos=1, on_message=lambda msg: reply(client, msg))
     stop.wait()
     client.close()
 
@@ -88,10 +89,7 @@ def serve_raw_thread(
                 continue
             if wait_ms:
                 time.sleep(wait_ms / 1000.0)  # clock_nanosleep, as the fake library sleeps
-            topic = msg.props.get(RESPONSE_TOPIC)
-            if topic:
-                corr = {CORRELATION_DATA: msg.props.get(CORRELATION_DATA, b"")}
-                client.publish(topic.decode(), REPLY, qos=1, props=corr)
+            reply(client, msg)
 
     worker = threading.Thread(target=work, name="echo:worker", daemon=True)
     worker.start()

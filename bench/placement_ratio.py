@@ -24,11 +24,10 @@ median was still a matter of luck (1.46 one run, 1.56 the next).
 Also measured, for context: the same round-robin spread, and the plan's spread, run by
 bench/plain_script.py (one thread and one interpreter per model, as a hand-made setup
 runs it today): the ratio within the script is what the placement alone is worth to a
-runner that does not queue invokes. Both
-spreads lose to swapping, but edgetpud's 4 interpreters per TPU let a model's invokes
-queue back to back on the shared TPU, so fewer of them pay the 9 ms reload than the
-script's strict alternation does: the headline ratio is against the spread as edgetpud
-runs it, the harder of the two.
+runner that does not queue invokes. Both spreads lose to swapping, but edgetpud's 4
+interpreters per TPU let a model's invokes queue back to back on the shared TPU, so
+fewer of them pay the 9 ms reload than the script's strict alternation does: the
+headline ratio is against the spread as edgetpud runs it, the harder of the two.
 
     umockdev-wrapper .venv/bin/python bench/placement_ratio.py [--quick]
 """
@@ -78,8 +77,7 @@ def measure(r: common.Rig, pins: dict[str, str], seconds: float, warmup: float) 
     return {"total_per_s": round(total, 1), "per_model_per_s": per, "devices": placed}
 
 
-ROUND_ROBIN = {"cc128": 0, "cc160": 1, "plain160": 0}
-PLAN = {"cc128": 0, "cc160": 0, "plain160": 1}  # the spread edgetpud's planner chooses
+ROUND_ROBIN = {"cc128": 0, "cc160": 1, "plain160": 0}  # model -> index of its accelerator
 
 
 def measure_script(
@@ -118,7 +116,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             "simulated_invoke_ms": common.INVOKE_MS,
             "swap_ms": SWAP_MS,
             "models": MODELS,
-            "round_robin": {"cc128": "usb:2-1", "cc160": "usb:2-2", "plain160": "usb:2-1"},
+            "round_robin": {m: f"usb:2-{n + 1}" for m, n in ROUND_ROBIN.items()},
             "source": "synthetic, rate 0, frames at the model's input size",
             "measure_s": seconds,
             "warmup_s": warmup,
@@ -126,16 +124,19 @@ def run(quick: bool = False) -> dict[str, Any]:
         },
     )
     with common.rig(common.INVOKE_MS, SWAP_MS) as r:
-        a, b = r.add_accelerators(2)
+        accelerators = r.add_accelerators(2)
+        pins = {m: accelerators[n] for m, n in ROUND_ROBIN.items()}
         plans, rrs = [], []
         for n in range(starts):  # A B A B: each spread started afresh `starts` times
             plans.append(measure(r, {}, seconds, warmup))
             print(f"  {n + 1}. edgetpud plan: {plans[-1]['total_per_s']:.0f}/s", flush=True)
-            rrs.append(measure(r, {"cc128": a, "cc160": b, "plain160": a}, seconds, warmup))
+            rrs.append(measure(r, pins, seconds, warmup))
             print(f"  {n + 1}. round-robin:   {rrs[-1]['total_per_s']:.0f}/s", flush=True)
         script = measure_script(r, ROUND_ROBIN, seconds, warmup)
         print(f"  round-robin, plain script: {script['total_per_s']:.0f}/s", flush=True)
-        script_plan = measure_script(r, PLAN, seconds, warmup)
+        # the spread the planner chose, model -> accelerator index, as the script takes it
+        chosen = {m: accelerators.index(_median_run(plans)["devices"][m][0]) for m in MODELS}
+        script_plan = measure_script(r, chosen, seconds, warmup)
         print(f"  the plan's spread, plain script: {script_plan['total_per_s']:.0f}/s", flush=True)
     plan, rr = _median_run(plans), _median_run(rrs)
     ratio = plan["total_per_s"] / max(rr["total_per_s"], 1e-9)
