@@ -49,6 +49,17 @@ def outage(rig: Rig, ids: list[str], seconds: float) -> None:
     wait_for(lambda: online_count(rig) > onlines, 90, "the daemon back online after the restart")
 
 
+def lost_report(rig: Rig, d: Daemon, sent: list[str]) -> str:
+    """What a failed wait saw: which results are missing, the daemon's last word, the logs."""
+    missing = sorted(set(sent) - set(rig.answered("alpha")))
+    h = rig.health()
+    return (
+        f"{len(missing)} of {len(sent)} missing: {missing[:20]}\n"
+        f"last health: mqtt {h.get('mqtt')} alpha {h.get('models', {}).get('alpha')}\n"
+        f"daemon log (tail):\n{d.log()[-4000:]}\nbroker log (tail):\n{rig.broker.log()[-3000:]}"
+    )
+
+
 @pytest.mark.timeout(240)
 def test_every_result_arrives_across_repeated_broker_kills(
     tmp_path: Path, models_dir: Path, fake_lib: Path
@@ -63,7 +74,10 @@ def test_every_result_arrives_across_repeated_broker_kills(
             ids = [f"k{round_}-{i}" for i in range(150)]
             sent += ids
             outage(rig, ids, seconds=2.0)
-        wait_for(lambda: len(rig.answered("alpha")) >= len(sent), 120, "every result")
+        try:
+            wait_for(lambda: len(rig.answered("alpha")) >= len(sent), 120, "every result")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{lost_report(rig, d, sent)}") from None
         answered = rig.answered("alpha")
         assert set(answered) == set(sent), f"{len(set(sent) - set(answered))} results lost"
         assert not [r for r in answered.values() if "error" in r]
