@@ -737,7 +737,9 @@ class MqttLink:
                             self._unwritten.append((info, out))
                         continue
                     mid = info.mid
-                    if mid in self._early:
+                    # acknowledged already: its on_publish came first (`_early`), or came
+                    # and was wiped from `_early` by a disconnect in between
+                    if mid in self._early or _acknowledged(info):
                         self._early.discard(mid)
                     elif broken and out.qos == 0:
                         again.append(out)  # the link broke meanwhile: send again rather than lose
@@ -1077,6 +1079,15 @@ def _written(info: Any) -> bool:
         return bool(info.is_published())
     except (RuntimeError, ValueError):  # paho refused it: it will never be written
         return True
+
+
+def _acknowledged(info: Any) -> bool:
+    """Whether the broker acknowledged a QoS 1/2 message paho took while connected.
+
+    paho sets this after its on_publish callback. A message taken while the link was
+    down (rc NO_CONN) is resent after the reconnect; its on_publish says when it is
+    acknowledged."""
+    return bool(info.rc == paho.MQTT_ERR_SUCCESS and info.is_published())
 
 
 def _no_delay(client: Any) -> None:

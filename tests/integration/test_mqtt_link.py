@@ -247,6 +247,45 @@ def test_results_faster_than_the_broker_acknowledges_are_held_back_not_dropped(
     assert sorted(seen) == list(range(total))
 
 
+def test_a_result_acknowledged_just_before_the_link_broke_is_not_counted_as_waiting(
+    tmp_path: Path,
+) -> None:
+    """A result the broker acknowledges between paho taking it and the link recording it,
+    with the link breaking in that gap, is delivered: the link must not keep waiting for
+    its acknowledgement (health would show a backlog of 1 for ever, and every reconnect
+    would hold new results back while it waited for paho to resend it)."""
+    broker = Broker(tmp_path, max_queued_messages=0).start()
+    link = link_for(broker, qos=1)
+    client = link._client
+    real_publish = client.publish
+    paused: list[Any] = []
+
+    def publish_then_break(*args: Any, **kw: Any) -> Any:
+        info = real_publish(*args, **kw)
+        if not paused and kw.get("qos") == 1 and not kw.get("retain"):
+            paused.append(info)
+            info.wait_for_publish(10)  # the broker acknowledged it...
+            broker.kill()  # ...and the link breaks before publish() has returned
+            wait_until(lambda: not link.stats().connected, what="the link to notice")
+        return info
+
+    link.start()
+    try:
+        wait_until(lambda: link.stats().connected, what="connect")
+        client.publish = publish_then_break
+        with Subscriber(broker, [RESULTS], protocol="3.1.1") as sub:
+            link.publish_result(result(1))
+            assert paused and paused[0].is_published()
+            (msg,) = sub.wait_for(RESULTS, timeout=10)
+            assert json.loads(msg.payload)["request_id"] == "1"
+        broker.start()
+        wait_until(lambda: link.stats().connected, what="reconnect")
+        wait_until(lambda: link.stats().backlog == 0, timeout=30, what="an empty backlog")
+    finally:
+        link.stop()
+        broker.stop()
+
+
 def test_backlog_keeps_the_newest_up_to_its_limit(tmp_path: Path) -> None:
     broker = Broker(tmp_path, max_queued_messages=0).start()
     link = link_for(broker, qos=0, backlog_limit=100)
