@@ -53,8 +53,11 @@ def lost_report(rig: Rig, d: Daemon, sent: list[str]) -> str:
     """What a failed wait saw: which results are missing, the daemon's last word, the logs."""
     missing = sorted(set(sent) - set(rig.answered("alpha")))
     h = rig.health()
+    proc = rig.broker.proc
+    broker = "running" if rig.broker.running else f"exited ({proc and proc.returncode})"
     return (
         f"{len(missing)} of {len(sent)} missing: {missing[:20]}\n"
+        f"broker {broker}; test subscriber connected: {rig.sub.client.is_connected()}\n"
         f"last health: mqtt {h.get('mqtt')} alpha {h.get('models', {}).get('alpha')}\n"
         f"daemon log (tail):\n{d.log()[-4000:]}\nbroker log (tail):\n{rig.broker.log()[-3000:]}"
     )
