@@ -26,7 +26,10 @@ queue_size = 1000
 
 
 def online_count(rig: Rig) -> int:
-    return sum(1 for m in rig.sub.on(f"{BASE}/status") if m.payload == b"online")
+    """The daemon's connects the subscriber has seen: each "online" it got live, not the
+    retained copy a re-subscribe after a broker restart brings too. (Counting those
+    as well once let a round think the daemon was back before the subscriber was.)"""
+    return sum(1 for m in rig.sub.on(f"{BASE}/status") if m.payload == b"online" and not m.retain)
 
 
 def outage(rig: Rig, ids: list[str], seconds: float) -> None:

@@ -98,6 +98,8 @@ class Broker:
                     # unacknowledged at a time: what was written survives a SIGKILL in the
                     # subscriber's socket, what waited for room in broker memory would not
                     "max_inflight_messages 0",
+                    # a QoS 0 subscriber's persistent session (fault_rig's) queues too
+                    "queue_qos0_messages true",
                 ]
                 if persistence
                 else ["persistence false"]
@@ -219,12 +221,14 @@ class Subscriber:
         protocol: str = "5",
         client_id: str = "",
         persistent: bool = False,
+        qos: int = 1,
     ) -> None:
         import paho.mqtt.client as paho
 
         self._paho = paho
         self.broker = broker
         self.topics = topics
+        self.qos = qos
         self.messages: list[Any] = []
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
@@ -280,7 +284,7 @@ class Subscriber:
         self.client.loop_stop()
 
     def _connected(self) -> None:
-        self.client.subscribe([(t, 1) for t in self.topics])
+        self.client.subscribe([(t, self.qos) for t in self.topics])
 
     def _message(self, msg: Any) -> None:
         with self._cond:
