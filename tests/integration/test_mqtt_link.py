@@ -6,6 +6,7 @@ Runs with paho 2.x (.venv) and paho 1.6 (.venv-paho16, `make test-paho16`).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -16,12 +17,13 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from edgetpud.config import MqttConfig
 from edgetpud.messages import Request, Result, Timing
@@ -418,14 +420,17 @@ def _read_packet(conn: Any) -> tuple[int, bytes]:
 
 @contextlib.contextmanager
 def _stand_in_broker(
-    protocol: str, connack_props: bytes = b"", **cfg_options: Any
+    protocol: str,
+    connack_props: bytes = b"",
+    on_request: Callable[[Request], str | None] = refuse,
+    **cfg_options: Any,
 ) -> Iterator[tuple[MqttLink, socket.socket]]:
     """A listening socket in the broker's place: a link connects to it, and the test gets
     the link and the accepted connection, CONNECT read and CONNACK (accepted) sent."""
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]
         cfg = replace(MqttConfig(), host="127.0.0.1", port=port, protocol=protocol, **cfg_options)
-        link = MqttLink(cfg, NODE, on_request=refuse)
+        link = MqttLink(cfg, NODE, on_request=on_request)
         link.start()
         try:
             server.settimeout(30)
@@ -466,6 +471,46 @@ def test_requests_are_subscribed_before_online_is_published() -> None:
     online = ("publish", STATUS)
     assert infer in order and online in order, order
     assert order.index(infer) < order.index(online), order
+
+
+def test_requests_the_broker_delivered_just_before_it_died_are_all_taken() -> None:
+    """The broker writes 50 requests at once and dies before it reads anything back. A
+    paho client reads one packet per turn of its loop when it holds no message of its own,
+    then writes that request's PUBACK; the write fails on the dead socket and paho drops
+    what is still unread (it took 2 of the 50). The requesters had their PUBACKs from the
+    broker, so the link reads every packet already there before it writes."""
+    taken: list[str] = []
+
+    def take(request: Request) -> str | None:
+        taken.append(request.id)
+        return None
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, "PNG")
+    topic = f"edgetpud/{NODE}/models/m/infer".encode()
+    burst = b""
+    for n in range(1, 51):  # PUBLISH, QoS 1, packet id n, correlation-free: ids from the link
+        body = len(topic).to_bytes(2, "big") + topic + n.to_bytes(2, "big") + png.getvalue()
+        burst += b"\x32" + _remaining_length(len(body)) + body
+    with _stand_in_broker("3.1.1", on_request=take) as (link, conn):
+        link.set_models({"m": None})
+        wait_until(lambda: link.stats().connected, what="the link connected")
+        conn.sendall(burst)
+        conn.close()  # the broker dies; it read none of the daemon's PUBACKs
+        wait_until(lambda: not link.stats().connected, what="the link to notice")
+        with contextlib.suppress(AssertionError):  # the count below says how many
+            wait_until(lambda: len(taken) >= 50, timeout=10, what="50 requests taken")
+    assert len(taken) == 50, f"{len(taken)} of 50 requests taken"
+    assert link.stats().requests_accepted == 50
+
+
+def _remaining_length(n: int) -> bytes:
+    out = b""
+    while True:
+        n, digit = n >> 7, n & 0x7F
+        out += bytes([digit | (0x80 if n else 0)])
+        if not n:
+            return out
 
 
 def test_a_broker_saying_the_session_was_taken_over_names_the_client_id(
