@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from paho.mqtt.properties import VariableByteIntegers
 from PIL import Image
 
 from edgetpud.config import MqttConfig
@@ -491,7 +492,7 @@ def test_requests_the_broker_delivered_just_before_it_died_are_all_taken() -> No
     burst = b""
     for n in range(1, 51):  # PUBLISH, QoS 1, packet id n, correlation-free: ids from the link
         body = len(topic).to_bytes(2, "big") + topic + n.to_bytes(2, "big") + png.getvalue()
-        burst += b"\x32" + _remaining_length(len(body)) + body
+        burst += b"\x32" + VariableByteIntegers.encode(len(body)) + body
     with _stand_in_broker("3.1.1", on_request=take) as (link, conn):
         link.set_models({"m": None})
         wait_until(lambda: link.stats().connected, what="the link connected")
@@ -502,15 +503,6 @@ def test_requests_the_broker_delivered_just_before_it_died_are_all_taken() -> No
             wait_until(lambda: len(taken) >= 50, timeout=10, what="50 requests taken")
     assert len(taken) == 50, f"{len(taken)} of 50 requests taken"
     assert link.stats().requests_accepted == 50
-
-
-def _remaining_length(n: int) -> bytes:
-    out = b""
-    while True:
-        n, digit = n >> 7, n & 0x7F
-        out += bytes([digit | (0x80 if n else 0)])
-        if not n:
-            return out
 
 
 def test_a_broker_saying_the_session_was_taken_over_names_the_client_id(
