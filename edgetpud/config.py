@@ -248,6 +248,13 @@ class DevicesConfig:
         minimum=0.1,
         maximum=86400,
     )
+    thermal_interval: float = option(
+        "How often each PCIe module's temperature is read (the apex driver reports no changes).",
+        5.0,
+        kind="duration",
+        minimum=0.2,
+        maximum=3600,
+    )
 
 
 @dataclass(frozen=True)

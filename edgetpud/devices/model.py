@@ -46,7 +46,10 @@ class ThermalInfo:
 
     temp_c: float
     trip_points_c: tuple[float, ...] = ()
-    throttled: bool = False
+    throttled: bool = False  # at or past the first trip point: the driver slows the clock
+    level: int = 0  # trip points reached: 0 full clock .. len(trip_points_c) shut down
+    dead: bool = False  # a reading no working module gives (about -88 C has been reported)
+    draining: bool = False  # reached the last trip point, not yet cooled below the first
 
 
 @dataclass(frozen=True)

@@ -9,17 +9,17 @@ hub depends on the other accelerators below it, so `judge()` takes all of them.
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from edgetpud.config import DevicesConfig
 from edgetpud.devices.facts import ApexFacts, Facts, HubFacts, UsbFacts
 from edgetpud.devices.model import DeviceInfo, HubInfo, PowerInfo, ThermalInfo, Verdict
+from edgetpud.devices.thermal import DEAD_BELOW_C, is_dead, throttle_level
 
 USB3_MBPS = 5000
 USB3_PORT_MA = 900
 USB2_PORT_MA = 500
 NEEDED_MA = {"std": 500, "max": 900}
-DEAD_BELOW_C = -40.0  # no working module reads this cold; a dead one has read about -88 C
 
 
 def port_limit_ma(speed_mbps: int) -> int:
@@ -47,8 +47,12 @@ def judge(
     *,
     performance: str | None = None,
     bad_ports: Mapping[str, str] | None = None,
+    draining: Collection[str] = (),
 ) -> list[DeviceInfo]:
-    """Records for every device in `facts`, sorted by bus and port."""
+    """Records for every device in `facts`, sorted by bus and port.
+
+    `draining`: identities of PCIe modules that reached their last trip point and have
+    not yet cooled below their first (the watcher's thermal hysteresis)."""
     bad = bad_ports or {}
     usb = [f for f in facts if isinstance(f, UsbFacts)]
     records: list[DeviceInfo] = []
@@ -56,7 +60,7 @@ def judge(
         if isinstance(f, UsbFacts):
             records.append(_judge_usb(f, usb, policy, performance or policy.performance, bad))
         else:
-            records.append(_judge_apex(f, policy, bad))
+            records.append(_judge_apex(f, policy, bad, f.identity in draining))
     return sorted(records, key=sort_key)
 
 
@@ -210,25 +214,17 @@ def _judge_usb(
     )
 
 
-def _judge_apex(f: ApexFacts, policy: DevicesConfig, bad: Mapping[str, str]) -> DeviceInfo:
+def _judge_apex(
+    f: ApexFacts, policy: DevicesConfig, bad: Mapping[str, str], draining: bool = False
+) -> DeviceInfo:
     rejects = _policy_reasons(f.identity, f.pci_address, policy)
     warnings: list[str] = []
     thermal = None
     if f.temp_mc is not None:
-        temp = f.temp_mc / 1000
-        trips = tuple(t / 1000 for t in f.trip_points_mc)
-        throttled = bool(trips) and temp >= trips[0]
-        thermal = ThermalInfo(temp_c=temp, trip_points_c=trips, throttled=throttled)
-        if temp < DEAD_BELOW_C:
-            rejects.append(
-                f"reads {temp:.1f} °C, which no working module reports: the module or its "
-                "sensor is faulty; reseat it, check `dmesg` for apex errors, or replace it"
-            )
-        elif throttled:
-            warnings.append(
-                f"at {temp:.1f} °C, past its first trip point ({trips[0]:.0f} °C): the driver "
-                "slows its clock; improve cooling (heatsink, airflow)"
-            )
+        thermal = _thermal(f.temp_mc / 1000, tuple(t / 1000 for t in f.trip_points_mc), draining)
+        (rejects if thermal.dead or thermal.draining else warnings).extend(
+            _thermal_reasons(thermal)
+        )
     warnings += _learned_reason(f.identity, bad)
     return DeviceInfo(
         identity=f.identity,
@@ -242,3 +238,47 @@ def _judge_apex(f: ApexFacts, policy: DevicesConfig, bad: Mapping[str, str]) -> 
         verdict=_verdict(rejects, warnings),
         reasons=tuple(rejects + warnings),
     )
+
+
+_ORDINAL = {1: "first", 2: "second", 3: "third"}
+
+
+def _thermal(temp: float, trips: tuple[float, ...], draining: bool) -> ThermalInfo:
+    level = throttle_level(temp, trips)
+    dead = is_dead(temp)
+    return ThermalInfo(
+        temp_c=temp,
+        trip_points_c=trips,
+        throttled=level > 0,
+        level=level,
+        dead=dead,
+        draining=not dead and bool(trips) and (level >= len(trips) or draining),
+    )
+
+
+def _thermal_reasons(t: ThermalInfo) -> list[str]:
+    trips = t.trip_points_c
+    if t.dead:
+        return [
+            f"dead: reads {t.temp_c:.1f} °C, which no working module reports (below "
+            f"{DEAD_BELOW_C:.0f} °C): the module or its sensor is faulty; reseat it, check "
+            "`dmesg` for apex errors, or replace it"
+        ]
+    if t.draining and t.level >= len(trips):
+        return [
+            f"at {t.temp_c:.1f} °C, past its last trip point ({trips[-1]:.0f} °C): the driver "
+            f"shuts the module down, so its models were moved; it is used again below "
+            f"{trips[0]:.0f} °C; improve cooling (heatsink, airflow)"
+        ]
+    if t.draining:
+        return [
+            f"cooling down at {t.temp_c:.1f} °C after passing its last trip point "
+            f"({trips[-1]:.0f} °C): it is used again below {trips[0]:.0f} °C"
+        ]
+    if t.throttled:
+        return [
+            f"at {t.temp_c:.1f} °C, past its {_ORDINAL.get(t.level, str(t.level))} trip point "
+            f"({trips[t.level - 1]:.0f} °C) of {len(trips)}: the driver slows its clock; "
+            "improve cooling (heatsink, airflow)"
+        ]
+    return []

@@ -23,7 +23,8 @@ from typing import Any, Literal
 import pyudev
 
 from edgetpud.config import DevicesConfig
-from edgetpud.devices.facts import Facts, UsbFacts
+from edgetpud.devices import thermal
+from edgetpud.devices.facts import ApexFacts, Facts, UsbFacts
 from edgetpud.devices.learned import LearnedPorts
 from edgetpud.devices.model import DeviceInfo
 from edgetpud.devices.udev import SUBSYSTEMS, match, new_context, scan
@@ -90,6 +91,8 @@ class DeviceWatcher:
         self._ctx: Any = None
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._draining: set[str] = set()  # PCIe modules out of service until they cool down
+        self._next_thermal = 0.0  # time.monotonic() of the next temperature poll
 
     # -- the service's side -------------------------------------------------
 
@@ -190,14 +193,72 @@ class DeviceWatcher:
                     dirty = False
                     self._reconcile()
                 self._expire()
+                self._poll_thermal()
             except Exception:
                 log.exception("could not handle a udev event; carrying on")
 
     def _wait_time(self) -> float:
         with self._lock:
+            now = time.monotonic()
+            wait = min(IDLE_WAIT, max(self._next_thermal - now, 0.0))
             if not self._pending:
-                return IDLE_WAIT
-            return min(max(min(self._pending.values()) - time.monotonic(), 0.0), IDLE_WAIT)
+                return wait
+            return min(max(min(self._pending.values()) - now, 0.0), wait)
+
+    def _poll_thermal(self) -> None:
+        """Read every PCIe module's temperature when `devices.thermal_interval` is due; a
+        changed reading or hysteresis state becomes a "changed" event like any udev change."""
+        now = time.monotonic()
+        if now < self._next_thermal:
+            return
+        with self._lock:
+            self._next_thermal = now + self._policy.thermal_interval
+            apexes = [f for f in self._facts.values() if isinstance(f, ApexFacts)]
+        changed = False
+        for facts in apexes:
+            reading = thermal.read(facts.sys_path)
+            if reading is None or reading.temp_mc is None:
+                continue
+            trips = reading.trip_points_mc or facts.trip_points_mc
+            new = replace(facts, temp_mc=reading.temp_mc, trip_points_mc=trips)
+            temp_c, trips_c = reading.temp_mc / 1000, tuple(t / 1000 for t in trips)
+            was = facts.identity in self._draining
+            now_draining = thermal.draining_next(was, temp_c, trips_c)
+            with self._lock:
+                if self._facts.get(facts.identity) != facts:
+                    continue  # udev changed or removed it meanwhile
+                if now_draining != was:
+                    (self._draining.add if now_draining else self._draining.discard)(facts.identity)
+                    changed = True
+                if new != facts:
+                    self._log_level(facts, new)
+                    self._put(new)
+                    changed = True
+        if changed:
+            with self._lock:
+                self._update()
+
+    @staticmethod
+    def _log_level(old: ApexFacts, new: ApexFacts) -> None:
+        def level(f: ApexFacts) -> int:
+            if f.temp_mc is None:
+                return 0
+            if thermal.is_dead(f.temp_mc / 1000):
+                return -1
+            return thermal.throttle_level(
+                f.temp_mc / 1000, tuple(t / 1000 for t in f.trip_points_mc)
+            )
+
+        before, after = level(old), level(new)
+        if before != after and new.temp_mc is not None:
+            log.warning(
+                "%s: %.1f °C, thermal level %d -> %d (%d trip point(s) reached)",
+                new.identity,
+                new.temp_mc / 1000,
+                before,
+                after,
+                max(after, 0),
+            )
 
     def _handle(self, action: str, device: Any) -> None:
         sys_path = str(device.sys_path)
@@ -277,6 +338,7 @@ class DeviceWatcher:
     def _drop(self, identity: str) -> None:
         facts = self._facts.pop(identity, None)
         self._pending.pop(identity, None)
+        self._draining.discard(identity)
         if facts is not None and self._by_path.get(facts.sys_path) == identity:
             del self._by_path[facts.sys_path]
 
@@ -286,6 +348,7 @@ class DeviceWatcher:
             self._policy,
             performance=self._performance,
             bad_ports=self._learned.reasons(),
+            draining=self._draining,
         )
         return {r.identity: r for r in records}
 

@@ -143,6 +143,9 @@ def test_json_gives_each_scenario_its_verdict_and_reasons(umock: Testbed) -> Non
         "temp_c": 52.0,
         "trip_points_c": [85.0, 90.0, 95.0],
         "throttled": False,
+        "level": 0,
+        "dead": False,
+        "draining": False,
     }
     hot = r["pci:0000:04:00.0"]
     assert hot["thermal"]["throttled"] and hot["verdict"] == "degraded"

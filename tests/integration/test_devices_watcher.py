@@ -283,3 +283,56 @@ def test_rescan_after_activity_catches_a_lost_remove_event(
         ("added", "usb:2-2"),
         ("removed", "usb:2-1"),
     ]
+
+
+def test_apex_temperature_is_polled_and_drains_past_the_last_trip_point(
+    umock: Testbed,  # noqa: F811
+    watch: Callable[..., DeviceWatcher],
+    events: Events,
+) -> None:
+    """The apex driver sends no uevent when a module heats up: the watcher reads `temp`
+    every thermal_interval. 80 → 87 → 96 → 88 → 40 °C walks the module through full
+    clock, throttled, drained (past the last trip point), still drained while it cools
+    above the first trip point, and back in service; -88 °C is a dead module."""
+    apex = umock.add_apex(0, "0000:03:00.0", temp_mc=45000)
+    ident = "pci:0000:03:00.0"
+    watcher = watch(DevicesConfig(thermal_interval=0.2))
+    assert by_id(watcher.start())[ident].verdict == "ok"
+
+    def thermal_is(level: int, verdict: str, draining: bool, temp: float) -> Callable[..., bool]:
+        def check(evs: list[DeviceEvent]) -> bool:
+            last = [e.device for e in evs if e.device.identity == ident][-1:]
+            return bool(last) and (
+                last[0].thermal is not None
+                and (last[0].thermal.level, last[0].verdict, last[0].thermal.draining)
+                == (level, verdict, draining)
+                and last[0].thermal.temp_c == temp
+            )
+
+        return check
+
+    steps = [
+        (80000, 0, "ok", False),
+        (87000, 1, "degraded", False),
+        (96000, 3, "rejected", True),
+        (88000, 1, "rejected", True),  # hysteresis: not back until below 85 °C
+        (40000, 0, "ok", False),
+    ]
+    for temp_mc, level, verdict, draining in steps:
+        umock.set_attribute(apex, "temp", str(temp_mc))
+        events.wait_for(thermal_is(level, verdict, draining, temp_mc / 1000))
+    hot = [e.device for e in events.seen if e.device.thermal and e.device.thermal.level == 3]
+    assert "past its last trip point (95 °C)" in hot[-1].reasons[0]
+    assert "used again below 85 °C" in hot[-1].reasons[0]
+
+    umock.set_attribute(apex, "temp", "-88000")
+    events.wait_for(
+        lambda evs: any(
+            e.device.thermal is not None
+            and e.device.thermal.dead
+            and e.device.verdict == "rejected"
+            for e in evs
+        )
+    )
+    assert events.seen[-1].device.reasons[0].startswith("dead: reads -88.0 °C")
+    assert all(e.action == "changed" for e in events.seen)
