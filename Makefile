@@ -19,6 +19,8 @@ APT_PACKAGES := mosquitto umockdev gir1.2-umockdev-1.0 libumockdev0 gcc libc6-de
 APT_PACKAGES += debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools \
 	lintian man-db python3-pytest python3-hypothesis python3-numpy python3-pyudev \
 	python3-paho-mqtt python3-pil python3-flatbuffers mosquitto-clients
+# promtool (tests/integration/test_metrics.py) and a real Prometheus (tests/e2e/test_metrics_e2e.py)
+APT_PACKAGES += prometheus python3-prometheus-client
 
 .PHONY: help demo test lint typecheck pytest clean deb test-paho16
 

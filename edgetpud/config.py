@@ -83,6 +83,27 @@ def check_device_selector(value: str) -> str | None:
     )
 
 
+def parse_listen(value: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` → (host, port); ValueError saying what is wrong."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f'expected "host:port" such as "127.0.0.1:9464", got {show(value)}')
+    host = host.strip("[]")
+    if not host:
+        raise ValueError(f'give the address to listen on as well, e.g. "127.0.0.1:{port}"')
+    return host, int(port)
+
+
+def check_listen(value: str) -> str | None:
+    if value == "":
+        return None
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 @dataclass(frozen=True)
 class DaemonConfig:
     node_id: str = option(
@@ -258,6 +279,15 @@ class DevicesConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = option(
+        'Serve Prometheus metrics at http://<listen>/metrics, e.g. "127.0.0.1:9464"; empty: off.',
+        "",
+        check=check_listen,
+    )
+
+
+@dataclass(frozen=True)
 class FleetConfig:
     group: str = option(
         "Shared-subscription group for fleet requests; empty turns the fleet topic off.",
@@ -325,6 +355,7 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     devices: DevicesConfig = field(default_factory=DevicesConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     models: dict[str, ModelConfig] = field(default_factory=dict)
     path: Path | None = None
 
@@ -343,6 +374,7 @@ SECTIONS: dict[str, type[Any]] = {
     "runtime": RuntimeConfig,
     "devices": DevicesConfig,
     "fleet": FleetConfig,
+    "metrics": MetricsConfig,
 }
 
 
@@ -482,6 +514,7 @@ def parse(
         runtime=sections["runtime"],
         devices=sections["devices"],
         fleet=sections["fleet"],
+        metrics=sections["metrics"],
         models=models,
         path=Path(source) if source else None,
     )

@@ -41,6 +41,7 @@ SECTION_DOCS = {
     "runtime": "The TensorFlow Lite runtime and the Edge TPU library.",
     "devices": "Which Edge TPUs may be used, and how they are judged (see docs/devices.md).",
     "fleet": "Several boxes sharing one request topic (MQTT 5 shared subscriptions).",
+    "metrics": "The Prometheus / OpenMetrics endpoint (see docs/metrics.md).",
 }
 
 MODELS_DOC = """\
