@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from edgetpud import plugins
+from edgetpud import pathcheck, plugins
 from edgetpud.errors import ConfigError, ConfigIssue, ConfigUnreadableError, PluginError
 from edgetpud.schema import Context, did_you_mean, join, load_table, option, show
 
@@ -378,25 +378,44 @@ SECTIONS: dict[str, type[Any]] = {
 }
 
 
+MAX_CONFIG_BYTES = 1024 * 1024  # a full config is a few KB; 256 models fit in ~100 KB
+MAX_NESTING = 16  # [models.<name>.source] with an array of arrays is 5 deep
+
+
 def read_toml(path: Path) -> dict[str, Any]:
-    """Parse a TOML file, or raise ConfigUnreadableError saying why (with line and column)."""
+    """Parse a TOML file, or raise ConfigUnreadableError saying why (with line and column).
+
+    Whatever the file holds, only ConfigUnreadableError escapes: a named pipe or device
+    node is never opened, a file over MAX_CONFIG_BYTES never read in full, and the
+    parser's own blow-ups (RecursionError on arrays nested hundreds deep, ValueError on a
+    5,000-digit integer, MemoryError) become one line saying what to fix.
+    """
     try:
-        data = path.read_bytes()
+        data = pathcheck.read_bounded(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigUnreadableError(
             f"{path}: no such file; create it from the example in /etc/edgetpud or pass --config"
         ) from None
-    except IsADirectoryError:
+    except pathcheck.NotARegularFile as exc:
+        if str(exc) == "is a folder, not a file":
+            raise ConfigUnreadableError(
+                f"{path}: is a folder, not a config file; give the .toml file inside it"
+                + _toml_file_in(path)
+            ) from None
         raise ConfigUnreadableError(
-            f"{path}: is a folder, not a config file; give the .toml file inside it"
-            + _toml_file_in(path)
+            f"{path}: {exc}; give the path of the .toml config file"
+        ) from None
+    except pathcheck.TooLarge as exc:
+        raise ConfigUnreadableError(
+            f"{path}: is {exc.size} bytes, over the {MAX_CONFIG_BYTES}-byte limit for a "
+            "config file (a full one is a few KB); is this the right file?"
         ) from None
     except PermissionError:
         raise ConfigUnreadableError(
             f"{path}: permission denied; the file must be readable by the user running edgetpud"
         ) from None
     except OSError as exc:
-        raise ConfigUnreadableError(f"{path}: cannot be read: {exc.strerror}") from None
+        raise ConfigUnreadableError(f"{path}: cannot be read: {exc.strerror or exc}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -404,11 +423,53 @@ def read_toml(path: Path) -> dict[str, Any]:
             f"{path}: not UTF-8 text (byte {exc.start}); re-save it as UTF-8"
         ) from None
     try:
-        return tomllib.loads(text)
+        parsed = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigUnreadableError(
             f"{path}: not valid TOML: {_toml_problem(str(exc), text, path)}"
         ) from None
+    except RecursionError:
+        raise ConfigUnreadableError(
+            f"{path}: arrays or inline tables are nested hundreds of levels deep, too deep for "
+            f"the TOML parser; an edgetpud config nests at most {MAX_NESTING} levels: fix or "
+            "replace the file"
+        ) from None
+    except (ValueError, MemoryError, OverflowError) as exc:  # e.g. a 5,000-digit integer
+        raise ConfigUnreadableError(
+            f"{path}: the TOML parser cannot read it ({_parser_failure(exc)}); fix or "
+            "replace the file"
+        ) from None
+    _check_nesting(parsed, path)
+    return parsed
+
+
+def _parser_failure(exc: BaseException) -> str:
+    """What made tomllib fail outside its own TOMLDecodeError, in a user's words."""
+    text = " ".join(str(exc).split())
+    if "integer string conversion" in text:
+        return "a number has thousands of digits; no setting takes a number that large"
+    if isinstance(exc, MemoryError):
+        return "it ran out of memory"
+    return text[:200] or type(exc).__name__
+
+
+def _check_nesting(data: dict[str, Any], path: Path) -> None:
+    """ConfigUnreadableError naming the first key nested deeper than MAX_NESTING levels.
+
+    Iterative, so it cannot itself run out of stack.
+    """
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:
+        value, where, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise ConfigUnreadableError(
+                f"{path}: {where or 'the document'} is nested {depth} levels deep, over the "
+                f"limit of {MAX_NESTING}; no edgetpud setting takes values nested like that"
+            )
+        if isinstance(value, dict):
+            stack.extend((v, join(where, toml_key(k)), depth + 1) for k, v in value.items())
+        elif isinstance(value, list):
+            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
 
 
 def _toml_file_in(folder: Path) -> str:
