@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from edgetpud.devices.buses import shares
 from edgetpud.devices.model import DeviceInfo, HubInfo
 from edgetpud.devices.verdict import sort_key
 
@@ -33,9 +34,11 @@ def _speed(mbps: int) -> str:
     return f"{mbps}M" if mbps else "?M"
 
 
-def _hub_line(hub: HubInfo) -> str:
+def _hub_line(hub: HubInfo, below: int = 0) -> str:
     power = "self-powered" if hub.self_powered else f"bus-powered, draws {hub.max_power_ma} mA"
     extra = ", internal sub-hub" if hub.internal else ""
+    if below > 1:
+        extra += f", {below} accelerators below"
     return (
         f"Port {_port_number(hub.port)}: hub {hub.port}, {_speed(hub.speed_mbps)}, {power}{extra}"
     )
@@ -83,10 +86,15 @@ def render(records: Sequence[DeviceInfo]) -> str:
         for hub in chain:
             node = node.children.setdefault(hub.port, _Node(hub=hub))
         node.devices.append(d)
+    sharing = {s.bus: s for s in shares(records)}
     for name in sorted(buses, key=lambda b: int(b) if b.isdigit() else 0):
         root = buses[name]
         speed = f", {_speed(root.hub.speed_mbps)}" if root.hub is not None else ""
-        lines.append(f"Bus {name} (root hub usb{name}{speed})")
+        share = sharing.get(name)
+        shared = ""
+        if share is not None and share.shared:
+            shared = f": {len(share.accelerators)} accelerators share its bandwidth"
+        lines.append(f"Bus {name} (root hub usb{name}{speed}){shared}")
         _render_node(root, 1, lines)
     pci = sorted((r for r in records if r.kind == "pci"), key=sort_key)
     if pci:
@@ -105,7 +113,7 @@ def _render_node(node: _Node, depth: int, lines: list[str]) -> None:
             _render_device(item, depth, lines)
         else:
             assert item.hub is not None
-            lines.append(INDENT * (depth - 1) + BRANCH + _hub_line(item.hub))
+            lines.append(INDENT * (depth - 1) + BRANCH + _hub_line(item.hub, _count(item)))
             _render_node(item, depth + 1, lines)
 
 
@@ -114,3 +122,7 @@ def _render_device(d: DeviceInfo, depth: int, lines: list[str]) -> None:
     mark = "x " if d.verdict == "rejected" else "! "
     for reason in d.reasons:
         lines.append(INDENT * depth + mark + reason)
+
+
+def _count(node: _Node) -> int:
+    return len(node.devices) + sum(_count(c) for c in node.children.values())

@@ -163,10 +163,10 @@ def test_tree_output_marks_the_problem_port(
     out = capsys.readouterr().out
     assert code == 0
     assert out.splitlines()[:7] == [
-        "Bus 2 (root hub usb2, 5000M)",
-        "|__ Port 3: hub 2-3, 5000M, self-powered",
+        "Bus 2 (root hub usb2, 5000M): 3 accelerators share its bandwidth",
+        "|__ Port 3: hub 2-3, 5000M, self-powered, 3 accelerators below",
         "    |__ Port 1: usb:2-3.1  18d1:9302  ready  5000M  900 mA (needs 500)  OK",
-        "    |__ Port 2: hub 2-3.2, 5000M, self-powered, internal sub-hub",
+        "    |__ Port 2: hub 2-3.2, 5000M, self-powered, internal sub-hub, 2 accelerators below",
         "        |__ Port 1: usb:2-3.2.1  18d1:9302  ready  5000M  900 mA (needs 500)  OK",
         "        |__ Port 2: usb:2-3.2.2  18d1:9302  ready  5000M  900 mA (needs 500)  DEGRADED",
         "            ! on port 2 of 2-3.2, a sub-hub cascaded inside hub 2-3: Edge TPUs often "
