@@ -92,6 +92,15 @@ def build_parser() -> argparse.ArgumentParser:
     config_arg(p)
     p.add_argument("--fleet", action="store_true", help="every node under the topic prefix")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker")
+    p.add_argument(
+        "--watch",
+        nargs="?",
+        type=float,
+        const=2.0,
+        default=None,
+        metavar="SECONDS",
+        help="refresh the table in place every SECONDS (default 2) until Ctrl-C",
+    )
 
     sub.add_parser("version", help="print the version")
     return parser

@@ -22,10 +22,41 @@ from edgetpud.errors import ConfigUnreadableError
 REASON_WIDTH = 72  # a longer REASON is cut, with a note under the table
 
 
+CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear screen: the table is redrawn in place
+
+
 def main(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if isinstance(cfg, int):
         return cfg
+    every = getattr(args, "watch", None)
+    if every is None:
+        text, code, failed = _once(cfg, args)
+        print(text, file=sys.stderr if failed else sys.stdout)
+        return code
+    return watch(cfg, args, max(every, 0.2))
+
+
+def watch(cfg: Any, args: argparse.Namespace, every: float) -> int:
+    """Redraw the table every `every` seconds until interrupted; a broker that is away
+    is shown as such and retried, so an operator's terminal survives a broker restart.
+    On a terminal the screen is cleared each time; piped, the tables follow each other."""
+    tty = sys.stdout.isatty()
+    code = 0
+    try:
+        while True:
+            text, code, _ = _once(cfg, args)
+            stamp = time.strftime("%H:%M:%S")
+            head = f"edgetpud status, every {every:g}s (Ctrl-C to stop) - {stamp}"
+            sys.stdout.write((CLEAR if tty else "\n") + head + "\n\n" + text + "\n")
+            sys.stdout.flush()
+            time.sleep(every)
+    except KeyboardInterrupt:
+        return code if code == 2 else 0
+
+
+def _once(cfg: Any, args: argparse.Namespace) -> tuple[str, int, bool]:
+    """The table (or what went wrong, flagged True) and the exit code for one reading."""
     from edgetpud import mqtt  # paho is loaded only by the verbs that talk MQTT
 
     prefix = cfg.mqtt.topic_prefix
@@ -34,11 +65,9 @@ def main(args: argparse.Namespace) -> int:
         health = mqtt.read_retained(cfg.mqtt, f"{prefix}/{node}/health", args.timeout)
         status = mqtt.read_retained(cfg.mqtt, f"{prefix}/{node}/status", args.timeout)
     except ConnectionError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return f"error: {exc}", 2, True
     except ConfigUnreadableError as exc:  # e.g. the service's 0600 password file, read by a user
-        print(f"error: {exc}; run edgetpud status with sudo to read them", file=sys.stderr)
-        return 2
+        return f"error: {exc}; run edgetpud status with sudo to read them", 2, True
     nodes: dict[str, dict[str, Any]] = {}
     for topic, data in health.items():
         name = topic[len(prefix) + 1 : -len("/health")]
@@ -54,14 +83,14 @@ def main(args: argparse.Namespace) -> int:
         nodes.setdefault(name, {})
     if not nodes:
         where = f"{prefix}/+/health" if args.fleet else f"{prefix}/{cfg.node_id}/health"
-        print(
+        return (
             f"no retained health on {where} at {cfg.mqtt.host}:{cfg.mqtt.port}; is edgetpud "
             "running and using this broker and topic prefix?",
-            file=sys.stderr,
+            1,
+            True,
         )
-        return 1
-    print(render(nodes, online, fleet=args.fleet))
-    return 0 if all(online.get(n) == "online" for n in nodes) else 1
+    code = 0 if all(online.get(n) == "online" for n in nodes) else 1
+    return render(nodes, online, fleet=args.fleet), code, False
 
 
 def render(
