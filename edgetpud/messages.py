@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -40,6 +41,12 @@ class Request:
     (kind "tensor"), or a numpy array already shaped like the input (kind "array",
     e.g. from the synthetic source). `meta` is the source's own data (file name,
     frame number) and is echoed in the result.
+
+    deadline: `time.monotonic()` after which the client has certainly given up (a
+    Frigate detector's request_timeout_ms past its arrival); a worker that takes it
+    later answers it with an `expired:` error without running it. 0: no deadline.
+    reply: where the Result goes instead of the MQTT results topic (the Frigate
+    endpoint's); called once, from a worker thread, and must not block.
     """
 
     model: str
@@ -52,6 +59,8 @@ class Request:
     received_at: float = field(default_factory=time.time)
     received_mono: float = field(default_factory=time.monotonic)
     attempts: int = 0
+    deadline: float = 0.0
+    reply: Callable[[Result], None] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,9 @@ class Timing:
         return self.queue_ms + self.preprocess_ms + self.invoke_ms + self.postprocess_ms
 
 
+EXPIRED = "expired"  # the error of a Result whose request's deadline passed before it ran
+
+
 @dataclass(frozen=True)
 class Result:
     """The answer to one Request: the postprocessed output, or an error reason."""
@@ -82,3 +94,8 @@ class Result:
     @property
     def ok(self) -> bool:
         return not self.error
+
+    @property
+    def expired(self) -> bool:
+        """Not run: its client had given up (see Request.deadline)."""
+        return self.error.startswith(EXPIRED + ":")

@@ -37,7 +37,7 @@ from typing import Any, Literal, Protocol
 import numpy.typing as npt
 
 from edgetpud.errors import EdgetpudError, ModelError, RequestError
-from edgetpud.messages import Request, Result, Timing
+from edgetpud.messages import EXPIRED, Request, Result, Timing
 from edgetpud.runtime import InvokeError
 
 log = logging.getLogger(__name__)
@@ -571,7 +571,14 @@ class Worker:
             req = get(GET_TIMEOUT)
             if req is None:
                 continue
-            queue_ms = (mono() - req.received_mono) * 1000.0
+            now = mono()
+            queue_ms = (now - req.received_mono) * 1000.0
+            if req.deadline and now > req.deadline:  # its client has given up: not run
+                self._deliver(
+                    Result(req, device, error=f"{EXPIRED}: waited {queue_ms:.0f} ms, past its "
+                           "client's timeout; not run", timing=Timing(queue_ms, 0.0, 0.0, 0.0))
+                )  # fmt: skip
+                continue
             with lock:
                 if stop.is_set():  # stopped while waiting: hand it back untouched
                     queue.requeue(req)
