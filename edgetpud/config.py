@@ -296,6 +296,70 @@ class FleetConfig:
     )
 
 
+IPC_PREFIX, TCP_PREFIX = "ipc://", "tcp://"
+TCP_ENDPOINT = re.compile(
+    r"^tcp://(?P<host>\*|\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>\d{1,5})$"
+)
+
+
+def check_frigate_endpoint(value: str) -> str | None:
+    """An ipc:// socket path or a tcp://host:port address ZeroMQ can bind; "" is off."""
+    if value == "":
+        return None
+    if value.startswith(IPC_PREFIX):
+        path = value[len(IPC_PREFIX) :]
+        if path.startswith("/") and not path.endswith("/") and len(path.encode()) < 108:
+            return None
+        return (
+            f"{show(value)} needs an absolute socket path under 108 bytes after ipc://, "
+            'e.g. "ipc:///run/edgetpud/frigate.sock"'
+        )
+    match = TCP_ENDPOINT.match(value)
+    if match and 0 < int(match.group("port")) < 65536:
+        return None
+    return (
+        f'must be "ipc:///<socket path>" or "tcp://<address>:<port>" (e.g. '
+        f'"ipc:///run/edgetpud/frigate.sock", "tcp://0.0.0.0:5555"), got {show(value)}'
+    )
+
+
+def check_socket_mode(value: str) -> str | None:
+    if re.fullmatch(r"0?[0-7]{3}", value):
+        return None
+    return f'must be an octal file mode such as "0660", got {show(value)}'
+
+
+@dataclass(frozen=True)
+class FrigateConfig:
+    endpoint: str = option(
+        "Where Frigate's zmq detectors connect (their detectors.<name>.endpoint): "
+        '"ipc:///run/edgetpud/frigate.sock" or "tcp://0.0.0.0:5555"; empty turns it off.',
+        "",
+        check=check_frigate_endpoint,
+    )
+    model: str = option(
+        'The [models.<name>] that answers Frigate; its postprocess type must be "detect".', ""
+    )
+    request_timeout: float = option(
+        "Frigate's request_timeout_ms: a request older than this is dropped unanswered "
+        "(Frigate has already counted it as no detections).",
+        0.2,
+        kind="duration",
+        minimum=0.001,
+        maximum=60,
+    )
+    on_mismatch: Literal["empty", "resize"] = option(
+        "A frame whose shape is not the model's input: answer no detections and log it "
+        '("empty"), or stretch a uint8 HxWx3 frame to the input ("resize", costs CPU).',
+        "empty",
+    )
+    socket_mode: str = option(
+        "File mode of the ipc socket; Frigate's user needs write access to connect.",
+        "0660",
+        check=check_socket_mode,
+    )
+
+
 @dataclass(frozen=True)
 class PluginTable:
     """A `source` or `postprocess` sub-table: the plugin's name and its validated options."""
@@ -356,6 +420,7 @@ class Config:
     devices: DevicesConfig = field(default_factory=DevicesConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    frigate: FrigateConfig = field(default_factory=FrigateConfig)
     models: dict[str, ModelConfig] = field(default_factory=dict)
     path: Path | None = None
 
@@ -375,6 +440,7 @@ SECTIONS: dict[str, type[Any]] = {
     "devices": DevicesConfig,
     "fleet": FleetConfig,
     "metrics": MetricsConfig,
+    "frigate": FrigateConfig,
 }
 
 
@@ -562,6 +628,9 @@ def parse(
     mqtt: MqttConfig | None = sections["mqtt"]
     if mqtt is not None:
         _check_mqtt(mqtt, ctx)
+    frigate: FrigateConfig | None = sections["frigate"]
+    if frigate is not None:
+        _check_frigate(frigate, models, data.get("models"), ctx)
     if ctx.issues:
         raise ConfigError(ctx.issues, source)
     daemon: DaemonConfig = sections["daemon"]
@@ -576,6 +645,7 @@ def parse(
         devices=sections["devices"],
         fleet=sections["fleet"],
         metrics=sections["metrics"],
+        frigate=sections["frigate"],
         models=models,
         path=Path(source) if source else None,
     )
@@ -690,6 +760,38 @@ def _check_model(model: ModelConfig, path: str, ctx: Context) -> None:
         ctx.error(
             join(path, "device"),
             '"cpu" was asked but model is an Edge TPU build; set cpu_model to its CPU build',
+        )
+
+
+def _check_frigate(
+    frigate: FrigateConfig, models: dict[str, ModelConfig], raw_models: Any, ctx: Context
+) -> None:
+    if not frigate.endpoint:
+        return
+    if not frigate.model:
+        ctx.error(
+            "frigate.model",
+            "is empty but frigate.endpoint is set; name the [models.<name>] table that "
+            "answers Frigate (an SSD detector with postprocess type detect)",
+        )
+        return
+    model = models.get(frigate.model)
+    if model is None:
+        if isinstance(raw_models, dict) and frigate.model in raw_models:
+            return  # that table has its own errors, reported under its key
+        ctx.error(
+            "frigate.model",
+            f"names no [models.{toml_key(frigate.model)}] table"
+            + did_you_mean(frigate.model, models)
+            + "; add the table or name one of: "
+            + (", ".join(sorted(models)) or "(no models configured)"),
+        )
+    elif model.postprocess.type != "detect":
+        ctx.error(
+            "frigate.model",
+            f'model {frigate.model} has postprocess type "{model.postprocess.type}"; Frigate '
+            "needs detections: set models."
+            f'{toml_key(frigate.model)}.postprocess.type = "detect" (an SSD-style model)',
         )
 
 

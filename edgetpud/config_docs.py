@@ -42,6 +42,7 @@ SECTION_DOCS = {
     "devices": "Which Edge TPUs may be used, and how they are judged (see docs/devices.md).",
     "fleet": "Several boxes sharing one request topic (MQTT 5 shared subscriptions).",
     "metrics": "The Prometheus / OpenMetrics endpoint (see docs/metrics.md).",
+    "frigate": "Serve Frigate's `zmq` detectors from one model (see docs/frigate.md).",
 }
 
 MODELS_DOC = """\

@@ -164,6 +164,21 @@ BROKEN = [
     ('[models.cat]\nmodel = "m.tflite"\nsource = "mqtt"', "models.cat.source", "must be a table"),
     ("models = 5", "models", "must be a table of [models.<name>] tables"),
     ('[fleet]\ngroup = "a b"', "fleet.group", "cannot be used in an MQTT topic"),
+    ('[frigate]\nendpoint = "ipc://rel.sock"', "frigate.endpoint", "absolute socket path"),
+    ('[frigate]\nendpoint = "http://x:1"', "frigate.endpoint", 'must be "ipc:///<socket'),
+    ('[frigate]\nendpoint = "tcp://*:99999"', "frigate.endpoint", '"tcp://<address>:<port>"'),
+    ('[frigate]\nendpoint = "tcp://*:5555"', "frigate.model", "name the [models.<name>] table"),
+    (
+        '[frigate]\nendpoint = "tcp://*:5555"\nmodel = "cats"\n[models.cat]\nmodel = "m.tflite"',
+        "frigate.model",
+        'names no [models.cats] table (did you mean "cat"?)',
+    ),
+    (
+        '[frigate]\nendpoint = "tcp://*:5555"\nmodel = "cat"\n[models.cat]\nmodel = "m.tflite"',
+        "frigate.model",
+        'set models.cat.postprocess.type = "detect"',
+    ),
+    ('[frigate]\nsocket_mode = "rw"', "frigate.socket_mode", 'octal file mode such as "0660"'),
 ]
 
 
@@ -177,6 +192,26 @@ def test_broken_config_names_the_key(
     assert lines, f"no line for {path} in:\n{err}"
     assert any(words in line for line in lines), f"{words!r} not in {lines}"
     assert out == ""
+
+
+def test_frigate_section_serves_a_detect_model(files: Path) -> None:
+    cfg = config.load(
+        write(
+            files,
+            """
+            [frigate]
+            endpoint = "ipc:///run/edgetpud/frigate.sock"
+            model = "doorcam"
+            request_timeout = "250ms"
+            [models.doorcam]
+            model = "m.tflite"
+            postprocess = { type = "detect" }
+            """,
+        )
+    )
+    assert cfg.frigate.endpoint == "ipc:///run/edgetpud/frigate.sock"
+    assert (cfg.frigate.model, cfg.frigate.request_timeout) == ("doorcam", 0.25)
+    assert config.load(write(files, "")).frigate.endpoint == ""  # off by default
 
 
 def test_all_errors_reported_together(files: Path) -> None:
