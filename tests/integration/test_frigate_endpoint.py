@@ -1,0 +1,388 @@
+"""The Frigate endpoint on its own: a real ROUTER socket, a real model queue and real
+workers (the TFLite CPU kernels, or simulated Edge TPUs through the fake libedgetpu),
+driven by a client written from Frigate's protocol (tests/support/frigate.py).
+The daemon-level tests are tests/e2e/test_frigate.py."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from edgetpud_plugins.detect import Detect, DetectConfig
+
+from edgetpud.config import FrigateConfig
+from edgetpud.frigate import FrigateEndpoint, FrigateError, ModelPort
+from edgetpud.messages import Result
+from edgetpud.modelfile import inspect_model
+from edgetpud.preprocess import make_preprocess
+from edgetpud.runtime import open_session
+from edgetpud.workers import ModelQueue, Worker
+from tests.support.fakelib import Accelerators, Control, FakeLib, make_control
+from tests.support.frigate import FrigateClient, expected_rows
+from tests.support.ssd_model import write_ssd_model
+from tests.support.workers import Collector, lanes_alive, wait_until
+
+WIDTH, HEIGHT = 64, 48
+BOXES = [[0.1, 0.2, 0.5, 0.6], [0.25, 0.05, 0.75, 0.4], [0.0, 0.0, 1.0, 1.0]]
+CLASSES = [17, 0, 62]
+SCORES = [0.66, 0.91, 0.3]
+THRESHOLD = 0.4
+
+
+@dataclass
+class Served:
+    """The daemon's ModelRuntime, reduced to what the port reads."""
+
+    name: str
+    queue: ModelQueue
+    info: Any
+    workers: dict[str, Worker] = field(default_factory=dict)
+    disabled: str = ""
+
+
+class Rig:
+    """A model, its queue, workers that answer through each request's reply, an endpoint."""
+
+    def __init__(self, model: Path, endpoint: str, **frigate: Any) -> None:
+        info = inspect_model(model)
+        self.model = model
+        self.served = Served("doorcam", ModelQueue("doorcam", 32), info)
+        self.detect = Detect(DetectConfig(threshold=THRESHOLD, max_detections=25), info, None)
+        self.sink = Collector()
+        self.events: list[tuple[str, dict[str, Any]]] = []
+        self.cfg = FrigateConfig(endpoint=endpoint, model="doorcam", **frigate)
+        self.endpoint = FrigateEndpoint(
+            self.cfg,
+            ModelPort("doorcam", lambda: self.served),
+            on_event=lambda kind, fields: self.events.append((kind, dict(fields))),
+        )
+
+    def on_result(self, result: Result) -> None:
+        self.sink.on_result(result)
+        assert result.request.reply is not None
+        result.request.reply(result)
+
+    def add_worker(self, device: str, *, library: str = "", lanes: int = 1) -> Worker:
+        def opener() -> Any:
+            return open_session(self.model, device, library=library or None, cpu_threads=1)
+
+        worker = Worker(
+            "doorcam",
+            device,
+            self.served.queue,
+            opener,
+            make_preprocess("stretch"),
+            lambda outputs, request, info: self.detect.process(outputs, request),
+            self.on_result,
+            self.sink.on_report,
+            stall_timeout=60,
+            interpreters=lanes,
+        )
+        self.served.workers[device] = worker
+        worker.start()
+        wait_until(lambda: worker.state == "running", what=f"the worker on {device} to run")
+        return worker
+
+    def close(self) -> None:
+        self.endpoint.close()
+        for worker in self.served.workers.values():
+            worker.stop(time.monotonic() + 30)
+        wait_until(lambda: not lanes_alive(), what="the lanes to end")
+
+
+@pytest.fixture
+def ssd(tmp_path: Path) -> Path:
+    return write_ssd_model(
+        tmp_path / "ssd.tflite",
+        boxes=np.array(BOXES),
+        classes=CLASSES,
+        scores=SCORES,
+        size=(WIDTH, HEIGHT),
+    )
+
+
+@pytest.fixture
+def rig(ssd: Path, tmp_path: Path) -> Iterator[Rig]:
+    rig = Rig(ssd, f"ipc://{tmp_path}/frigate.sock")
+    yield rig
+    rig.close()
+
+
+def frame(value: int = 0, shape: tuple[int, ...] = (1, HEIGHT, WIDTH, 3)) -> np.ndarray:
+    return np.full(shape, value, np.uint8)
+
+
+EXPECTED = expected_rows(BOXES, CLASSES, SCORES, THRESHOLD)
+
+
+def assert_detections(rows: np.ndarray) -> None:
+    """Classes and scores exact, boxes within the 0.1-pixel rounding of the detect plugin."""
+    np.testing.assert_array_equal(rows[:, :2], EXPECTED[:, :2])
+    np.testing.assert_allclose(rows[:, 2:], EXPECTED[:, 2:], atol=0.06 / HEIGHT)
+
+
+def test_frigate_gets_the_models_detections_as_its_20x6_rows(rig: Rig) -> None:
+    rig.add_worker("cpu")
+    rig.endpoint.start()
+    client = FrigateClient(rig.cfg.endpoint, timeout_ms=2000)
+    try:
+        assert client.handshake() == {"model_available": True, "model_loaded": True}
+        reply = client.detect(frame(7))
+        assert reply.form in ("one-frame", "two-frame")
+        assert_detections(reply.rows)
+        assert reply.rows[2:].sum() == 0  # one box under the threshold, the rest unused
+    finally:
+        client.close()
+    health = rig.endpoint.snapshot()
+    assert (health["state"], health["requests"], health["answered"]) == ("listening", 1, 1)
+    [seen] = health["clients"]
+    assert seen["detector_model"] == "ssd.tflite"
+    assert seen["answered"] == 1
+
+
+def test_several_clients_at_once_each_get_every_answer_in_time(rig: Rig) -> None:
+    rig.add_worker("cpu")
+    rig.endpoint.start()
+    clients = [FrigateClient(rig.cfg.endpoint, timeout_ms=1000) for _ in range(4)]
+    per_client = 25
+
+    def run(client: FrigateClient) -> None:
+        for i in range(per_client):
+            client.detect(frame(i))
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    try:
+        for client in clients:
+            assert client.timeouts == 0
+            assert len(client.replies) == per_client
+            for reply in client.replies:
+                assert_detections(reply.rows)
+    finally:
+        for client in clients:
+            client.close()
+    assert rig.endpoint.snapshot()["answered"] == 4 * per_client
+
+
+def test_a_frame_of_the_wrong_shape_gets_no_detections_at_once_and_a_log_line(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig.add_worker("cpu")
+    rig.endpoint.start()
+    client = FrigateClient(rig.cfg.endpoint, timeout_ms=2000)
+    try:
+        with caplog.at_level(logging.WARNING, logger="edgetpud.frigate"):
+            reply = client.detect(frame(shape=(1, 320, 320, 3)))
+        assert reply.form != "timeout"
+        assert not reply.rows.any()
+        assert reply.seconds < rig.cfg.request_timeout
+        [line] = [r.getMessage() for r in caplog.records]
+        assert "[1, 320, 320, 3]" in line and f"[1, {HEIGHT}, {WIDTH}, 3]" in line
+        assert f"{WIDTH}x{HEIGHT}" in line  # what to set in Frigate
+        assert_detections(client.detect(frame(1)).rows)  # the next right frame is served
+    finally:
+        client.close()
+    health = rig.endpoint.snapshot()
+    assert (health["mismatched"], health["empty"], health["answered"]) == (1, 1, 1)
+    assert rig.sink.results and len(rig.sink.results) == 1  # the bad frame never reached a worker
+
+
+def test_resize_mode_stretches_a_frame_of_another_size_and_keeps_boxes_normalised(
+    ssd: Path, tmp_path: Path
+) -> None:
+    rig = Rig(ssd, f"ipc://{tmp_path}/frigate.sock", on_mismatch="resize")
+    try:
+        rig.add_worker("cpu")
+        rig.endpoint.start()
+        client = FrigateClient(rig.cfg.endpoint, timeout_ms=2000)
+        reply = client.detect(frame(shape=(1, 300, 200, 3)))
+        client.close()
+        np.testing.assert_array_equal(reply.rows[:, :2], EXPECTED[:, :2])
+        # boxes stretched back onto a 200x300 frame: still the same fractions of it
+        np.testing.assert_allclose(reply.rows[:, 2:], EXPECTED[:, 2:], atol=0.06 / 200)
+    finally:
+        rig.close()
+
+
+def test_with_no_device_every_request_gets_no_detections_at_once(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    rig.endpoint.start()  # no worker: no Edge TPU and no cpu_model
+    client = FrigateClient(rig.cfg.endpoint, timeout_ms=2000)
+    try:
+        with caplog.at_level(logging.WARNING, logger="edgetpud.frigate"):
+            replies = [client.detect(frame()) for _ in range(5)]
+        assert all(r.form != "timeout" and not r.rows.any() for r in replies)
+        assert max(r.seconds for r in replies) < rig.cfg.request_timeout
+        assert rig.served.queue.depth == 0  # nothing left waiting for a device
+        assert any("no device to run on" in r.getMessage() for r in caplog.records)
+        rig.add_worker("cpu")  # a device comes back: served again
+        assert_detections(client.detect(frame()).rows)
+    finally:
+        client.close()
+    kinds = [kind for kind, _ in rig.events]
+    assert kinds.index("frigate_unavailable") < kinds.index("frigate_available")
+    health = rig.endpoint.snapshot()
+    assert (health["empty"], health["answered"], health["unavailable"]) == (5, 1, "")
+
+
+def test_clients_are_counted_apart_by_process(rig: Rig) -> None:
+    rig.add_worker("cpu")
+    rig.endpoint.start()
+    client = FrigateClient(rig.cfg.endpoint, timeout_ms=2000)
+    script = (
+        "import sys, numpy as np\n"
+        "from tests.support.frigate import FrigateClient\n"
+        "c = FrigateClient(sys.argv[1], timeout_ms=5000)\n"
+        f"r = [c.detect(np.zeros((1, {HEIGHT}, {WIDTH}, 3), np.uint8)) for _ in range(3)]\n"
+        "assert all(x.form != 'timeout' for x in r)\n"
+    )
+    try:
+        client.detect(frame())
+        other = subprocess.run(
+            [sys.executable, "-c", script, rig.cfg.endpoint],
+            check=False,
+            cwd=Path(__file__).resolve().parents[2],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert other.returncode == 0, other.stderr
+    finally:
+        client.close()
+    clients = {c["client"]: c["requests"] for c in rig.endpoint.snapshot()["clients"]}
+    assert sorted(clients.values()) == [1, 3]
+    assert all(name.startswith("pid ") for name in clients)
+    assert [k for k, _ in rig.events].count("frigate_client") >= 1
+
+
+def test_an_endpoint_that_cannot_listen_says_what_to_do(rig: Rig) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    first = FrigateEndpoint(
+        FrigateConfig(endpoint=f"tcp://127.0.0.1:{port}", model="doorcam"), rig.endpoint.port
+    )
+    first.start()
+    second = FrigateEndpoint(first.cfg, rig.endpoint.port)
+    try:
+        with pytest.raises(
+            FrigateError, match=f"cannot listen on tcp://127.0.0.1:{port}: .*already"
+        ):
+            second.start()
+        assert second.snapshot()["state"] == "failed"
+    finally:
+        first.close()
+    missing = FrigateEndpoint(
+        FrigateConfig(endpoint="ipc:///nonexistent-dir/f.sock", model="doorcam"),
+        rig.endpoint.port,
+    )
+    with pytest.raises(FrigateError, match="/nonexistent-dir does not exist; create it"):
+        missing.start()
+
+
+# -- simulated Edge TPUs: replicas, and requests whose client has given up ---------------------
+
+
+@pytest.fixture
+def control(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Control:
+    return make_control(tmp_path, monkeypatch, mode="simulate", invoke_ms=5)
+
+
+def test_requests_spread_over_every_replica(
+    rig: Rig, bed: Accelerators, lib: FakeLib, control: Control
+) -> None:
+    bed.add_usb("2-1")
+    bed.add_usb("2-2")
+    for device in ("usb:2-1", "usb:2-2"):
+        rig.add_worker(device, library=str(lib.path), lanes=2)
+    rig.endpoint.start()
+    clients = [FrigateClient(rig.cfg.endpoint, timeout_ms=2000) for _ in range(4)]
+
+    def run(client: FrigateClient) -> None:
+        for _ in range(20):
+            client.detect(frame())
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for client in clients:
+        client.close()
+    assert sum(c.timeouts for c in clients) == 0
+    assert lib.invokes("2-1") + lib.invokes("2-2") == 80
+    assert min(lib.invokes("2-1"), lib.invokes("2-2")) >= 10  # both devices took a share
+
+
+def test_a_request_whose_client_gave_up_is_dropped_not_served_late(
+    ssd: Path, tmp_path: Path, bed: Accelerators, lib: FakeLib, control: Control
+) -> None:
+    bed.add_usb("2-1")
+    control.set(invoke_ms=150)
+    rig = Rig(ssd, f"ipc://{tmp_path}/frigate.sock", request_timeout=0.1)
+    try:
+        rig.add_worker("usb:2-1", library=str(lib.path))
+        rig.endpoint.start()
+        # three clients at once: one invoke runs 150 ms, so two requests wait past 100 ms
+        clients = [FrigateClient(rig.cfg.endpoint, timeout_ms=100) for _ in range(3)]
+        threads = [threading.Thread(target=c.detect, args=(frame(),)) for c in clients]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        wait_until(lambda: len(rig.sink.results) == 3, what="all three requests to be settled")
+        for client in clients:
+            client.close()
+        expired = [r for r in rig.sink.results if r.expired]
+        assert len(expired) >= 1  # taken by the worker after the deadline: never run
+        assert lib.invokes("2-1") == 3 - len(expired)
+        health = rig.endpoint.snapshot()
+        assert health["expired"] == 3 - health["answered"]
+    finally:
+        rig.close()
+
+
+def test_reply_forms_of_the_protocol_client(rig: Rig) -> None:
+    """The test client itself takes the two-frame form too (Frigate accepts both)."""
+    import zmq
+
+    ctx = zmq.Context.instance()
+    server = ctx.socket(zmq.REP)
+    endpoint = rig.cfg.endpoint + ".rep"
+    server.bind(endpoint)
+    client = FrigateClient(endpoint, timeout_ms=2000)
+    try:
+        done = threading.Thread(
+            target=lambda: (
+                server.recv_multipart(),
+                server.send_multipart(
+                    [
+                        json.dumps({"shape": [20, 6], "dtype": "float32"}).encode(),
+                        EXPECTED.tobytes(),
+                    ]
+                ),
+            )
+        )
+        done.start()
+        reply = client.detect(frame())
+        done.join(10)
+        assert reply.form == "two-frame"
+        np.testing.assert_array_equal(reply.rows, EXPECTED)
+    finally:
+        client.close()
+        server.close(0)
