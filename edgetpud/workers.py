@@ -37,6 +37,7 @@ from typing import Any, Literal, Protocol
 import numpy.typing as npt
 
 from edgetpud.errors import EdgetpudError, ModelError, RequestError
+from edgetpud.hosts.session import HostLost
 from edgetpud.messages import EXPIRED, Request, Result, Timing
 from edgetpud.runtime import InvokeError
 
@@ -44,7 +45,9 @@ log = logging.getLogger(__name__)
 
 Overflow = Literal["block", "drop_oldest", "latest"]
 OVERFLOW_POLICIES: tuple[Overflow, ...] = ("block", "drop_oldest", "latest")
-ReportKind = Literal["opened", "open_failed", "invoke_error", "recovered", "stalled", "stopped"]
+ReportKind = Literal[
+    "opened", "open_failed", "invoke_error", "recovered", "stalled", "host_lost", "stopped"
+]
 WorkerState = Literal["starting", "running", "failed", "stalled", "stopping", "stopped"]
 
 LATENCY_WINDOW = 256  # recent requests kept for p50/p99
@@ -247,11 +250,12 @@ def _describe(exc: BaseException) -> str:
 class _Job:
     """What a lane knows about the request it is running, for `check_stall`."""
 
-    __slots__ = ("req", "started")
+    __slots__ = ("req", "session", "started")
 
     def __init__(self) -> None:
         self.req: Request | None = None
         self.started = 0.0  # time.monotonic() when its invoke began; 0.0 when none runs
+        self.session: Session | None = None  # the lane's current session
 
 
 class Worker:
@@ -308,6 +312,8 @@ class Worker:
         self._owned: dict[str, Request] = {}
         self._jobs = [_Job() for _ in range(interpreters)]
         self._abandoned = False  # stalled, or stopped past the deadline
+        self._lost_hosts: set[int] = set()  # pids of the hosts whose death was reported
+        self._reopen_failed = False
         self._lanes_left = 0
         self._state: WorkerState = "starting"
         self._threads = [
@@ -499,7 +505,8 @@ class Worker:
         if abandoned:
             log.info("%s: abandoned threads have ended", self.name)
             return
-        self._state = "stopped"
+        if self._state != "failed":  # could not reopen after its host died: stays failed
+            self._state = "stopped"
         self._report("stopped")
 
     def _handed_back(self, req: Request) -> bool:
@@ -509,9 +516,21 @@ class Worker:
 
     # -- a lane ---------------------------------------------------------------------------
 
+    def _open(self) -> Session:
+        """A new session; a host that dies while opening it is simply tried again (the
+        pool restarts it with backoff, and raises HostFailed once it keeps dying)."""
+        while True:
+            try:
+                return self._open_session()
+            except HostLost as exc:
+                if self._stop.is_set():
+                    raise
+                log.warning("%s: %s while opening; trying again", self.name, exc.reason)
+
     def _run_lane(self, lane: int) -> None:
+        job = self._jobs[lane]
         try:
-            session = self._open_session()
+            session = job.session = self._open()
         except Exception as exc:
             message = _describe(exc)
             if lane:
@@ -542,15 +561,18 @@ class Worker:
             for thread in more:
                 thread.start()
         try:
-            self._lane_loop(self._jobs[lane], session)
+            self._lane_loop(job)
         finally:
             try:
-                session.close()
+                if job.session is not None:
+                    job.session.close()
             except Exception:
                 log.exception("%s: closing the session failed", self.name)
             self._lane_done()
 
-    def _lane_loop(self, job: _Job, session: Session) -> None:
+    def _lane_loop(self, job: _Job) -> None:
+        session = job.session
+        assert session is not None
         stop, queue, get, lock, owned = (
             self._stop,
             self.queue,
@@ -603,6 +625,17 @@ class Worker:
             job.started = mono()
             try:
                 outputs = invoke(inputs)
+            except HostLost as exc:
+                job.started = 0.0
+                job.req = None
+                if self._handed_back(req):
+                    return
+                self._host_lost(req, exc)
+                session = self._reopen(job)
+                if session is None:
+                    return
+                invoke = session.invoke
+                continue
             except Exception as exc:
                 job.started = 0.0
                 job.req = None
@@ -633,6 +666,53 @@ class Worker:
             t3 = perf()
             timing = Timing(queue_ms, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0, (t3 - t2) * 1000.0)
             self._answer(Result(req, device, output, error, timing), (t3 - t0) * 1000.0)
+
+    def _host_lost(self, req: Request, exc: HostLost) -> None:
+        """The device's host died under this lane: hand the request back to the front of the
+        queue (an attempt only if it was inside the host: it may be what killed it)."""
+        with self._lock:
+            taken = self._owned.pop(req.id, None) is not None
+            first = exc.pid not in self._lost_hosts
+            self._lost_hosts.add(exc.pid)
+        if taken:
+            if exc.sent:
+                self._hand_back(req, exc.reason)
+            else:
+                self.queue.requeue(req)
+        if first:
+            log.error("%s: %s; its requests go back to the queue", self.name, exc.reason)
+            self._report("host_lost", exc.reason, exc)
+
+    def _reopen(self, job: _Job) -> Session | None:
+        """After a host died: close the dead session and open one in the new host. None when
+        that fails (reported once per worker as "open_failed", and the worker ends) or the
+        worker is stopping."""
+        old, job.session = job.session, None
+        if old is not None:
+            try:
+                old.close()
+            except Exception:
+                log.exception("%s: closing the session failed", self.name)
+        if self._stop.is_set():
+            return None
+        try:
+            job.session = self._open()
+        except Exception as exc:
+            with self._lock:
+                first = not self._reopen_failed and not self._abandoned
+                self._reopen_failed = True
+                if first:
+                    self._state = "failed"
+            self._stop.set()
+            if first:
+                message = _describe(exc)
+                log.error("%s: could not reopen after its host died: %s", self.name, message)
+                self._report("open_failed", message, exc)
+            return None
+        if self._stop.is_set():
+            return None
+        log.info("%s: reopened in a new host", self.name)
+        return job.session
 
     def _invoke_failed(
         self, req: Request, exc: BaseException, queue_ms: float, pre_ms: float, invoke_ms: float

@@ -1,0 +1,3 @@
+from edgetpud.hosts.child import main
+
+raise SystemExit(main())

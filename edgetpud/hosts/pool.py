@@ -1,0 +1,323 @@
+"""`HostPool`: one device host per device in use, restarted when it dies.
+
+The pool is what the service hands its workers: `open_session(device, model, …)`
+returns a `HostSession` in that device's host, starting the host first if need be.
+When a host dies (abort, segfault, OOM kill, or killed on purpose after a wedge):
+
+- its sessions' lanes get `HostLost` and hand their requests back (the worker does);
+- the next `open_session` for that device starts a new host: at once after the first
+  death, then after `RESTART_BACKOFF_S` (0.5 s, 1 s, … doubling up to 8 s);
+- after `MAX_DEATHS` deaths within `DEATH_WINDOW_S`, `open_session` raises
+  `HostFailed` with the reason ("host for usb:2-1 aborted 3 times in 60 s, the last:
+  aborted: …"); the service quarantines the device and the death count starts afresh,
+  so the first open after the quarantine gets a new host;
+- after a wedge (`recover`), the device is reset (`reset`, e.g. USBDEVFS_RESET on a
+  USB Accelerator) before the new host opens it.
+
+Hosts are started from one long-lived thread, the spawner: PR_SET_PDEATHSIG fires when
+the *thread* that forked the child ends, so a host started from a worker lane would be
+killed when that lane ends. A host whose last session closes is closed too, so a
+device no model uses is not held open.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgetpud.errors import DeviceError
+from edgetpud.hosts.process import DeviceHost, Spawn, popen
+from edgetpud.hosts.session import HostSession
+
+log = logging.getLogger(__name__)
+
+MAX_DEATHS = 3
+DEATH_WINDOW_S = 60.0
+RESTART_BACKOFF_S = 0.5  # before the 2nd restart within the window; doubles, at most 8 s
+RESTART_BACKOFF_MAX_S = 8.0
+
+Reset = Callable[[str], str]  # device identity -> what was done ("" when nothing could be)
+
+
+class HostFailed(DeviceError):
+    """A device's host died too often: it is not restarted until the device is tried again."""
+
+
+@dataclass
+class _Slot:
+    """What the pool knows about one device."""
+
+    host: DeviceHost | None = None
+    starting: bool = False
+    deaths: collections.deque[float] = field(default_factory=collections.deque)
+    not_before: float = 0.0
+    failed: str = ""
+    reset_pending: str = ""
+    restarts: int = 0
+    deaths_total: int = 0
+    last_exit: str = ""
+
+
+@dataclass(frozen=True)
+class HostStatus:
+    """One host, as health and `edgetpud status` show it."""
+
+    device: str
+    pid: int
+    state: str  # "running", "starting", "restarting", "failed", "stopped"
+    restarts: int
+    deaths: int  # exits edgetpud did not ask for (abort, crash, kill), since the start
+    last_exit: str
+    sessions: int
+
+
+class _Spawner:
+    """The thread that starts every host (see the module docstring: PR_SET_PDEATHSIG)."""
+
+    def __init__(self, spawn: Spawn) -> None:
+        self._spawn = spawn
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name="hosts:spawner", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, args = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(self._spawn(*args))
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+    def __call__(self, *args: Any) -> Any:
+        future: Future[Any] = Future()
+        self._jobs.put((future, args))
+        return future.result()
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(5.0)
+
+
+class HostPool:
+    """The device hosts of one daemon."""
+
+    def __init__(
+        self,
+        *,
+        spawn: Spawn = popen,
+        reset: Reset | None = None,
+        runtime: str = "auto",
+        log_level: str = "INFO",
+        on_exit: Callable[[str, str], None] | None = None,
+        max_deaths: int = MAX_DEATHS,
+        death_window: float = DEATH_WINDOW_S,
+    ) -> None:
+        self._spawner = _Spawner(spawn)
+        self._reset = reset
+        self._runtime = runtime
+        self._log_level = log_level
+        self._on_exit = on_exit  # (device, reason) for a host that died unasked
+        self._max_deaths = max_deaths
+        self._window = death_window
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._slots: dict[str, _Slot] = {}
+        self._closers: list[threading.Thread] = []  # closing idle hosts
+        self._closed = False
+
+    # -- sessions -----------------------------------------------------------------------
+
+    def open_session(
+        self,
+        device: str,
+        model: Path,
+        *,
+        info: Any = None,
+        library: str = "libedgetpu.so.1",
+        performance: str = "std",
+        cpu_threads: int = 2,
+        prefer: str = "auto",
+    ) -> HostSession:
+        """An interpreter of `model` on `device` ("cpu" or an identity) in its host.
+
+        Raises what `edgetpud.runtime.open_session` raises, HostFailed when the device's
+        host keeps dying, HostLost when it dies during the open."""
+        from edgetpud.modelfile import inspect_model
+
+        model = Path(model)
+        if info is None or getattr(info, "path", None) != model:
+            info = inspect_model(model)
+        options = {
+            "library": library,
+            "performance": performance,
+            "cpu_threads": cpu_threads,
+            "prefer": prefer,
+        }
+        host = self._host(device)
+        session = host.open(model, info, options)
+        session._on_close = lambda: self._session_closed(host)
+        return session
+
+    def _host(self, device: str) -> DeviceHost:
+        """The device's running host: started now, or once its restart backoff is over."""
+        with self._changed:
+            slot = self._slots.setdefault(device, _Slot())
+            while True:
+                if self._closed:
+                    raise DeviceError("edgetpud is stopping: no new sessions")
+                if slot.failed:
+                    reason, slot.failed = slot.failed, ""
+                    raise HostFailed(reason)
+                if slot.host is not None and slot.host.alive:
+                    return slot.host
+                wait = slot.not_before - time.monotonic()
+                if slot.starting or wait > 0:
+                    self._changed.wait(wait if wait > 0 else None)
+                    continue
+                slot.starting = True
+                reset, slot.reset_pending = slot.reset_pending, ""
+                restart = slot.host is not None
+                break
+        try:
+            if reset and self._reset is not None:
+                log.warning("resetting %s before reopening it (%s)", device, reset)
+                done = self._reset(device)
+                log.info("%s: %s", device, done or "no reset was possible")
+            host = DeviceHost(
+                device,
+                spawn=self._spawner,
+                on_exit=self._host_exited,
+                runtime=self._runtime,
+                log_level=self._log_level,
+            ).start()
+        except BaseException:
+            with self._changed:
+                slot.starting = False
+                self._changed.notify_all()
+            raise
+        with self._changed:
+            slot.starting = False
+            slot.host = host
+            if restart:
+                slot.restarts += 1
+            self._changed.notify_all()
+        return host
+
+    def _session_closed(self, host: DeviceHost) -> None:
+        with self._lock:
+            host.sessions -= 1
+            idle = host.sessions <= 0 and host.alive
+            slot = self._slots.get(host.device)
+            if idle and slot is not None and slot.host is host:
+                slot.host = None
+        if idle:
+            log.debug("host for %s has no session left; closing it", host.device)
+            closer = threading.Thread(
+                target=host.close, name=f"hosts:close:{host.device}", daemon=True
+            )
+            with self._lock:
+                self._closers = [t for t in self._closers if t.is_alive()]
+                self._closers.append(closer)
+            closer.start()
+
+    def _host_exited(self, host: DeviceHost) -> None:
+        """From the host's watcher thread once it is reaped."""
+        now = time.monotonic()
+        with self._changed:
+            slot = self._slots.get(host.device)
+            if slot is None:
+                return
+            slot.last_exit = host.exit_reason
+            if host.expected_exit:
+                self._changed.notify_all()
+                return
+            slot.deaths_total += 1
+            deaths = slot.deaths
+            deaths.append(now)
+            while deaths and now - deaths[0] > self._window:
+                deaths.popleft()
+            if len(deaths) >= self._max_deaths:
+                slot.failed = (
+                    f"host for {host.device} died {len(deaths)} times in "
+                    f"{self._window:.0f} s, the last: {host.exit_reason}"
+                )
+                deaths.clear()
+                slot.not_before = 0.0
+            elif len(deaths) > 1:
+                backoff = min(RESTART_BACKOFF_S * 2 ** (len(deaths) - 2), RESTART_BACKOFF_MAX_S)
+                slot.not_before = now + backoff
+            self._changed.notify_all()
+        if self._on_exit is not None:
+            self._on_exit(host.device, f"host for {host.device} {host.exit_reason}")
+
+    # -- control, from the service -------------------------------------------------------
+
+    def recover(self, device: str, why: str) -> bool:
+        """A wedged invoke on `device`: kill its host; the next open resets the device
+        first. False when it has no host."""
+        with self._lock:
+            slot = self._slots.get(device)
+            host = slot.host if slot is not None else None
+            if slot is not None:
+                slot.reset_pending = why
+        if host is None or not host.alive:
+            return False
+        host.kill(why)
+        return True
+
+    def snapshot(self) -> list[HostStatus]:
+        out = []
+        with self._lock:
+            for device, slot in sorted(self._slots.items()):
+                host = slot.host
+                if slot.failed:
+                    state = "failed"
+                elif slot.starting:
+                    state = "starting"
+                elif host is not None and host.alive:
+                    state = "running"
+                elif host is not None:
+                    state = "restarting"
+                else:
+                    state = "stopped"
+                out.append(
+                    HostStatus(
+                        device=device,
+                        pid=host.pid if host is not None and host.alive else 0,
+                        state=state,
+                        restarts=slot.restarts,
+                        deaths=slot.deaths_total,
+                        last_exit=slot.last_exit,
+                        sessions=host.sessions if host is not None else 0,
+                    )
+                )
+        return out
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [s.host.pid for s in self._slots.values() if s.host and s.host.alive]
+
+    def close(self) -> None:
+        """Close every host (their interpreters close, the processes exit). Idempotent."""
+        with self._changed:
+            self._closed = True
+            hosts = [s.host for s in self._slots.values() if s.host is not None]
+            self._changed.notify_all()
+        for host in hosts:
+            host.close()
+        with self._lock:
+            closers = list(self._closers)
+        for closer in closers:  # before the spawner ends: its end kills what it started
+            closer.join()
+        self._spawner.close()
