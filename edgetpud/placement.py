@@ -11,9 +11,10 @@ Rules, in order (see docs/placement.md):
 2. Higher priority first; a model's first replica before anyone's second.
 3. Better devices first: PCIe, then USB 3, then USB 2; 900 mA ports first for
    performance = "max"; degraded devices last.
-4. One model per TPU while devices last; then share: co-compiled models together,
-   never over the on-chip memory when another choice exists, then the
-   lowest-priority models on the least-loaded device.
+4. One model per TPU while devices last, co-compiled or not (priorities beat grouping:
+   no model gets a worse device so that lower-priority ones can share a better one);
+   then share: co-compiled models together, never over the on-chip memory when
+   another choice exists, then the lowest-priority models on the least-loaded device.
 5. No TPU: CPU fallback when the model has a cpu_model and fallback is on, else wait.
 6. Stability: every replica stays where it runs while its device is usable. A model
    moves only to be better off (a better tier or device, another replica), or to give
@@ -343,8 +344,7 @@ def plan(
             if t in st.usable and t not in mine and _matches(spec.device, st.usable[t]):
                 st.put(spec, t)
 
-    crowded = sum(1 for s in tpu if st.candidates(s)) > len(st.usable)
-    _place_first_replicas(st, [s for s in movable if not st.targets.get(s.name)], crowded)
+    _place_first_replicas(st, [s for s in movable if not st.targets.get(s.name)])
     _improve(st, movable)
     _restore(st, movable)
     _add_replicas(st, movable)
@@ -358,10 +358,11 @@ def plan(
     return Plan(placements, _moves(st, placements, current), tuple(st.usable))
 
 
-def _place_first_replicas(st: _State, todo: list[ModelSpec], crowded: bool) -> None:
+def _place_first_replicas(st: _State, todo: list[ModelSpec]) -> None:
     """Rules 2-4 for models without an Edge TPU, highest priority first.
 
-    A free device (leaving kind-restricted models devices of their kind); else one
+    A free device (leaving kind-restricted models devices of their kind); else a TPU
+    where it joins co-compiled models that all stay cached; else one
     held by another model's extra replica; else, for a model restricted to a kind of
     device, one whose model can move to a free device of its own; else one held alone
     by a strictly lower-priority model, which is then placed again itself; else share.
@@ -382,21 +383,14 @@ def _place_first_replicas(st: _State, todo: list[ModelSpec], crowded: bool) -> N
         free = st.free(spec)
         if spec.device == "any":
             free = _unreserved(st, free, demand) or free
-        partner = []
-        if crowded and spec.caching_token is not None:
-            # Not where a model still waiting to share can go nowhere else: it would
-            # spoil the cache the join is for.
-            forced = {st.candidates(o)[0] for o in overflow if len(st.candidates(o)) == 1}
-            partner = [
-                d
-                for d in cands
-                if st.residents[d] and d not in forced and _joins_cached(st, spec, d)
-            ]
-        if partner:
-            st.put(spec, min(partner, key=lambda d: st.share_key(spec, d)))
-            continue
         if free:
             st.put(spec, min(free, key=lambda d: st.free_key(spec, d)))
+            continue
+        # One model per TPU while devices last; then co-compiled models join their
+        # group where all stay cached, before anyone is displaced or shares.
+        partner = _cached_partners(st, spec, overflow)
+        if partner:
+            st.put(spec, min(partner, key=lambda d: st.share_key(spec, d)))
             continue
         spare = [d for d in cands if _extra_replica_only(st, d)]
         if spare:
@@ -447,6 +441,19 @@ def _place_first_replicas(st: _State, todo: list[ModelSpec], crowded: bool) -> N
         overflow.append(spec)
     for spec in overflow:
         st.put(spec, min(st.candidates(spec), key=lambda d: st.share_key(spec, d)))
+
+
+def _cached_partners(st: _State, spec: ModelSpec, overflow: list[ModelSpec]) -> list[str]:
+    """Devices where `spec` can join co-compiled models and all keep their parameters cached:
+    not one that a model still waiting to share must use (it would spoil the cache)."""
+    if spec.caching_token is None:
+        return []
+    forced = {st.candidates(o)[0] for o in overflow if len(st.candidates(o)) == 1}
+    return [
+        d
+        for d in st.candidates(spec)
+        if st.residents[d] and d not in forced and _joins_cached(st, spec, d)
+    ]
 
 
 def _extra_replica_only(st: _State, dev: str) -> bool:

@@ -98,6 +98,21 @@ CASES: list[
         ],
         {"a": ("shared", (PCI,)), "b": ("dedicated", (U3,)), "c": ("shared", (PCI,))},
     ),
+    (
+        # issue 24: the two lowest took the PCIe module, the highest got a USB accelerator
+        "priorities beat grouping: a co-compiled group shares only when devices run out",
+        {PCI: {}, U3: {}, U2: {"speed": 480}},
+        [
+            {"name": n, "priority": p, "caching_token": 7, "param_bytes": MIB}
+            for n, p in (("p10", 10), ("p5", 5), ("p3", 3), ("p1", 1))
+        ],
+        {
+            "p10": ("dedicated", (PCI,)),
+            "p5": ("dedicated", (U3,)),
+            "p3": ("shared", (U2,)),
+            "p1": ("shared", (U2,)),
+        },
+    ),
     ("no TPU: CPU fallback", {}, [{"name": "a", "cpu_fallback": True}], {"a": ("cpu", ("cpu",))}),
     ("no TPU, no cpu_model: waiting", {}, [{"name": "a"}], {"a": ("waiting", ())}),
     (

@@ -7,6 +7,7 @@ that page says, and `tests.support.placement.standing` is that definition in cod
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import example, given, note, settings
@@ -18,6 +19,7 @@ from edgetpud.placement import (
     ON_CHIP_BYTES,
     TIER_RANK,
     ModelSpec,
+    Placement,
     Plan,
     device_score,
     plan,
@@ -335,3 +337,66 @@ def test_replanning_keeps_the_rules(data: bytes) -> None:
     gone = grown[data[-1] % len(grown)]
     note(f"gone = {gone.identity}")
     check_removing_a_device_moves_only_what_it_concerns(grown, models, gone)
+
+
+# ---------------------------------------------------------------- priority
+
+
+def _first_device(
+    p: Placement, by_id: dict[str, DeviceInfo], performance: str
+) -> tuple[object, ...]:
+    """How well off a model is, for the priority property: its tier, then, on a TPU of its
+    own, the class of its (first) device. Shared TPUs are compared by tier only: which
+    one a model shares, and with how many, depends on how many others must share."""
+    if p.tier != "dedicated":
+        return (TIER_RANK[p.tier],)
+    return (TIER_RANK[p.tier], device_score(by_id[p.targets[0]], performance))
+
+
+def _kept_for_restricted(
+    result: Plan, specs: dict[str, ModelSpec], raised: ModelSpec, kind: str
+) -> bool:
+    """The stated exception: a lower-priority model restricted to `kind` (device = "pci" or
+    "usb") runs on a device of that kind, so the raised model may have left it (or let
+    such a model join it there, parameters cached)."""
+    return any(
+        specs[name].device == kind
+        and specs[name].priority < raised.priority
+        and any(t.startswith(f"{kind}:") for t in p.targets)
+        for name, p in result.placements.items()
+    )
+
+
+# Found on the planner before issue 24: co-compiled models took a device from a model
+# of their group because it had a higher priority (it was moved off to make room).
+@CASES
+@given(st.binary(min_size=CASE + 2, max_size=CASE + 2))
+@example(
+    b"\x81\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x04\x13\xa2Ue\x00\x01\x00\x00\x00\x00\xb4\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00'"
+)
+def test_raising_a_priority_never_gives_a_worse_device(data: bytes) -> None:
+    """For any devices and models, a model whose priority is raised (the rest unchanged)
+    gets no worse a tier in a fresh plan, and, on a TPU of its own, no worse a device.
+    The stated exception (docs/placement.md): a lower-priority model restricted to the
+    kind of device it had ("pci" or "usb") keeps one of that kind, so the raised model
+    may leave it for a TPU of its own elsewhere, or share it with that model when the
+    two are co-compiled and stay cached."""
+    devices, models = case_from(data)
+    if not models:
+        return
+    i = data[CASE] % len(models)
+    raised = replace(models[i], priority=models[i].priority + 1 + data[CASE + 1] % 100)
+    note(f"raised = {raised!r}")
+    by_id = {d.identity: d for d in devices}
+    specs = {m.name: m for m in models}
+    before = plan(devices, models).placements[raised.name]
+    later = plan(devices, [*models[:i], raised, *models[i + 1 :]])
+    after = later.placements[raised.name]
+    if before.tier == "dedicated" and _kept_for_restricted(
+        later, specs, raised, by_id[before.targets[0]].kind
+    ):
+        return
+    perf = raised.performance
+    assert _first_device(after, by_id, perf) >= _first_device(before, by_id, perf), (
+        f"{raised.name}: {before} -> {after}"
+    )
