@@ -208,7 +208,7 @@ def test_records_are_sorted_by_bus_then_port() -> None:
 def test_tree_shows_the_problem_port_with_its_reason() -> None:
     text = render(judge(coral_docs(), DevicesConfig()))
     lines = text.splitlines()
-    assert lines[0] == "Bus 2 (root hub usb2, 5000M)"
+    assert lines[0] == "Bus 2 (root hub usb2, 5000M): 3 accelerators share its bandwidth"
     bad = next(i for i, line in enumerate(lines) if "usb:2-3.2.2" in line)
     assert lines[bad].endswith("DEGRADED")
     assert lines[bad + 1].strip().startswith("! on port 2 of 2-3.2")
