@@ -62,6 +62,7 @@ POLL_MS = 100  # how often an idle endpoint looks at its stop flag
 WARN_EVERY_S = 60.0  # one log line per client and problem at most this often
 EVENT_GAP_S = 1.0  # "frigate_client" events at most this often (Frigate reconnects a lot)
 
+OUTCOMES = ("answered", "empty", "expired")  # what became of each request, per client
 EventSink = Callable[[str, Mapping[str, Any]], None]
 
 
@@ -576,16 +577,15 @@ class FrigateEndpoint:
     # ---- health -----------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        """The health view: state, settings, totals and one entry per client."""
+        """The health view: state, settings, totals and the clients (most recent first)."""
         with self._lock:
             clients = [asdict(c) for c in reversed(self._clients.values())]
-            totals = {
-                k: self.totals[k]
-                for k in ("requests", "answered", "empty", "expired", "mismatched", "malformed")
-            }
+            totals = {k: self.totals[k] for k in (*OUTCOMES, "requests", "mismatched", "malformed")}
+        by_client = {}
         for c in clients:
             c["first_seen"] = round(c["first_seen"], 3)
             c["last_seen"] = round(c["last_seen"], 3)
+            by_client[c.pop("client")] = c
         return {
             "state": self.state,
             "error": self.error,
@@ -594,7 +594,7 @@ class FrigateEndpoint:
             "request_timeout_ms": round(self.cfg.request_timeout * 1000, 3),
             "unavailable": self._unavailable,
             **totals,
-            "clients": clients,
+            "clients": by_client,
         }
 
 

@@ -299,8 +299,8 @@ def _frigate(f: Mapping[str, Any]) -> Iterator[Metric]:
         labels=["client", "outcome"],
     )
     for client, counts in sorted((f.get("clients") or {}).items()):
-        for outcome, n in sorted((counts or {}).items()):
-            requests.add_metric([str(client), str(outcome)], float(n))
+        for outcome in ("answered", "empty", "expired"):  # edgetpud.frigate.OUTCOMES
+            requests.add_metric([str(client), outcome], float((counts or {}).get(outcome) or 0))
     yield requests
 
 

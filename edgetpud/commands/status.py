@@ -219,9 +219,55 @@ def render(
                 else ""
             )
         )
+    frigate_rows = [row for name in sorted(nodes) for row in _frigate_rows(name, nodes[name])]
+    if frigate_rows:
+        parts.append(
+            _table(
+                [
+                    "NODE",
+                    "FRIGATE CLIENT",
+                    "STATE",
+                    "MODEL",
+                    "REQUESTS",
+                    "ANSWERED",
+                    "EMPTY",
+                    "EXPIRED",
+                    "LAST SEEN",
+                    "WHY EMPTY",
+                ],
+                frigate_rows,
+            )
+        )
     if fleet and model_rows:
         parts.append(_fleet_table(nodes, online))
     return "\n\n".join(parts)
+
+
+def _frigate_rows(node: str, health: Mapping[str, Any]) -> list[list[str]]:
+    """The Frigate endpoint (docs/frigate.md): a row for its totals, one per client."""
+    f = health.get("frigate")
+    if not isinstance(f, Mapping) or not f.get("endpoint"):
+        return []
+    state = str(f.get("state", ""))
+    why = str(f.get("error") or f.get("unavailable") or "")
+    rows = [
+        [node, f"(all) {f.get('endpoint', '')}", state, str(f.get("model", "")),
+         *(str(f.get(k, 0)) for k in ("requests", "answered", "empty", "expired")), "",
+         _cut(why, REASON_WIDTH)]
+    ]  # fmt: skip
+    now = time.time()
+    clients = f.get("clients")
+    for client, c in clients.items() if isinstance(clients, Mapping) else ():
+        if not isinstance(c, Mapping):
+            continue
+        seen = c.get("last_seen")
+        rows.append(
+            [node, str(client), "", str(c.get("detector_model", "")),
+             *(str(c.get(k, 0)) for k in ("requests", "answered", "empty", "expired")),
+             _duration(now - seen) + " ago" if isinstance(seen, (int, float)) else "",
+             _cut(str(c.get("last_empty", "")), REASON_WIDTH)]
+        )  # fmt: skip
+    return rows
 
 
 def model_reason(model: Mapping[str, Any]) -> str:

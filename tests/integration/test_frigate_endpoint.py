@@ -146,7 +146,7 @@ def test_frigate_gets_the_models_detections_as_its_20x6_rows(rig: Rig) -> None:
         client.close()
     health = rig.endpoint.snapshot()
     assert (health["state"], health["requests"], health["answered"]) == ("listening", 1, 1)
-    [seen] = health["clients"]
+    [seen] = health["clients"].values()
     assert seen["detector_model"] == "ssd.tflite"
     assert seen["answered"] == 1
 
@@ -268,7 +268,7 @@ def test_clients_are_counted_apart_by_process(rig: Rig) -> None:
         assert other.returncode == 0, other.stderr
     finally:
         client.close()
-    clients = {c["client"]: c["requests"] for c in rig.endpoint.snapshot()["clients"]}
+    clients = {name: c["requests"] for name, c in rig.endpoint.snapshot()["clients"].items()}
     assert sorted(clients.values()) == [1, 3]
     assert all(name.startswith("pid ") for name in clients)
     assert [k for k, _ in rig.events].count("frigate_client") >= 1

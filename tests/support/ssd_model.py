@@ -131,3 +131,36 @@ def ssd_model(
 def write_ssd_model(path: Path, **kwargs: Any) -> Path:
     path.write_bytes(ssd_model(**kwargs))
     return path
+
+
+def ssd_edgetpu_model(size: tuple[int, int] = (300, 300), n: int = 20, token: int = 0x55D) -> bytes:
+    """An SSD-shaped Edge TPU build: one `edgetpu-custom-op` from the uint8 image to the four
+    float32 outputs, as edgetpu_compiler lays out a model whose post-processing it kept.
+
+    Only a (simulated) Edge TPU runs it: the fake libedgetpu in simulate mode claims the op,
+    sleeps `invoke_ms` and fills every output with its byte pattern (tests/support/fakelib.py
+    `expected_outputs`); `zero_count_frame` makes that pattern read as zero detections.
+    """
+    from tests.support.runtime import Executable, Op, Tensor, tflite_bytes
+
+    width, height = size
+    tensors = [
+        Tensor("image", [1, height, width, 3], "uint8"),
+        Tensor("boxes", [1, n, 4], "float32"),
+        Tensor("classes", [1, n], "float32"),
+        Tensor("scores", [1, n], "float32"),
+        Tensor("count", [1], "float32"),
+    ]
+    op = Op([0], [1, 2, 3, 4], custom="edgetpu-custom-op", executables=[Executable(token=token)])
+    return tflite_bytes(tensors, [op], [0], [1, 2, 3, 4])
+
+
+def zero_count_frame(shape: Sequence[int]) -> np.ndarray:
+    """A uint8 frame whose simulated outputs hold a count of 0 (no detections).
+
+    The fake library writes (sum of input bytes + i) & 0xFF into byte i of each output; with
+    a sum of 253 the float32 count is the bytes FD FE FF 00, about 2.3e-38, i.e. 0.
+    """
+    frame = np.zeros(shape, np.uint8)
+    frame.flat[0] = 253
+    return frame
