@@ -15,8 +15,10 @@ Rules, in order (see docs/placement.md):
    no model gets a worse device so that lower-priority ones can share a better one);
    then share: co-compiled models together, never over the on-chip memory when
    another choice exists, then the lowest-priority models on the least-loaded device.
-5. No TPU: CPU fallback when the model has a cpu_model and fallback is on, else wait.
-6. Stability: every replica stays where it runs while its device is usable. A model
+5. USB buses: among otherwise equal devices, spread busy models across buses and hubs;
+   when two must share a bus, the one with the fewest bytes per inference shares it.
+6. No TPU: CPU fallback when the model has a cpu_model and fallback is on, else wait.
+7. Stability: every replica stays where it runs while its device is usable. A model
    moves only to be better off (a better tier or device, another replica), or to give
    its device to a model that needs it more: a strictly higher-priority one, another
    model's first replica (when it is an extra replica), or a model restricted to that
@@ -62,6 +64,7 @@ class ModelSpec:
     param_bytes: int = 0
     enabled: bool = True
     disabled_reason: str = ""  # why it cannot run at all (e.g. the model file is broken)
+    io_bytes: int = 0  # input + output bytes per inference: what crosses a USB bus
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,7 @@ def spec_from_config(
         caching_token=token,
         param_bytes=info.param_bytes if info is not None else 0,
         enabled=model.enabled,
+        io_bytes=sum(t.nbytes for t in (*info.inputs, *info.outputs)) if info is not None else 0,
     )
 
 
@@ -174,6 +178,11 @@ def describe_device(dev: DeviceInfo) -> str:
         usb = "USB 3" if dev.speed_mbps >= 5000 else "USB 2" if dev.speed_mbps else "USB"
         text = f"USB accelerator {dev.identity} ({usb})"
     return text
+
+
+def hubs_of(dev: DeviceInfo) -> frozenset[str]:
+    """The external hubs (port paths) between the root hub and a USB accelerator."""
+    return frozenset(h.port for h in dev.hub_chain if not h.port.startswith("usb"))
 
 
 def _matches(selector: str, dev: DeviceInfo) -> bool:
@@ -264,7 +273,28 @@ class _State:
         prev = self.prev.get(spec.name, ())
         mine = prev.index(dev) if dev in prev else len(self.usable)  # its first replica first
         others = bool(self.prev_holders.get(dev, set()) - {spec.name})
-        return (-score[0], -score[1], -score[2], -score[3], mine, others, dev)
+        busy_bus, busy_hub, bus_bytes = self.bus_load(dev)
+        return (
+            -score[0], -score[1], -score[2], -score[3], mine,
+            busy_bus, busy_hub, bus_bytes, others, dev,
+        )  # fmt: skip
+
+    def bus_load(self, dev: str) -> tuple[int, int, int]:
+        """What else a USB accelerator would share its bus with: busy accelerators on its
+        bus, busy ones below the same hub, and their models' bytes per inference."""
+        here = self.usable[dev]
+        if here.kind != "usb":
+            return (0, 0, 0)
+        hubs = hubs_of(here)
+        bus = hub = size = 0
+        for d, names in self.residents.items():
+            other = self.usable[d]
+            if d == dev or not names or other.kind != "usb" or other.bus != here.bus:
+                continue
+            bus += 1
+            hub += bool(hubs & hubs_of(other))
+            size += sum(self.specs[n].io_bytes for n in names)
+        return (bus, hub, size)
 
     def share_key(self, spec: ModelSpec, dev: str) -> tuple[Any, ...]:
         """Sort key for a device to share: fits on chip, co-compiled, least loaded, ..."""
@@ -335,7 +365,7 @@ def plan(
             st.done[spec.name] = _fallback(spec, _pin_problem(spec, st))
     movable = [s for s in tpu if not _is_pin(s.device)]
 
-    # Rule 6: every replica stays where it runs while that device is usable and allowed.
+    # Rule 7: every replica stays where it runs while that device is usable and allowed.
     for spec in movable:
         for t in st.prev.get(spec.name, ()):
             if len(st.targets.get(spec.name, ())) >= spec.replicas:
@@ -348,6 +378,7 @@ def plan(
     _improve(st, movable)
     _restore(st, movable)
     _add_replicas(st, movable)
+    _balance_buses(st, movable)
 
     st.cached = {d: _cached_together(st, d) for d in st.usable}
     st.n_placed = sum(1 for names in st.targets.values() if names)
@@ -359,7 +390,7 @@ def plan(
 
 
 def _place_first_replicas(st: _State, todo: list[ModelSpec]) -> None:
-    """Rules 2-4 for models without an Edge TPU, highest priority first.
+    """Rules 2-5 for models without an Edge TPU, highest priority first.
 
     A free device (leaving kind-restricted models devices of their kind); else a TPU
     where it joins co-compiled models that all stay cached; else one
@@ -631,6 +662,49 @@ def _add_replicas(st: _State, movable: list[ModelSpec]) -> None:
                 st.put(spec, min(free, key=lambda d: st.free_key(spec, d)))
 
 
+def _bus_bytes(st: _State, bus: str) -> int:
+    return sum(
+        st.specs[n].io_bytes
+        for d, names in st.residents.items()
+        if st.usable[d].kind == "usb" and st.usable[d].bus == bus
+        for n in names
+    )
+
+
+def _balance_buses(st: _State, movable: list[ModelSpec]) -> None:
+    """When two busy accelerators must share a USB bus, the models with the fewest bytes
+    per inference share it: two models placed in this run, each alone on a USB
+    accelerator of the same class, trade places when that lowers the busier bus's
+    bytes per inference. Nobody's class of device changes; models that ran before stay."""
+    alone = [
+        (s, st.targets[s.name][0])
+        for s in movable
+        if len(st.targets.get(s.name, ())) == 1
+        and not st.prev.get(s.name)
+        and len(st.residents[st.targets[s.name][0]]) == 1
+        and st.usable[st.targets[s.name][0]].kind == "usb"
+    ]
+    for _ in range(len(alone) * len(alone)):
+        for (x, dx), (y, dy) in ((a, b) for a in alone for b in alone):
+            bx, by = st.usable[dx].bus, st.usable[dy].bus
+            if bx == by or x.io_bytes <= y.io_bytes:
+                continue
+            if not (_matches(x.device, st.usable[dy]) and _matches(y.device, st.usable[dx])):
+                continue
+            if st.score(x, dx) != st.score(x, dy) or st.score(y, dx) != st.score(y, dy):
+                continue
+            before = max(_bus_bytes(st, bx), _bus_bytes(st, by))
+            delta = x.io_bytes - y.io_bytes
+            after = max(_bus_bytes(st, bx) - delta, _bus_bytes(st, by) + delta)
+            if after < before:
+                st.move(x, dx, dy)
+                st.move(y, dy, dx)
+                alone = [(s, dy if s is x else dx if s is y else d) for s, d in alone]
+                break
+        else:
+            return
+
+
 # ---------------------------------------------------------------- reasons
 
 
@@ -689,6 +763,9 @@ def _tpu_placement(spec: ModelSpec, st: _State) -> Placement:
         parts.append(_dedicated_why(spec, st, targets))
     if shared:
         parts.append(_shared_why(spec, st, targets, others))
+    bus_note = _bus_why(st, targets[0])
+    if bus_note:
+        parts.append(bus_note)
     bad = [st.usable[t] for t in targets if st.usable[t].verdict == "degraded"]
     for dev in bad:
         why = "; ".join(dev.reasons) or "see `edgetpud devices`"
@@ -732,6 +809,25 @@ def _cached_together(st: _State, dev: str) -> bool:
         return True
     tokens = {st.specs[n].caching_token for n in names}
     return len(tokens) == 1 and None not in tokens and st.params[dev] <= ON_CHIP_BYTES
+
+
+def _bus_why(st: _State, dev: str) -> str:
+    """Whom a USB accelerator shares its bus with (said only when there are several)."""
+    here = st.usable[dev]
+    if here.kind != "usb" or sum(1 for d in st.usable.values() if d.kind == "usb") < 2:
+        return ""
+    same = [d for d in st.usable.values() if d.kind == "usb" and d.bus == here.bus]
+    busy = [d.identity for d in same if d.identity != dev and st.residents[d.identity]]
+    if len(same) == 1:
+        return f"{dev}: the only accelerator on bus {here.bus}"
+    if not busy:
+        return f"{dev}: the only busy accelerator on bus {here.bus}"
+    kib = _bus_bytes(st, here.bus) / 1024
+    return (
+        f"{dev} shares bus {here.bus} with busy {', '.join(busy)} "
+        f"(their models move {kib:.0f} KiB per inference each; no accelerator on a quieter "
+        "bus was free)"
+    )
 
 
 def _dedicated_why(spec: ModelSpec, st: _State, targets: tuple[str, ...]) -> str:

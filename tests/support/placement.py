@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from edgetpud.devices.model import DeviceInfo, PowerInfo
+from edgetpud.devices.model import DeviceInfo, HubInfo, PowerInfo
 from edgetpud.placement import CPU, TIER_RANK, Placement, Plan, device_score
 
 
@@ -15,7 +15,8 @@ def dev(
     state: str = "ready",
     reasons: tuple[str, ...] = (),
 ) -> DeviceInfo:
-    """A device record from its identity: "pci:..." is a PCIe module, "usb:B-P" an accelerator."""
+    """A device record from its identity: "pci:..." is a PCIe module, "usb:B-P" an
+    accelerator; "usb:1-2.3" sits on port 3 of a hub on port 2 of bus 1."""
     kind = "pci" if identity.startswith("pci:") else "usb"
     port = identity.split(":", 1)[1]
     if kind == "pci":
@@ -28,12 +29,18 @@ def dev(
             state=state,  # type: ignore[arg-type]
             reasons=reasons,
         )
+    bus, path = port.split("-", 1)
+    steps = path.split(".")[:-1]
+    hubs = [HubInfo(f"usb{bus}", True, speed)] + [
+        HubInfo(f"{bus}-{'.'.join(steps[: i + 1])}", True, speed) for i in range(len(steps))
+    ]
     return DeviceInfo(
         identity,
         "usb",
         port,
-        port.split("-")[0],
+        bus,
         speed_mbps=speed,
+        hub_chain=tuple(hubs),
         power=PowerInfo(budget_ma=budget, needed_ma=500),
         verdict=verdict,  # type: ignore[arg-type]
         state=state,  # type: ignore[arg-type]

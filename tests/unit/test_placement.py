@@ -199,3 +199,63 @@ def test_stability(example: Stability) -> None:
     assert {m.model for m in second.moves} == movers, (case, first, second)
     got = {name: p.targets for name, p in second.placements.items()}
     assert got == expected, case
+
+
+# USB buses, as plain data: (case, USB 3 accelerators, models, expected {model: device}).
+BUSES: list[tuple[str, list[str], list[dict[str, Any]], dict[str, str]]] = [
+    (
+        "busy models spread across buses before stacking on one",
+        ["usb:1-1", "usb:1-2", "usb:2-1"],
+        [{"name": "a", "priority": 90}, {"name": "b", "priority": 80}],
+        {"a": "usb:1-1", "b": "usb:2-1"},
+    ),
+    (
+        "and across hubs on one bus",
+        ["usb:1-2.1", "usb:1-2.2", "usb:1-3"],
+        [{"name": "a", "priority": 90}, {"name": "b", "priority": 80}],
+        {"a": "usb:1-2.1", "b": "usb:1-3"},
+    ),
+    (
+        "a better device still comes before a quieter bus",
+        ["usb:1-1", "usb:1-2"],
+        [{"name": "a", "priority": 90}, {"name": "b", "priority": 80}],
+        {"a": "usb:1-1", "b": "usb:1-2"},
+    ),
+]
+
+
+@pytest.mark.parametrize("example", BUSES, ids=[c[0] for c in BUSES])
+def test_usb_buses(example: tuple[str, list[str], list[dict[str, Any]], dict[str, str]]) -> None:
+    case, devices, models, expected = example
+    result = plan([dev(i) for i in devices], [ModelSpec(**m) for m in models])
+    assert {m: p.targets[0] for m, p in result.placements.items()} == expected, case
+    again = plan([dev(i) for i in devices], [ModelSpec(**m) for m in models], result)
+    assert again.moves == (), case
+
+
+def test_when_two_must_share_a_bus_the_model_with_the_fewest_bytes_shares() -> None:
+    devices = [dev("usb:1-1"), dev("usb:1-2"), dev("usb:2-1")]
+    models = [
+        ModelSpec("big", 90, io_bytes=600_000),
+        ModelSpec("small", 80, io_bytes=1_000),  # greedily, it would get bus 2 alone
+        ModelSpec("big2", 70, io_bytes=600_000),
+    ]
+    result = plan(devices, models)
+    bus = {m: p.targets[0].split(":")[1].split("-")[0] for m, p in result.placements.items()}
+    assert bus["big"] != bus["big2"], result
+    assert plan(devices, models, result).moves == ()
+
+
+def test_plan_says_which_bus_an_accelerator_is_on() -> None:
+    devices = [dev("usb:1-1"), dev("usb:1-2"), dev("usb:4-1")]
+    models = [
+        ModelSpec("a", 90, io_bytes=150_528),
+        ModelSpec("b", 80, io_bytes=150_528),
+        ModelSpec("c", 70, io_bytes=150_528),
+    ]
+    reasons = {m: p.reason for m, p in plan(devices, models).placements.items()}
+    assert "usb:4-1: the only accelerator on bus 4" in reasons["b"]
+    assert "usb:1-2 shares bus 1 with busy usb:1-1" in reasons["c"]
+    assert "294 KiB per inference" in reasons["c"]
+    only = plan(devices, models[:1]).placements["a"].reason
+    assert "usb:1-1: the only busy accelerator on bus 1" in only
