@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--top-k", type=int, default=3, metavar="N", help="classes to print (default 3)")
     p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        metavar="S",
+        help="detection models: leave out detections scoring below S (default 0.5)",
+    )
+    p.add_argument(
         "--library",
         default="libedgetpu.so.1",
         metavar="LIB",

@@ -7,8 +7,10 @@ A quick check of a model and a device from the shell, outside the daemon:
 
 Images are decoded with Pillow, made RGB and stretched to the model's input size.
 A model with one output of N scores is treated as a classifier: the top-k classes
-with dequantized scores. For any other model the output tensors' shapes and
-dtypes are listed instead.
+with dequantized scores. An SSD-style detector (boxes, classes, scores, count) gets
+its detections, as the daemon's `detect` postprocessor gives them (boxes in the
+image's pixels, those scoring under --threshold left out). For any other model the
+output tensors' shapes and dtypes are listed instead.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy.typing as npt
 
 from edgetpud.errors import EdgetpudError, ModelError
 from edgetpud.labels import Labels, fit_problem, load_labels, output_classes
+from edgetpud.messages import Request
 from edgetpud.modelfile import TensorSpec
 from edgetpud.preprocess import decode_image, image_to_input
 from edgetpud.runtime import RuntimeMissing, Session, open_session
@@ -33,6 +36,7 @@ from edgetpud.runtime import RuntimeMissing, Session, open_session
 log = logging.getLogger(__name__)
 
 SCHEMA = "edgetpud.infer/1"
+DETECT_THRESHOLD = 0.5  # the detect postprocessor's default
 
 
 def main(args: argparse.Namespace) -> int:
@@ -57,7 +61,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         for image in args.images:
             try:
-                record = infer_image(session, Path(image), labels, args.top_k)
+                record = infer_image(
+                    session, Path(image), labels, args.top_k, threshold=args.threshold
+                )
             except EdgetpudError as exc:
                 _fail(f"{image}: {exc}")
                 failed += 1
@@ -68,7 +74,14 @@ def main(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def infer_image(session: Session, image: Path, labels: Labels | None, top_k: int) -> dict[str, Any]:
+def infer_image(
+    session: Session,
+    image: Path,
+    labels: Labels | None,
+    top_k: int,
+    *,
+    threshold: float = DETECT_THRESHOLD,
+) -> dict[str, Any]:
     """Run one image file through the session; the JSON-ready record for it."""
     started = time.perf_counter()
     try:
@@ -94,6 +107,8 @@ def infer_image(session: Session, image: Path, labels: Labels | None, top_k: int
         record["delegate_device"] = session.delegate_device
     if _is_classifier(session.info.outputs):
         record["classes"] = top_classes(outputs[0], session.info.outputs[0], labels, top_k)
+    elif _is_detector(session.info.outputs):
+        record["detections"] = detections(outputs, session.info, labels, meta, threshold)
     else:
         record["outputs"] = [
             {"name": spec.name, "shape": list(out.shape), "dtype": str(out.dtype)}
@@ -123,6 +138,28 @@ def top_classes(
         }
         for i in order
     ]
+
+
+def detections(
+    outputs: list[npt.NDArray[Any]],
+    info: Any,
+    labels: Labels | None,
+    meta: dict[str, Any],
+    threshold: float,
+) -> Any:
+    """What the `detect` postprocessor makes of these outputs (the plugin itself, so that
+    `infer` and the daemon agree)."""
+    from edgetpud import plugins
+
+    detect = plugins.registry().get("postprocess", "detect")
+    config = detect.Config(threshold=threshold, max_detections=1000)
+    plugin: Any = detect(config, info, labels)  # type: ignore[call-arg]
+    return plugin.process(outputs, Request(model=str(info.path), payload=b"", meta=meta))
+
+
+def _is_detector(outputs: tuple[TensorSpec, ...]) -> bool:
+    """Four outputs, one of them [1, N, 4] boxes: what TFLite_Detection_PostProcess gives."""
+    return len(outputs) == 4 and any(len(o.shape) == 3 and o.shape[-1] == 4 for o in outputs)
 
 
 def _is_classifier(outputs: tuple[TensorSpec, ...]) -> bool:

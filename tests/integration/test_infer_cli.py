@@ -169,3 +169,24 @@ def test_a_missing_runtime_names_the_option_to_change(
     (line,) = done.stderr.strip().splitlines()
     assert "cannot load the Edge TPU runtime" in line and "libedgetpu1-std" in line
     assert "set --library to its path" in line and "runtime.library" not in line
+
+
+def test_a_detection_model_prints_its_detections_in_image_pixels(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from tests.support.ssd_model import write_ssd_model
+
+    model = write_ssd_model(
+        tmp_path / "ssd.tflite",
+        boxes=np.array([[0.1, 0.2, 0.5, 0.6], [0.25, 0.05, 0.75, 0.4], [0, 0, 1, 1]]),
+        classes=[17, 0, 62],
+        scores=[0.66, 0.91, 0.3],
+        size=(64, 48),
+    )
+    Image.new("RGB", (128, 96)).save(tmp_path / "frame.png")  # twice the input: boxes scale
+    done = infer("--model", model, "--threshold", "0.4", tmp_path / "frame.png")
+    assert done.returncode == 0, done.stderr
+    [record] = records(done.stdout)
+    assert [(d["id"], d["score"]) for d in record["detections"]] == [(0, 0.91), (17, 0.66)]
+    assert record["detections"][1]["box"] == {"xmin": 25.6, "ymin": 9.6, "xmax": 76.8, "ymax": 48.0}
