@@ -36,6 +36,7 @@ from typing import Any, Literal, Protocol
 
 import numpy.typing as npt
 
+from edgetpud import scheduler
 from edgetpud.errors import EdgetpudError, ModelError, RequestError
 from edgetpud.hosts.session import HostLost
 from edgetpud.messages import EXPIRED, Request, Result, Timing
@@ -289,6 +290,8 @@ class Worker:
         stall_timeout: float,
         max_attempts: int = 3,
         interpreters: int = 1,
+        batch_wait: float = scheduler.DEFAULT_BATCH_WAIT,
+        gates: scheduler.Gates | None = scheduler.GATES,
     ) -> None:
         if interpreters < 1:
             raise ValueError(f"a worker needs at least 1 interpreter, got {interpreters}")
@@ -305,6 +308,9 @@ class Worker:
         self._on_result = on_result
         self._on_report = on_report
         self._stop = threading.Event()
+        # Shared Edge TPUs run their invokes in runs by caching token (edgetpud/scheduler.py).
+        self._gate = gates.get(device) if gates is not None and device != "cpu" else None
+        self._batch_wait = batch_wait
         # _lock guards everything below that more than one thread touches. A request is
         # in _owned from the moment it leaves the queue until it is answered or handed
         # back; whoever removes it (under the lock) is the only one who may answer it.
@@ -584,7 +590,7 @@ class Worker:
             self.info,
             self._preprocess,
             self._postprocess,
-            session.invoke,
+            self._invoker(session),
         )
         device = self.device
         perf, mono = time.perf_counter, time.monotonic
@@ -634,7 +640,7 @@ class Worker:
                 session = self._reopen(job)
                 if session is None:
                     return
-                invoke = session.invoke
+                invoke = self._invoker(session)
                 continue
             except Exception as exc:
                 job.started = 0.0
@@ -666,6 +672,18 @@ class Worker:
             t3 = perf()
             timing = Timing(queue_ms, (t1 - t0) * 1000.0, (t2 - t1) * 1000.0, (t3 - t2) * 1000.0)
             self._answer(Result(req, device, output, error, timing), (t3 - t0) * 1000.0)
+
+    def _invoker(self, session: Session) -> Callable[[Sequence[Array]], list[Array]]:
+        """The session's invoke, in this model's turn on its device (edgetpud/scheduler.py)."""
+        gate = self._gate
+        if gate is None:
+            return session.invoke
+        key, wait, invoke = (
+            scheduler.key_for(self.info, self.model),
+            self._batch_wait,
+            session.invoke,
+        )
+        return lambda inputs: gate.run(key, wait, invoke, inputs)
 
     def _host_lost(self, req: Request, exc: HostLost) -> None:
         """The device's host died under this lane: hand the request back to the front of the
