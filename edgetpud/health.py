@@ -1,18 +1,15 @@
 """The health snapshot (schema edgetpud.health/1) and systemd's one-line STATUS.
 
-Read-only views of the service's state: nothing here changes it. The snapshot is
-what `…/health` carries (retained) and what `edgetpud status` prints.
+Renders a `snapshot.Snapshot`, the frozen picture the supervisor takes: nothing
+here reads or changes the daemon's live state, and nothing imports the daemon.
+The result is what `…/health` carries (retained) and what `edgetpud status` prints.
 """
 
 from __future__ import annotations
 
-import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from edgetpud import __version__
-
-if TYPE_CHECKING:
-    from edgetpud.service import ModelRuntime, Service
+from edgetpud.snapshot import ModelState, ModelView, Snapshot
 
 SCHEMA = "edgetpud.health/1"
 
@@ -30,15 +27,15 @@ class RateMeter:
         return round((count - before) / elapsed, 2) if elapsed > 0 else 0.0
 
 
-def snapshot(service: Service) -> dict[str, Any]:
-    """Everything a dashboard needs to know, as JSON-ready data."""
-    now = time.monotonic()
-    meter = service.rates
-    plan = service.plan
-    device_models = plan.device_models() if plan is not None else {}
+def render(snap: Snapshot, meter: RateMeter, plugins: list[dict[str, str]]) -> dict[str, Any]:
+    """Everything a dashboard needs to know, as JSON-ready data.
+
+    `meter` turns result counts into rates since its previous use; `plugins` is the
+    plugin registry's status list.
+    """
     devices = []
-    for dev in sorted(service.devices.values(), key=lambda d: d.identity):
-        dh = service.device_health.get(dev.identity)
+    for dev in snap.devices:
+        trust = snap.trust.get(dev.identity)
         devices.append(
             {
                 "identity": dev.identity,
@@ -51,93 +48,59 @@ def snapshot(service: Service) -> dict[str, Any]:
                 "reasons": list(dev.reasons),
                 "temperature": dev.thermal.temp_c if dev.thermal is not None else None,
                 "throttled": dev.thermal.throttled if dev.thermal is not None else False,
-                "health": _device_health(dh, now),
-                "models": list(device_models.get(dev.identity, ())),
+                "health": trust.as_dict() if trust is not None else {"state": "ok"},
+                "models": list(snap.device_models.get(dev.identity, ())),
             }
         )
-    models = {name: _model(service, rt, meter, now) for name, rt in sorted(service.models.items())}
-    mqtt = service.mqtt.stats() if service.mqtt is not None else None
-    return {
+    models = {name: _model(m, meter, snap.mono) for name, m in snap.models.items()}
+    out: dict[str, Any] = {
         "schema": SCHEMA,
-        "time": time.time(),
+        "time": snap.wall,
         "daemon": {
-            "version": __version__,
-            "node": service.cfg.daemon.node_id,
-            "uptime_s": round(now - service.started_mono, 1),
-            "config": str(service.cfg.path) if service.cfg.path else None,
-            "config_generation": service.generation,
-            "last_reload_error": service.last_reload_error or None,
-            "runtime_error": service.runtime_error or None,
-            "status": status_line(service),
+            "version": snap.version,
+            "node": snap.node,
+            "uptime_s": snap.uptime_s,
+            "config": snap.config,
+            "config_generation": snap.config_generation,
+            "last_reload_error": snap.last_reload_error or None,
+            "runtime_error": snap.runtime_error or None,
+            "status": status_line(snap),
         },
         "devices": devices,
         "models": models,
-        "plugins": _plugins(),
-        "mqtt": mqtt.as_dict() if mqtt is not None else {"connected": False},
+        "plugins": plugins,
+        "mqtt": dict(snap.mqtt) if snap.mqtt is not None else {"connected": False},
     }
+    for name, section in snap.sections.items():
+        out.setdefault(name, section)  # a component never overwrites the core sections
+    return out
 
 
-def _device_health(dh: Any, now: float) -> dict[str, Any]:
-    if dh is None:
-        return {"state": "ok"}
-    if dh.hung:
-        return {"state": "hung", "reason": dh.reason}
-    if dh.quarantined_until > now:
-        return {
-            "state": "quarantined",
-            "reason": dh.reason,
-            "retry_in_s": round(dh.quarantined_until - now, 1),
-        }
-    return {"state": "ok"}
-
-
-def _model(service: Service, rt: ModelRuntime, meter: RateMeter, now: float) -> dict[str, Any]:
-    placement = service.plan.placements.get(rt.name) if service.plan is not None else None
-    stats = [w.stats() for w in rt.workers.values()]
-    processed = sum(s.processed for s in stats)
-    p50 = max((s.p50_ms for s in stats), default=0.0)
-    p99 = max((s.p99_ms for s in stats), default=0.0)
-    if rt.disabled:
-        state = "disabled"
-    elif not rt.workers:
-        state = "waiting"
-    elif any(s.state == "running" for s in stats):
-        state = "running"
-    else:
-        state = "starting"
+def _model(m: ModelView, meter: RateMeter, now: float) -> dict[str, Any]:
     return {
-        "state": state,
-        "reason": rt.disabled or (placement.reason if placement is not None else ""),
-        "tier": placement.tier
-        if placement is not None
-        else ("disabled" if rt.disabled else "waiting"),
-        "devices": sorted(rt.workers),
-        "rate": meter.rate(rt.name, rt.results + rt.errors, now),
-        "p50_ms": round(p50, 3),
-        "p99_ms": round(p99, 3),
-        "queue_depth": rt.queue.depth,
-        "dropped": rt.queue.dropped,
-        "results": rt.results,
-        "errors": rt.errors,
-        "processed_by_current_workers": processed,
+        "state": m.state.value,
+        "reason": m.reason,
+        "tier": m.tier,
+        "devices": list(m.devices),
+        "rate": meter.rate(m.name, m.results + m.errors, now),
+        "p50_ms": round(m.p50_ms, 3),
+        "p99_ms": round(m.p99_ms, 3),
+        "queue_depth": m.queue_depth,
+        "dropped": m.dropped,
+        "results": m.results,
+        "errors": m.errors,
+        "processed_by_current_workers": m.processed_by_current_workers,
     }
 
 
-def _plugins() -> list[dict[str, str]]:
-    from edgetpud import plugins
-
-    return plugins.registry().health()
-
-
-def status_line(service: Service) -> str:
+def status_line(snap: Snapshot) -> str:
     """One line for systemd's STATUS=, e.g. `3 models on 2 TPUs, 1 on CPU; mqtt connected`."""
-    on_tpu = {name for name, rt in service.models.items() if any(t != "cpu" for t in rt.workers)}
-    on_cpu = {
-        name for name, rt in service.models.items() if name not in on_tpu and "cpu" in rt.workers
-    }
-    tpus = {t for rt in service.models.values() for t in rt.workers if t != "cpu"}
-    waiting = [n for n, rt in service.models.items() if not rt.workers and not rt.disabled]
-    disabled = [n for n, rt in service.models.items() if rt.disabled]
+    models = snap.models.values()
+    on_tpu = {m.name for m in models if any(t != "cpu" for t in m.devices)}
+    on_cpu = {m.name for m in models if m.name not in on_tpu and "cpu" in m.devices}
+    tpus = {t for m in models for t in m.devices if t != "cpu"}
+    waiting = [m for m in models if not m.devices and m.state is not ModelState.DISABLED]
+    disabled = [m for m in models if m.state is ModelState.DISABLED]
 
     def count(n: int, noun: str) -> str:
         return f"{n} {noun}{'' if n == 1 else 's'}"
@@ -153,9 +116,8 @@ def status_line(service: Service) -> str:
         parts.append(f"{len(disabled)} disabled")
     if not parts:
         parts.append("no models")
-    mqtt = service.mqtt.stats() if service.mqtt is not None else None
-    link = "mqtt connected" if getattr(mqtt, "connected", False) else "mqtt disconnected"
+    link = "mqtt connected" if snap.mqtt_connected else "mqtt disconnected"
     text = ", ".join(parts) + f"; {link}"
-    if service.runtime_error:
+    if snap.runtime_error:
         text += "; no TFLite runtime"
     return text

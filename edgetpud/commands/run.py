@@ -20,11 +20,11 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_CONFIG_INVALID
     if args.log_level is None:
         logging.getLogger().setLevel(cfg.daemon.log_level.upper())
-    from edgetpud import service
+    from edgetpud import app
     from edgetpud.errors import ConfigUnreadableError
 
     try:
-        code = service.run(cfg, log_level_pinned=args.log_level is not None)
+        code = app.run(cfg, log_level_pinned=args.log_level is not None)
     except ConfigUnreadableError as exc:  # a file the config names, unusable on opening
         log.error("not starting: %s", exc)
         return EXIT_CONFIG_INVALID

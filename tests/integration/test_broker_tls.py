@@ -176,7 +176,7 @@ def test_a_credential_file_broken_after_validation_stops_the_start_with_a_senten
     tmp_path: Path,
 ) -> None:
     """The CA file is replaced between validation and use: no traceback, a ConfigUnreadableError."""
-    from edgetpud import config, service
+    from edgetpud import app, config
     from edgetpud.errors import ConfigUnreadableError
 
     ca = make_certs(tmp_path / "certs")["ca"]
@@ -187,7 +187,7 @@ def test_a_credential_file_broken_after_validation_stops_the_start_with_a_senten
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
         with pytest.raises(ConfigUnreadableError) as err:
-            service.run(cfg)
+            app.run(cfg)
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)

@@ -1,0 +1,112 @@
+"""The composition root: builds the daemon's parts from the config and runs them.
+
+`edgetpud run` (commands/run.py) calls `run()`; nothing else imports this module.
+This is the one place that knows the concrete classes: the MQTT link, the device
+watcher, the TFLite runtime, sd_notify, and any component (see `components()`).
+The supervisor (edgetpud/daemon/) sees them only through the Protocols in
+edgetpud/daemon/ports.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+from pathlib import Path
+from typing import Any, cast
+
+from edgetpud import __version__, runtime, threadnames
+from edgetpud.config import Config, RuntimeConfig
+from edgetpud.daemon.events import DeviceEvents, EventQueue
+from edgetpud.daemon.ports import Component, StateView
+from edgetpud.daemon.state import Board
+from edgetpud.daemon.supervisor import Parts, Supervisor
+from edgetpud.devices import DeviceWatcher
+from edgetpud.mqtt import MqttLink
+from edgetpud.notify import Notifier
+from edgetpud.workers import Session
+
+log = logging.getLogger(__name__)
+
+# Workers spend most of their time in invoke(), which releases the GIL; a worker thread whose
+# invoke returned needs the GIL back soon. CPython's default switch interval (5 ms, about two
+# MobileNet inferences) lets a busy Python thread (pre/postprocessing, MQTT) keep it that
+# long first. With one interpreter per TPU, 1 ms served 20-60 % more inferences/s with 4
+# simulated TPUs on 2 cores; with several (runtime.tpu_interpreters) the next invoke is
+# already queued on the device, and 1 ms still measured 0.889 vs 0.822-0.869 of the
+# ceiling with two (docs/benchmarks.md).
+SWITCH_INTERVAL_S = 0.001
+
+
+class RuntimeAdapter:
+    """edgetpud.runtime as the supervisor's `ports.Runtime`."""
+
+    def name(self, prefer: str) -> str:
+        return runtime.runtime_name(prefer)
+
+    def open(self, model: Path, target: str, rcfg: RuntimeConfig, performance: str) -> Session:
+        return runtime.open_session(
+            model,
+            target,
+            library=rcfg.library,
+            performance=performance,
+            cpu_threads=rcfg.cpu_threads,
+            prefer=rcfg.runtime,
+        )
+
+    def is_device_fault(self, exc: BaseException | None) -> bool:
+        """Whether the device itself refused (a port worth remembering as bad).
+
+        A missing Edge TPU runtime or a model the runtime cannot prepare fails on every
+        port alike: learning the port as bad would send the admin to move a healthy
+        accelerator.
+        """
+        return isinstance(exc, runtime.DeviceUnavailable)
+
+
+def components(cfg: Config, view: StateView, events: EventQueue) -> list[Component]:
+    """The optional parts the supervisor starts after the devices and models, stops
+    before them, and hands each accepted reload to (ports.Component).
+
+    A new component is constructed here from `cfg`, given `view` (the latest state
+    snapshot) and `events` (to put `daemon.events` on), and appended.
+    """
+    return []
+
+
+def build(cfg: Config, *, log_level_pinned: bool = False) -> Supervisor:
+    """The supervisor with every real part, not started."""
+    events: EventQueue = queue.Queue()
+    board = Board()
+
+    def watcher() -> DeviceWatcher:
+        return DeviceWatcher(
+            cfg.devices,
+            cfg.daemon.state_dir,
+            cast(Any, DeviceEvents(events)),  # its DeviceEvents become daemon DeviceChanged
+            performance=cfg.devices.performance,
+        )
+
+    parts = Parts(
+        link_factory=MqttLink,
+        watcher_factory=watcher,
+        runtime=RuntimeAdapter(),
+        notifier=Notifier(),
+        events=events,
+        board=board,
+        components=components(cfg, board, events),
+    )
+    return Supervisor(cfg, parts, log_level_pinned=log_level_pinned)
+
+
+def run(cfg: Config, *, log_level_pinned: bool = False) -> int:
+    """Entry point for `edgetpud run`: build the daemon, wire signals, run it.
+
+    `log_level_pinned`: --log-level was given, so reloads leave the level alone.
+    """
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+    threadnames.install()
+    supervisor = build(cfg, log_level_pinned=log_level_pinned)
+    supervisor.install_signal_handlers()
+    log.info("edgetpud %s starting (config %s, node %s)", __version__, cfg.path, cfg.daemon.node_id)
+    return supervisor.run()
