@@ -18,7 +18,8 @@ from typing import Any, cast
 from edgetpud import __version__, runtime, threadnames
 from edgetpud.config import Config, RuntimeConfig
 from edgetpud.daemon.events import DeviceEvents, EventQueue
-from edgetpud.daemon.ports import Component, StateView
+from edgetpud.daemon.intake import Intake
+from edgetpud.daemon.ports import Component, ComponentContext, ObservesResults, ReadsHealth
 from edgetpud.daemon.state import Board
 from edgetpud.daemon.supervisor import Parts, Supervisor
 from edgetpud.devices import DeviceWatcher
@@ -64,12 +65,14 @@ class RuntimeAdapter:
         return isinstance(exc, runtime.DeviceUnavailable)
 
 
-def components(cfg: Config, view: StateView, events: EventQueue) -> list[Component]:
+def components(cfg: Config, ctx: ComponentContext) -> list[Component]:
     """The optional parts the supervisor starts after the devices and models, stops
     before them, and hands each accepted reload to (ports.Component).
 
-    A new component is constructed here from `cfg`, given `view` (the latest state
-    snapshot) and `events` (to put `daemon.events` on), and appended.
+    A new component is constructed here from `cfg` and `ctx` (the latest snapshot,
+    a way to post events to the supervisor, a way to submit requests) and appended.
+    One that also implements ports.ObservesResults or ports.ReadsHealth gets every
+    result or every health document.
     """
     return []
 
@@ -78,6 +81,8 @@ def build(cfg: Config, *, log_level_pinned: bool = False) -> Supervisor:
     """The supervisor with every real part, not started."""
     events: EventQueue = queue.Queue()
     board = Board()
+    intake = Intake()
+    parts_built = components(cfg, ComponentContext(board, events.put, intake.submit))
 
     def watcher() -> DeviceWatcher:
         return DeviceWatcher(
@@ -94,7 +99,10 @@ def build(cfg: Config, *, log_level_pinned: bool = False) -> Supervisor:
         notifier=Notifier(),
         events=events,
         board=board,
-        components=components(cfg, board, events),
+        intake=intake,
+        components=parts_built,
+        result_observers=[c.observe for c in parts_built if isinstance(c, ObservesResults)],
+        health_listeners=[c.on_health for c in parts_built if isinstance(c, ReadsHealth)],
     )
     return Supervisor(cfg, parts, log_level_pinned=log_level_pinned)
 

@@ -1,8 +1,9 @@
 """The configured models and what runs for each: queue, plugins, workers.
 
 `Models` belongs to the supervisor: every method runs on its thread except
-`emit` (source threads), `on_request` (paho's thread) and `_on_result` (worker
-threads), which only put on a queue, read, or count under a lock.
+`emit` (source threads) and `_on_result` (worker threads), which only put on a
+queue or count under a lock. Requests from paho's thread go through `intake`,
+which reads only the table `publish_intake` last published.
 """
 
 from __future__ import annotations
@@ -10,21 +11,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from edgetpud import modelfile, placement, plugins, preprocess
 from edgetpud.config import Config, ModelConfig
+from edgetpud.daemon.intake import Entry, Intake
 from edgetpud.daemon.ports import Link, Runtime
 from edgetpud.daemon.state import ModelRuntime
 from edgetpud.errors import EdgetpudError, PluginError
 from edgetpud.labels import fit_problem, load_labels, output_classes
 from edgetpud.messages import Request, Result
+from edgetpud.policy import admission
 from edgetpud.workers import ModelQueue, Session, Worker, WorkerReport
 
 log = logging.getLogger(__name__)
 
-MQTT_PUT_TIMEOUT = 0.0  # MQTT requests never wait for queue room: busy reply instead
 SOURCE_PUT_TIMEOUT = 0.2
 
 
@@ -36,13 +38,18 @@ class Models:
         cfg: Config,
         runtime: Runtime,
         on_report: Callable[[WorkerReport], None],
+        intake: Intake,
+        result_observers: Sequence[Callable[[Result], None]] = (),
     ) -> None:
         self.cfg = cfg  # the supervisor replaces it on reload
         self.runtime = runtime
         self.runtime_error = ""  # set by the supervisor: every model is disabled with it
         self.link: Link | None = None  # set by the supervisor
         self.by_name: dict[str, ModelRuntime] = {}
+        self.intake = intake
+        self._published: dict[str, Entry] = {}
         self._on_report = on_report
+        self._observers = tuple(result_observers)
 
     def __iter__(self) -> Any:
         return iter(self.by_name.values())
@@ -111,6 +118,7 @@ class Models:
 
     def remove(self, name: str, deadline: float) -> None:
         rt = self.by_name.pop(name)
+        self.publish_intake()  # no new request for it before its queue is answered
         self.stop_source(rt)
         for target in list(rt.workers):
             self.stop_worker(rt, target, deadline, requeue=True)
@@ -126,24 +134,15 @@ class Models:
             return False
         return rt.queue.put(request, timeout=SOURCE_PUT_TIMEOUT)
 
-    def on_request(self, request: Request) -> str | None:
-        """Called from the MQTT thread: queue it or say why not. Never blocks."""
-        rt = self.by_name.get(request.model)
-        if rt is None:
-            return f'unknown model "{request.model}"'
-        if rt.disabled:
-            return f"model {request.model} is disabled: {rt.disabled}"
-        if rt.no_device:
-            return rt.no_device
-        if request.source == "mqtt-fleet":
-            # The broker already gave this one to us: keep it (over the limit, behind the
-            # others) rather than refuse or drop it; the tick pauses our fleet subscription
-            # so the next go elsewhere.
-            rt.queue.put_over_limit(request)
-            return None
-        if rt.queue.put(request, timeout=MQTT_PUT_TIMEOUT):
-            return None
-        return f"busy: the queue of model {request.model} is full ({rt.cfg.queue_size} waiting); retry later"
+    def publish_intake(self) -> None:
+        """Publish what admission needs of every model, if it changed (supervisor thread)."""
+        table = {
+            name: Entry(admission.Door(rt.disabled, rt.no_device, rt.cfg.queue_size), rt.queue)
+            for name, rt in self.by_name.items()
+        }
+        if table != self._published:
+            self.intake.publish(table)
+            self._published = table
 
     # ---- sources ---------------------------------------------------------------------
 
@@ -212,6 +211,7 @@ class Models:
             elif rt.disabled:
                 self.stop_source(rt)
                 self.answer_leftovers(rt, f"model {name} is disabled: {rt.disabled}")
+        self.publish_intake()
         if self.link is not None:
             self.link.set_models(self.mqtt_models(), self.mqtt_unavailable())
 
@@ -300,6 +300,11 @@ class Models:
         link = self.link
         if link is not None:
             link.publish_result(result)
+        for observe in self._observers:
+            try:
+                observe(result)
+            except Exception:
+                log.exception("a result observer failed on a result of %s", rt.name)
         if source is not None:
             try:
                 source.completed(result)

@@ -7,10 +7,12 @@ tests pass stand-ins that fit these shapes.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from edgetpud.config import Config, DevicesConfig, MqttConfig, RuntimeConfig
+from edgetpud.daemon.events import Event
 from edgetpud.devices.model import DeviceInfo
 from edgetpud.messages import Request, Result
 from edgetpud.snapshot import Snapshot
@@ -150,3 +152,28 @@ class Component(Protocol):
     def stop(self, deadline: float) -> None:
         """Stop by `deadline` (time.monotonic()); idempotent."""
         ...
+
+
+@runtime_checkable
+class ObservesResults(Protocol):
+    """A component that sees every result (app.py wires it): `observe` runs on the worker
+    thread that produced it, after it was handed to the link. It must not block."""
+
+    def observe(self, result: Result) -> None: ...
+
+
+@runtime_checkable
+class ReadsHealth(Protocol):
+    """A component that gets every health document rendered (supervisor thread; `doc`
+    is schema edgetpud.health/1 and must not be changed). It must not block."""
+
+    def on_health(self, doc: Mapping[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class ComponentContext:
+    """What app.py gives a component when it builds it."""
+
+    view: StateView  # the latest Snapshot (any thread)
+    post: Callable[[Event], None]  # put an event on the supervisor's queue (any thread)
+    submit: Callable[[Request], str | None]  # admit a request: None = queued, else the refusal

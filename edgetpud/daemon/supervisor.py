@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import replace as dataclass_replace
 from types import FrameType
@@ -26,11 +26,13 @@ from edgetpud import config, health, placement, plugins
 from edgetpud.config import Config
 from edgetpud.daemon import events as ev
 from edgetpud.daemon.fleet import FleetBackpressure
+from edgetpud.daemon.intake import Intake
 from edgetpud.daemon.models import Models
 from edgetpud.daemon.ports import Component, Link, LinkFactory, Notifier, Runtime, Watcher
 from edgetpud.daemon.state import Board, DeviceHealth, ModelRuntime, take_snapshot
 from edgetpud.devices.model import DeviceInfo
 from edgetpud.errors import ConfigError, ConfigUnreadableError, EdgetpudError
+from edgetpud.messages import Result
 from edgetpud.snapshot import Snapshot
 from edgetpud.workers import Worker, WorkerReport
 
@@ -52,7 +54,12 @@ class Parts:
     notifier: Notifier
     events: ev.EventQueue
     board: Board
+    intake: Intake
     components: Sequence[Component] = ()
+    # called on the worker thread with every result, after it is published
+    result_observers: Sequence[Callable[[Result], None]] = ()
+    # called on the supervisor's thread with every health document rendered
+    health_listeners: Sequence[Callable[[Mapping[str, Any]], None]] = ()
 
 
 class Supervisor:
@@ -69,7 +76,9 @@ class Supervisor:
         self.mqtt: Link | None = None
         self.devices: dict[str, DeviceInfo] = {}
         self.device_health: dict[str, DeviceHealth] = {}
-        self.models = Models(cfg, parts.runtime, self.events.put)
+        self.models = Models(
+            cfg, parts.runtime, self.events.put, parts.intake, parts.result_observers
+        )
         self.plan: placement.Plan | None = None
         self.runtime_error = ""
         self.last_reload_error = ""
@@ -150,7 +159,7 @@ class Supervisor:
         return self.parts.link_factory(
             cfg.mqtt,
             cfg.daemon.node_id,
-            on_request=self.models.on_request,
+            on_request=self.parts.intake.submit,
             on_connection=self._on_link_connection,
             fleet_group=cfg.fleet.group,
         )
@@ -262,6 +271,7 @@ class Supervisor:
         if replan:
             self._replan("device health changed")
         self._check_waiting(now)
+        self.models.publish_intake()
         if self.cfg.fleet.group and self.mqtt is not None:
             self.fleet.step(self.models, self.mqtt)
         if now - self._last_health >= self.cfg.daemon.health_interval or (
@@ -597,6 +607,12 @@ class Supervisor:
             self.mqtt.publish_health(doc)
         except Exception:
             log.exception("building the health snapshot failed")
+            return
+        for listener in self.parts.health_listeners:
+            try:
+                listener(doc)
+            except Exception:
+                log.exception("a health listener failed")
 
     def _status_line(self) -> str:
         return health.status_line(self.snapshot())
