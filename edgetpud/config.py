@@ -404,6 +404,15 @@ class ModelConfig:
         "block",
     )
     enabled: bool = option("Set false to keep the table but not run the model.", True)
+    max_batch_wait: float = option(
+        "On an Edge TPU shared with models of another caching token: how long this model's "
+        "requests may wait while another model's run of invokes goes on (runs save "
+        "parameter reloads; docs/workers.md).",
+        0.05,
+        kind="duration",
+        minimum=0.0,
+        maximum=10,
+    )
     source: PluginTable = option(
         "Where requests come from ([models.<name>.source]).", PluginTable("mqtt")
     )

@@ -247,6 +247,7 @@ class Models:
             self._on_report,
             stall_timeout=self.cfg.daemon.stall_timeout,
             interpreters=1 if on_cpu else rcfg.tpu_interpreters,
+            batch_wait=rt.cfg.max_batch_wait,
         )
         rt.workers[target] = worker
         worker.start()

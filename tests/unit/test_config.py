@@ -81,6 +81,15 @@ def test_durations_accept_units(files: Path) -> None:
     assert cfg.daemon.drain_timeout == 3
 
 
+def test_max_batch_wait_is_a_duration_per_model(files: Path) -> None:
+    model = f'[models.a]\nmodel = "{files / "m_edgetpu.tflite"}"\n'
+    cfg = config.load(write(files, model + 'max_batch_wait = "20ms"\n'))
+    assert cfg.models["a"].max_batch_wait == pytest.approx(0.02)
+    assert config.load(write(files, model)).models["a"].max_batch_wait == pytest.approx(0.05)
+    with pytest.raises(ConfigError, match=r"models\.a\.max_batch_wait"):
+        config.load(write(files, model + 'max_batch_wait = "forever"\n'))
+
+
 # (config text, dotted path, words the message must contain). Each is one mistake an
 # admin could make; check-config must exit 1 and name the exact key.
 BROKEN = [
