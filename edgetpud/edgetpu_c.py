@@ -1,10 +1,15 @@
-"""libedgetpu's C enumeration API (edgetpu_c.h) through ctypes.
+"""libedgetpu's C API (edgetpu_c.h) through ctypes: enumeration, and delegates made by path.
 
-The delegate's `device` option names a device only by type and index ("usb:1", "pci:0"), counted
-in libedgetpu's own enumeration order, which is not stable across reboots and lists USB
-accelerators still in firmware-download mode first. So a stable identity ("usb:2-3.1",
-"pci:0000:03:00.0") is mapped to an index right before opening, by asking the same library that
-will open the device. Nothing here guesses: no library or no match is an error.
+The plugin delegate's `device` option names a device only by type and index ("usb:1", "pci:0"),
+counted in libedgetpu's own enumeration order, which is not stable across reboots, lists USB
+accelerators still in firmware-download mode first, and is taken again inside `load_delegate`:
+an index looked up before another accelerator finishes its firmware load can open the wrong
+device. `edgetpu_create_delegate(type, path, options, n)` names the device by the path
+`edgetpu_list_devices()` reported, which no enumeration change can redirect; `PathDelegate`
+hands that delegate to a TFLite `Interpreter` (which only asks a delegate object for
+`_get_native_delegate_pointer()`). A stable identity ("usb:2-3.1", "pci:0000:03:00.0") is
+mapped to its path right before opening, by the same library that opens it. Nothing here
+guesses: no library or no match is an error.
 """
 
 from __future__ import annotations
@@ -56,6 +61,10 @@ class _Device(ctypes.Structure):
     _fields_ = [("type", ctypes.c_int), ("path", ctypes.c_char_p)]
 
 
+class _Option(ctypes.Structure):  # struct edgetpu_option
+    _fields_ = [("name", ctypes.c_char_p), ("value", ctypes.c_char_p)]
+
+
 @functools.lru_cache(maxsize=8)
 def _load(library: str) -> ctypes.CDLL:
     try:
@@ -77,7 +86,85 @@ def _load(library: str) -> ctypes.CDLL:
             f"{library!r} loaded but has no edgetpu_list_devices(): it is not libedgetpu; set "
             "runtime.library to libedgetpu.so.1 (package libedgetpu1-std)"
         ) from None
+    try:
+        lib.edgetpu_create_delegate.restype = ctypes.c_void_p
+        lib.edgetpu_create_delegate.argtypes = [
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.POINTER(_Option),
+            ctypes.c_size_t,
+        ]
+        lib.edgetpu_free_delegate.restype = None
+        lib.edgetpu_free_delegate.argtypes = [ctypes.c_void_p]
+        lib.edgetpu_version.restype = ctypes.c_char_p
+        lib.edgetpu_version.argtypes = []
+    except AttributeError:
+        raise LibraryMissing(
+            f"{library!r} has edgetpu_list_devices() but not edgetpu_create_delegate() or "
+            "edgetpu_version(): it is not a complete libedgetpu; install libedgetpu1-std "
+            "(or a maintained build) and set runtime.library to its libedgetpu.so.1"
+        ) from None
     return lib
+
+
+def version(library: str) -> str:
+    """The runtime's build string: "BuildLabel(...), RuntimeVersion(N)" (edgetpu_version())."""
+    raw: bytes | None = _load(library).edgetpu_version()
+    return raw.decode(errors="replace") if raw else ""
+
+
+class PathDelegate:
+    """A delegate made by `edgetpu_create_delegate` on one device path.
+
+    Pass it in `experimental_delegates=[...]` like `load_delegate`'s result: the TFLite
+    Interpreter (tflite_runtime and ai_edge_litert, interpreter.py) only calls
+    `_get_native_delegate_pointer()` on it, and keeps it alive as long as itself. Release the
+    interpreter first, then `close()` this (idempotent; also on garbage collection).
+    """
+
+    def __init__(self, library: str, ref: EdgeTpuRef, pointer: int) -> None:
+        self._lib: ctypes.CDLL | None = _load(library)
+        self._pointer = pointer
+        self.ref = ref
+
+    def _get_native_delegate_pointer(self) -> int:
+        return self._pointer
+
+    @property
+    def closed(self) -> bool:
+        return self._lib is None
+
+    def close(self) -> None:
+        lib, self._lib = self._lib, None
+        if lib is not None:
+            lib.edgetpu_free_delegate(self._pointer)
+
+    def __del__(self) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<PathDelegate {self.ref.type} {self.ref.path}{' closed' if self.closed else ''}>"
+
+
+def create_delegate(
+    library: str, ref: EdgeTpuRef, options: dict[str, str] | None = None
+) -> PathDelegate | None:
+    """A delegate on exactly the device at `ref.path`, or None when libedgetpu refuses it.
+
+    libedgetpu says nothing about why it refused (busy in another process, no permission on
+    the node, gone, a port that cannot hold a context): see edgetpud.devices.access.
+    """
+    lib = _load(library)
+    items = list((options or {}).items())
+    array = (_Option * max(len(items), 1))()
+    for i, (key, value) in enumerate(items):
+        array[i].name = key.encode()
+        array[i].value = value.encode()
+    kind = next(code for code, name in _TYPES.items() if name == ref.type)
+    pointer = lib.edgetpu_create_delegate(kind, ref.path.encode(), array, len(items))
+    if not pointer:
+        return None
+    return PathDelegate(library, ref, int(pointer))
 
 
 def list_devices(library: str) -> list[EdgeTpuRef]:
@@ -122,6 +209,29 @@ def apex_unique_id(apex: str, sysfs_class: str = APEX_CLASS) -> str:
             return f.read().strip()
     except (OSError, UnicodeDecodeError):
         return ""
+
+
+def find_device(identity: str, library: str) -> EdgeTpuRef:
+    """The entry of edgetpu_list_devices() that a device identity names, looked up now.
+
+    `identity` is "usb:<port path>" (e.g. "usb:2-3.1"), "pci:<PCI address>" or "pci:<unique_id>".
+    """
+    kind, _, key = identity.partition(":")
+    if kind not in _TYPES.values() or not key or _DELEGATE_STRING.match(identity):
+        raise DeviceError(
+            f"unknown device identity {identity!r}: use one from `edgetpud devices`, such as "
+            "usb:2-3.1 or pci:0000:03:00.0"
+        )
+    refs = list_devices(library)
+    for ref in refs:
+        if ref.type == kind and _matches(ref, key):
+            return ref
+    listed = ", ".join(_describe(ref) for ref in refs) or "none"
+    raise DeviceError(
+        f"Edge TPU {identity} is not in {library}'s device list (it lists: {listed}); check "
+        "`edgetpud devices`: it may be unplugged, still loading firmware, or held by another "
+        "process"
+    )
 
 
 def delegate_device_string(identity: str, library: str) -> str:

@@ -2,14 +2,18 @@
 
 The only module that imports the TFLite runtime: `tflite_runtime` (Coral's build,
 needs numpy<2) or `ai_edge_litert` (Google's LiteRT); both expose the same
-`Interpreter` / `load_delegate` API. `open_session` resolves a device identity to
-the delegate's `usb:N` / `pci:N` string right before loading the delegate (the
-index order is libedgetpu's enumeration order, which changes with hotplug and
-firmware loads) and sorts every failure into an error the caller can act on:
+`Interpreter` / `load_delegate` API. `open_session` resolves a device identity
+("usb:2-3.1") to the path libedgetpu lists for it right before opening, and makes the
+delegate for that path (`edgetpu_create_delegate`, edgetpud.edgetpu_c): an index
+("usb:N") would be counted again inside `load_delegate`, in an order that firmware loads
+and hotplug change. Every failure is sorted into an error the caller can act on:
 
 - `RuntimeMissing`: the Edge TPU runtime library (libedgetpu) cannot be loaded;
-- `DeviceUnavailable`: the device is not listed, or refused the context; it
-  carries the identity and the port so the devices layer can learn bad ports;
+- `DeviceUnavailable`: the device is not listed, or refused the context for no reason
+  the node shows; it carries the identity and the port so the devices layer can learn
+  bad ports;
+- `edgetpud.devices.access.DeviceBusy` / `DeviceNotPermitted`: refused because another
+  process holds the device, or this one may not open its node: never a bad port;
 - `PrepareFailed`: the delegate was loaded but could not take the model;
 - `ModelError`: the model file itself is unusable, or cannot run where asked.
 
@@ -162,7 +166,9 @@ class Session:
         self.info = info
         self.device = device
         self.runtime = runtime
-        self.delegate_device = delegate_device  # "usb:N" / "pci:N" used at open; "" on CPU
+        # what the delegate was opened on: the device path libedgetpu lists
+        # ("/sys/bus/usb/devices/2-3.1", "/dev/apex_0") or a generic string ("usb:1"); "" on CPU
+        self.delegate_device = delegate_device
         self.last_invoke_ms = 0.0
         self.invocations = 0
         self._interpreter: Any = interpreter
@@ -214,14 +220,23 @@ class Session:
             self._busy = True
         try:
             started = time.perf_counter()
+            failure = ""
             try:
                 interpreter.invoke()
             except RuntimeError as exc:
+                failure = _first_line(exc)
+            if failure:
+                # Raised outside the except block, and without this frame holding the
+                # interpreter: an InvokeError kept by a caller (a report) would otherwise keep
+                # the interpreter and its delegate, and so libedgetpu's context on the device,
+                # after close(); libedgetpu hands that open context out again to the next open
+                # of the same device path (edgetpu_manager_direct.cc, TryMatchDriverWrapper).
+                del interpreter
                 raise InvokeError(
                     f"inference of {self.info.path.name} on {self.device} failed: "
-                    f"{_first_line(exc)}; the next request is tried as usual, and repeated "
+                    f"{failure}; the next request is tried as usual, and repeated "
                     "failures mark the device suspect"
-                ) from None
+                )
             self.last_invoke_ms = (time.perf_counter() - started) * 1000.0
             self.invocations += 1
             # get_tensor() already returns a copy in both runtimes (never a view of the arena).
@@ -311,87 +326,127 @@ def _open_cpu(model: Path, info: ModelInfo, runtime: _Runtime, cpu_threads: int)
 def _open_edgetpu(
     model: Path, info: ModelInfo, runtime: _Runtime, device: str, *, library: str, performance: str
 ) -> Session:
-    delegate_device = _delegate_device(device, library)
-    port = device.partition(":")[2] if ":" in device else device
-    options = {"device": delegate_device}
-    if delegate_device.rpartition(":")[2].isdigit():
-        level = PERFORMANCE.get(performance.lower())
-        if level is None:
-            raise ModelError(f"unknown Edge TPU performance {performance!r}: use std or max")
-        options["Performance"] = level
+    kind, _, rest = device.partition(":")
+    if not _generic(device) and (kind not in ("usb", "pci") or not rest):
+        raise DeviceError(
+            f"unknown device {device!r}: use cpu, usb, pci, or an identity from "
+            "`edgetpud devices` such as usb:2-3.1 or pci:0000:03:00.0"
+        )
+    level = PERFORMANCE.get(performance.lower())
+    if level is None:
+        raise ModelError(f"unknown Edge TPU performance {performance!r}: use std or max")
+    try:
+        # Load it first ourselves: tflite_runtime's Delegate leaves a half-built object
+        # (an "Exception ignored in __del__" on stderr) when the library is missing.
+        ctypes.CDLL(library)
+    except OSError as exc:
+        raise RuntimeMissing(library, _first_line(exc)) from None
+    if _generic(device):
+        delegate, bound = _load_generic(runtime, device, library, level)
+    else:
+        delegate, bound = _create_by_path(device, library, level)
     if not info.edgetpu:
         log.warning(
             "%s is not compiled for the Edge TPU: it runs on the CPU even with %s open",
             model.name,
             device,
         )
-    try:
-        # Load it first ourselves: tflite_runtime's Delegate leaves a half-built object
-        # (an "Exception ignored in __del__" on stderr) when the library is missing.
-        ctypes.CDLL(library)
-        delegate = runtime.load_delegate(library, options)
-    except OSError as exc:
-        raise RuntimeMissing(library, _first_line(exc)) from None
-    except ValueError as exc:
-        detail = _delegate_detail(exc)
-        if _library_absent(detail):
-            raise RuntimeMissing(library, detail) from None
-        raise DeviceUnavailable(device, port, f"{delegate_device}: {detail}") from None
+    # Every failure below is raised outside its `except` block, after dropping the delegate:
+    # an exception whose context holds the runtime's traceback would keep the interpreter and
+    # the delegate (and so libedgetpu's context on the device) alive after we gave up on them.
+    failure: DeviceError | ModelError | None = None
+    interpreter: Any = None
     try:
         interpreter = runtime.interpreter(model_path=str(model), experimental_delegates=[delegate])
     except ValueError as exc:
-        del delegate
         if _file_problem(exc):
-            raise _model_failure(model, device, exc) from None
-        raise PrepareFailed(device, model, _first_line(exc)) from None
+            failure = _model_failure(model, device, exc)
+        else:
+            failure = PrepareFailed(device, model, _first_line(exc))
     except RuntimeError as exc:
-        del delegate
-        raise PrepareFailed(device, model, _first_line(exc)) from None
-    try:
-        interpreter.allocate_tensors()
-    except RuntimeError as exc:
-        del interpreter, delegate
-        if info.edgetpu and "custom op" in str(exc):
-            raise PrepareFailed(device, model, _first_line(exc)) from None
-        raise _model_failure(model, device, exc) from None
+        failure = PrepareFailed(device, model, _first_line(exc))
+    if failure is None:
+        try:
+            interpreter.allocate_tensors()
+        except RuntimeError as exc:
+            if info.edgetpu and "custom op" in str(exc):
+                failure = PrepareFailed(device, model, _first_line(exc))
+            else:
+                failure = _model_failure(model, device, exc)
+    if failure is not None:
+        del interpreter, delegate  # the interpreter first: it uses the delegate
+        raise failure
     log.info(
-        "opened %s on %s as %s (%s, %s)",
+        "opened %s on %s at %s (%s, %s)",
         model.name,
         device,
-        delegate_device,
+        bound,
         runtime.name,
-        options.get("Performance", "default clock"),
+        level,
     )
-    return Session(
-        info, device, interpreter, delegate, runtime=runtime.name, delegate_device=delegate_device
-    )
+    return Session(info, device, interpreter, delegate, runtime=runtime.name, delegate_device=bound)
 
 
-def _delegate_device(device: str, library: str) -> str:
-    """The delegate's `device` option for a device identity, resolved now."""
+def _generic(device: str) -> bool:
+    """A delegate device string that names no particular device: "usb", "pci:0", ":1", ""."""
     kind, _, rest = device.partition(":")
-    if device in _GENERIC_KINDS or (kind in ("", *_GENERIC_KINDS) and rest.isdigit()):
-        return device  # already a delegate string: "usb", "pci:0", ":1"
-    if kind not in ("usb", "pci") or not rest:
-        raise DeviceError(
-            f"unknown device {device!r}: use cpu, usb, pci, or an identity from "
-            "`edgetpud devices` such as usb:2-3.1 or pci:0000:03:00.0"
-        )
+    return device in _GENERIC_KINDS or (kind in _GENERIC_KINDS and rest.isdigit())
+
+
+def _load_generic(runtime: _Runtime, device: str, library: str, level: str) -> tuple[Any, str]:
+    """The plugin path, `load_delegate(library, {"device": device})`, for a generic string.
+
+    libedgetpu applies options only when an index is given (its plugin's GetEdgeTpuContext).
+    """
+    options = {"device": device}
+    if device.rpartition(":")[2].isdigit():
+        options["Performance"] = level
+    detail = ""
+    try:
+        delegate = runtime.load_delegate(library, options)
+    except OSError as exc:
+        detail = "missing: " + _first_line(exc)
+    except ValueError as exc:
+        detail = _delegate_detail(exc)
+    if detail.startswith("missing: "):
+        raise RuntimeMissing(library, detail.removeprefix("missing: "))
+    if detail:
+        if _library_absent(detail):
+            raise RuntimeMissing(library, detail)
+        raise DeviceUnavailable(device, device.partition(":")[2] or device, f"{device}: {detail}")
+    return delegate, device
+
+
+def _create_by_path(device: str, library: str, level: str) -> tuple[Any, str]:
+    """A delegate on the device an identity ("usb:2-3.1", "pci:0000:03:00.0") names, by path.
+
+    The identity is resolved to the path libedgetpu lists right now, and the delegate is made
+    for that path (edgetpu_create_delegate): a firmware load elsewhere that renumbers libedgetpu's
+    enumeration between the look-up and the open cannot bind it to another device, which an
+    index ("usb:N") could. A refusal is explained when the node says why (busy in another
+    process, not permitted), and only otherwise blamed on the device and its port.
+    """
+    rest = device.partition(":")[2]
     # Imported here: it loads the runtime library through ctypes, which CPU-only use never needs.
     from edgetpud import edgetpu_c
+    from edgetpud.devices import access
 
     try:
-        resolved: str = edgetpu_c.delegate_device_string(device, library)
+        ref = edgetpu_c.find_device(device, library)
+        delegate = edgetpu_c.create_delegate(library, ref, {"Performance": level})
     except edgetpu_c.LibraryMissing as exc:
         raise RuntimeMissing(library, exc.detail) from None
     except OSError as exc:
         raise RuntimeMissing(library, _first_line(exc)) from None
-    except (DeviceUnavailable, RuntimeMissing):
-        raise
     except DeviceError as exc:
         raise DeviceUnavailable(device, rest, _first_line(exc)) from None
-    log.debug("%s is %s in %s's enumeration", device, resolved, library)
-    return resolved
+    if delegate is None:
+        explained = access.diagnose(device, ref.type, ref.name)
+        if explained is not None:
+            raise explained
+        raise DeviceUnavailable(device, rest, f"libedgetpu refused {ref.path}")
+    log.debug("%s is %s in %s's list", device, ref.path, library)
+    return delegate, ref.path
 
 
 def _same_file(model: Path, info: ModelInfo) -> bool:

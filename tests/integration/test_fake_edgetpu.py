@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import ctypes
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -12,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgetpud.edgetpu_c import list_devices
+from edgetpud.edgetpu_c import EdgeTpuRef, create_delegate, list_devices, version
 from tests.support.fakelib import (
     Accelerators,
     Control,
@@ -118,20 +122,24 @@ def test_usb_index_binds_the_listed_port(
         assert lib.delegate_device(delegate(fake_lib, f"usb:{index}")) == path
     assert lib.delegate_device(delegate(fake_lib, "pci:0")) == "/dev/apex_0"
     assert lib.delegate_device(delegate(fake_lib, ":3")) == "/dev/apex_0"
-    assert lib.delegate_device(delegate(fake_lib, "")) == usb[0]
+    # no index: any device, PCIe before USB (edgetpu_manager_direct.cc, ExtendRequestDeviceType)
+    assert lib.delegate_device(delegate(fake_lib, "")) == "/dev/apex_0"
+    assert lib.delegate_device(delegate(fake_lib, "usb")) == usb[0]
     if first_state == "dfu":
         assert usb[0].endswith("/2-3.1")
 
 
 @pytest.mark.parametrize("device", ["usb:2", "pci", "pci:0", ":2", "usb:x", "bogus"])
-def test_unknown_device_is_refused(
+def test_unknown_device_is_refused_without_a_reason(
     fake_lib: Path, bed: Accelerators, control: Control, device: str
 ) -> None:
+    """Like libedgetpu's plugin: NULL, and nothing through the error callback."""
     bed.add_usb("2-1")
     bed.add_usb("2-2")
 
-    with pytest.raises(ValueError, match="Failed to open device"):
+    with pytest.raises(ValueError) as info:
         delegate(fake_lib, device)
+    assert str(info.value).strip() == f"Failed to load delegate from {fake_lib}"
 
 
 def test_fail_open_refuses_that_device_only(
@@ -142,12 +150,12 @@ def test_fail_open_refuses_that_device_only(
     usb = [r.name for r in list_devices(str(fake_lib))]
     control.set(fail_open=[usb[1]])
 
-    with pytest.raises(ValueError, match=f"Failed to open device 'usb:1'.*{usb[1]}"):
+    with pytest.raises(ValueError, match="Failed to load delegate"):
         delegate(fake_lib, "usb:1")
     assert lib.delegate_device(delegate(fake_lib, "usb:0")).endswith(usb[0])
 
     control.set(fail_open="*")
-    with pytest.raises(ValueError, match="Failed to open device 'usb:0'"):
+    with pytest.raises(ValueError, match="Failed to load delegate"):
         delegate(fake_lib, "usb:0")
 
     control.set(fail_open=None)
@@ -355,3 +363,215 @@ def _rss_kib() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise AssertionError("no VmRSS in /proc/self/status")
+
+
+# -- harsh behaviour: what the real libedgetpu does to the process that runs it ------------------
+
+# A child process that opens Edge TPUs by path (edgetpud.edgetpu_c, edgetpu_create_delegate) and
+# invokes an Edge TPU model on them in turn, printing "ok <dev> <n>" after each invoke. It runs
+# under the test's testbed and control file (inherited environment).
+CHILD = r"""
+import sys, time
+import numpy as np
+import tflite_runtime.interpreter as tflite
+from edgetpud import edgetpu_c
+
+lib, model, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+runners = []
+for name in sys.argv[4:]:
+    ref = next(r for r in edgetpu_c.list_devices(lib) if r.name == name)
+    d = edgetpu_c.create_delegate(lib, ref)
+    assert d is not None, f"could not open {name}"
+    it = tflite.Interpreter(model, experimental_delegates=[d])
+    it.allocate_tensors()
+    runners.append((name, it, d))
+print("opened", flush=True)
+done = {}
+for i in range(count):
+    name, it, _ = runners[i % len(runners)]
+    it.invoke()
+    done[name] = done.get(name, 0) + 1
+    print("ok", name, done[name], flush=True)
+"""
+
+
+def child(
+    control: Control, fake_lib: Path, model: Path, count: int, *devices: str
+) -> subprocess.Popen[str]:
+    script = control.path.parent / "child.py"
+    script.write_text(CHILD)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(fake_lib), str(model), str(count), *devices],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[2],  # edgetpud importable
+    )
+
+
+def finish(proc: subprocess.Popen[str]) -> tuple[int, list[str], str]:
+    out, err = proc.communicate(timeout=DEADLINE_S)
+    return proc.returncode, out.splitlines(), err
+
+
+def test_an_injected_usb_error_aborts_the_process_at_the_nth_invoke(
+    fake_lib: Path, bed: Accelerators, control: Control, models_dir: Path
+) -> None:
+    bed.add_usb("2-1")
+    bed.add_usb("2-2")
+    control.set(mode="simulate", invoke_ms=1, abort_invoke="2-1", abort_after=5)
+
+    proc = child(control, fake_lib, models_dir / TPU_MODEL, 100, "2-2", "2-1")
+    code, lines, err = finish(proc)
+
+    assert code == -signal.SIGABRT, (code, err)
+    # libedgetpu's LOG(FATAL) line (usb_driver.cc, HandleQueuedBulkIn), then abort()
+    assert (
+        "F driver/usb/usb_driver.cc:1148] HandleQueuedBulkIn transfer in failed. "
+        "Unknown: USB transfer error 1 [LibUsbDataInCallback]"
+    ) in err
+    assert [x for x in lines if x.startswith("ok 2-1")][-1] == "ok 2-1 5"  # the 6th aborted
+    assert lines[-1] == "ok 2-2 6"  # the other device ran until the process died with it
+    assert control.events() == [("abort_invoke", "2-1", proc.pid)]
+
+
+def test_once_fires_a_fault_in_one_process_only_until_rearmed(
+    fake_lib: Path, bed: Accelerators, control: Control, models_dir: Path
+) -> None:
+    bed.add_usb("2-1")
+    control.set(mode="simulate", invoke_ms=0, abort_invoke="2-1", once=1)
+
+    first = finish(child(control, fake_lib, models_dir / TPU_MODEL, 10, "2-1"))
+    second = finish(child(control, fake_lib, models_dir / TPU_MODEL, 10, "2-1"))
+    control.rearm()
+    third = finish(child(control, fake_lib, models_dir / TPU_MODEL, 10, "2-1"))
+
+    assert first[0] == -signal.SIGABRT and first[1] == ["opened"]
+    assert control.fired("abort_invoke", "2-1")
+    assert second[0] == 0 and second[1][-1] == "ok 2-1 10"  # the restarted process is fine
+    assert third[0] == -signal.SIGABRT
+    assert [e[0] for e in control.events()] == ["abort_invoke", "abort_invoke"]
+
+
+@pytest.mark.parametrize("unplug", ["abort", "ignore"])
+def test_an_accelerator_unplugged_during_an_invoke(
+    fake_lib: Path,
+    bed: Accelerators,
+    control: Control,
+    models_dir: Path,
+    unplug: str,
+) -> None:
+    bed.add_usb("2-1")
+    control.set(mode="simulate", invoke_ms=100, unplug=unplug)
+    proc = child(control, fake_lib, models_dir / TPU_MODEL, 20, "2-1")
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "opened"
+    assert proc.stdout.readline().strip() == "ok 2-1 1"
+
+    bed.remove("2-1")  # mid-way through the next 100 ms invoke, or the one after
+    code, lines, err = finish(proc)
+
+    if unplug == "abort":  # libedgetpu: the pending transfer fails with NO_DEVICE, LOG(FATAL)
+        assert code == -signal.SIGABRT, (code, err)
+        assert "transfer in failed. Not found: USB transfer error 5" in err
+        assert len(lines) <= 1, lines  # at most the invoke that ended as the device went
+        assert control.events() == [("unplug_abort", "2-1", proc.pid)]
+    else:  # polite, for tests whose daemon still runs the runtime itself
+        assert code == 0, err
+        assert lines[-1] == "ok 2-1 20"
+
+
+def test_a_wedged_device_blocks_every_invoke_on_its_context_until_the_process_dies(
+    fake_lib: Path, bed: Accelerators, control: Control, models_dir: Path
+) -> None:
+    bed.add_usb("2-1")
+    control.set(mode="simulate", invoke_ms=1, wedge="2-1", once=1)
+    proc = child(control, fake_lib, models_dir / TPU_MODEL, 10, "2-1")
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "opened"
+    wait_until(lambda: control.events() == [("wedge", "2-1", proc.pid)], "the wedge")
+
+    control.set(wedge=None)  # no way back from a wedge but the death of the process
+    time.sleep(0.5)
+    assert proc.poll() is None, "a wedged invoke returned"
+    proc.kill()
+    code, lines, _ = finish(proc)
+    assert code == -signal.SIGKILL and lines == []
+
+    # the dead process's hold on the device is gone: a new one opens it and runs
+    code, lines, err = finish(child(control, fake_lib, models_dir / TPU_MODEL, 3, "2-1"))
+    assert code == 0 and lines[-1] == "ok 2-1 3", err
+
+
+def test_a_device_held_by_another_process_is_refused_without_a_reason(
+    fake_lib: Path, bed: Accelerators, control: Control, models_dir: Path
+) -> None:
+    bed.add_usb("2-1")
+    control.set(mode="simulate", invoke_ms=1, wedge="2-1")  # the holder stays inside an invoke
+    holder = child(control, fake_lib, models_dir / TPU_MODEL, 1, "2-1")
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "opened"
+
+        with pytest.raises(ValueError) as info:
+            delegate(fake_lib, "usb:0")
+        assert str(info.value).strip() == f"Failed to load delegate from {fake_lib}"
+    finally:
+        holder.kill()
+        holder.communicate(timeout=DEADLINE_S)
+    assert delegate(fake_lib, "usb:0") is not None  # free again once the holder died
+
+
+def test_one_context_per_path_and_the_first_options_win(
+    fake_lib: Path, lib: FakeLib, bed: Accelerators, control: Control
+) -> None:
+    bed.add_usb("2-1")
+    bed.add_usb("2-2")
+    first = tflite.load_delegate(str(fake_lib), {"device": "usb:0", "Performance": "Max"})
+    second = tflite.load_delegate(str(fake_lib), {"device": "usb:0", "Performance": "Low"})
+    path = lib.delegate_device(first)
+    name = Path(path).name
+
+    assert lib.delegate_device(second) == path
+    assert lib.contexts_opened() == 1 and lib.context_refs(name) == 2
+    assert lib.context_options(name) == "device=usb:0;Performance=Max"
+    # "usb" with no index hands out the open context, though another accelerator is free
+    assert lib.delegate_device(delegate(fake_lib, "usb")) == path
+
+    del first, second
+    assert lib.context_refs(name) == 0  # the last delegate closed the device
+    third = tflite.load_delegate(str(fake_lib), {"device": "usb:0", "Performance": "Low"})
+    assert lib.context_options(name) == "device=usb:0;Performance=Low"
+    assert lib.contexts_opened() == 2
+    del third
+
+
+def test_an_index_taken_during_a_firmware_load_names_another_device_but_a_path_does_not(
+    fake_lib: Path, lib: FakeLib, bed: Accelerators, control: Control
+) -> None:
+    """The issue's swap: 2-2 drops off the bus for its firmware load, a worker for 2-1 looks up
+    its index (usb:0), 2-2 comes back ready and is listed first: usb:0 is now 2-2."""
+    bed.add_usb("2-1")
+    bed.add_usb("2-2", state="dfu")
+    bed.remove("2-2")  # the load's re-enumeration gap
+    index = [r.name for r in list_devices(str(fake_lib)) if r.type == "usb"].index("2-1")
+    bed.add_usb("2-2")  # back as 18d1:9302
+
+    assert lib.delegate_device(delegate(fake_lib, f"usb:{index}")).endswith("/2-2")
+    ref = next(r for r in list_devices(str(fake_lib)) if r.name == "2-1")
+    by_path = create_delegate(str(fake_lib), ref)
+    assert by_path is not None
+    assert lib.delegate_device_pointer(by_path._get_native_delegate_pointer()).endswith("/2-1")
+    by_path.close()
+
+
+def test_create_delegate_by_path_refuses_an_unlisted_path(
+    fake_lib: Path, bed: Accelerators, control: Control
+) -> None:
+    bed.add_usb("2-1")
+    gone = EdgeTpuRef("usb", "/sys/bus/usb/devices/2-9")
+    assert create_delegate(str(fake_lib), gone) is None
+    assert create_delegate(str(fake_lib), EdgeTpuRef("pci", "/sys/bus/usb/devices/2-1")) is None
+
+
+def test_version_has_libedgetpus_format(fake_lib: Path) -> None:
+    assert re.fullmatch(r"BuildLabel\(.+\), RuntimeVersion\(\d+\)", version(str(fake_lib)))

@@ -16,6 +16,7 @@ import numpy.typing as npt
 import pytest
 from PIL import Image
 
+from edgetpud.devices.access import DeviceBusy
 from edgetpud.errors import DeviceError, ModelError
 from edgetpud.labels import load_labels
 from edgetpud.runtime import (
@@ -27,7 +28,7 @@ from edgetpud.runtime import (
     open_session,
     runtime_name,
 )
-from tests.support.fakelib import Control, FakeLib, make_control
+from tests.support.fakelib import Control, FakeLib, held_elsewhere, make_control
 from tests.support.umock import umock
 
 if TYPE_CHECKING:
@@ -212,12 +213,12 @@ def test_identity_opens_the_right_physical_port(models_dir: Path, tpus: Tpus) ->
     assert sorted(order) == ["2-3.1", "2-3.2.1", "2-3.2.2"]
     for port in order:
         with open_session(models_dir / TPU_128, f"usb:{port}", library=str(tpus.lib)) as s:
-            assert s.delegate_device == f"usb:{order.index(port)}"
+            assert s.delegate_device == f"/sys/bus/usb/devices/{port}"
             assert tpus.fake.last_device().endswith("/" + port)
             s.invoke([np.zeros((1, 128, 128, 3), np.uint8)])
         assert tpus.fake.invokes(port) == 1
     with open_session(models_dir / TPU_128, "pci:0000:03:00.0", library=str(tpus.lib)) as s:
-        assert s.delegate_device == "pci:0"
+        assert s.delegate_device == "/dev/apex_0"
         assert tpus.fake.last_device() == "/dev/apex_0"
 
 
@@ -239,7 +240,7 @@ def test_unlisted_identity_is_unavailable(models_dir: Path, tpus: Tpus) -> None:
 
 def test_refused_index_is_unavailable(models_dir: Path, tpus: Tpus) -> None:
     tpus.control.set(fail_open="*")
-    with pytest.raises(DeviceUnavailable, match=r"simulated failure"):
+    with pytest.raises(DeviceUnavailable, match=r"usb:0"):
         open_session(models_dir / TPU_128, "usb:0", library=str(tpus.lib))
     with pytest.raises(DeviceUnavailable, match=r"usb:7"):
         open_session(models_dir / TPU_128, "usb:7", library=str(tpus.lib))
@@ -286,3 +287,46 @@ def test_close_during_a_hung_invoke_waits_for_it(models_dir: Path, tpus: Tpus) -
     assert not worker.is_alive()
     assert len(results) == 1  # the invoke finished normally
     assert session.closed and tpus.fake.destroyed() == 1
+
+
+def test_a_device_held_by_another_process_is_busy_not_a_bad_port(
+    models_dir: Path, tpus: Tpus
+) -> None:
+    with held_elsewhere(tpus.lib, "2-3.1") as holder:
+        with pytest.raises(DeviceBusy) as err:
+            open_session(models_dir / TPU_128, "usb:2-3.1", library=str(tpus.lib))
+        assert not isinstance(err.value, DeviceUnavailable)  # never learned as a bad port
+        assert err.value.holders[0].pid == holder.pid
+        assert f"pid {holder.pid} (python" in str(err.value)
+        assert "Stop that process" in str(err.value)
+        with open_session(models_dir / TPU_128, "usb:2-3.2.1", library=str(tpus.lib)) as s:
+            s.invoke([np.zeros((1, 128, 128, 3), np.uint8)])  # the others still open
+    with open_session(models_dir / TPU_128, "usb:2-3.1", library=str(tpus.lib)) as s:
+        s.invoke([np.zeros((1, 128, 128, 3), np.uint8)])  # free once the holder is gone
+
+
+def test_an_identity_is_opened_by_its_path_not_an_index(
+    models_dir: Path, tpus: Tpus, umock: Testbed
+) -> None:
+    """The delegate is made for the path libedgetpu lists (edgetpu_create_delegate), never for
+    an index that a firmware load elsewhere renumbers (test_fake_edgetpu.py shows an index
+    naming another device after such a load). tflite's load_delegate holds the GIL while
+    libedgetpu opens, so the old index path could swap devices only when the enumeration
+    changed between the look-up and load_delegate."""
+    parent, name = tpus.ports["2-3.2.1"].rsplit("/", 1)
+    umock.unplug(tpus.ports["2-3.2.1"])  # a firmware load's re-enumeration gap
+    before = listed_usb(tpus.lib)
+    umock.add_accelerator(parent, name)  # back, ready, listed before 2-3.1
+    after = listed_usb(tpus.lib)
+    assert before.index("2-3.1") != after.index("2-3.1"), (before, after)
+
+    with open_session(models_dir / TPU_128, "usb:2-3.1", library=str(tpus.lib)) as session:
+        assert tpus.fake.last_device() == "/sys/bus/usb/devices/2-3.1"
+        assert session.delegate_device == "/sys/bus/usb/devices/2-3.1"
+        session.invoke([np.zeros((1, 128, 128, 3), np.uint8)])
+    assert tpus.fake.invokes("2-3.1") == 1 and tpus.fake.invokes("2-3.2.1") == 0
+
+
+def test_performance_applies_when_opened_by_path(models_dir: Path, tpus: Tpus) -> None:
+    with open_session(models_dir / TPU_128, "usb:2-3.1", library=str(tpus.lib), performance="max"):
+        assert tpus.fake.context_options("2-3.1") == "Performance=Max"

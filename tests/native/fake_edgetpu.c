@@ -1,10 +1,26 @@
 /* libfake_edgetpu.so: a test stand-in for libedgetpu.so.1 (see docs/testing.md).
  *
- * It implements what edgetpud uses of the real library:
+ * It implements what edgetpud uses of the real library, and fails the way the real one does.
+ * Each behaviour names the libedgetpu source it imitates (google-coral/libedgetpu at e35aed1;
+ * paths relative to that repository); docs/testing.md has the same list as a table.
  *   - the TensorFlow Lite external-delegate plugin ABI (tflite_plugin_create_delegate /
- *     tflite_plugin_destroy_delegate), so tflite_runtime.load_delegate() runs its real path;
- *   - edgetpu_list_devices() / edgetpu_free_devices() from edgetpu_c.h, read from sysfs, so under
- *     umockdev-wrapper it lists the testbed's accelerators in libedgetpu's order.
+ *     tflite_plugin_destroy_delegate: tflite/edgetpu_delegate_for_custom_op_tflite_plugin.cc),
+ *     so tflite_runtime.load_delegate() runs its real path;
+ *   - edgetpu_c.h (tflite/edgetpu_c.cc): edgetpu_list_devices() / edgetpu_free_devices(), read
+ *     from sysfs, so under umockdev-wrapper it lists the testbed's accelerators in libedgetpu's
+ *     order; edgetpu_create_delegate(type, path, options, n) / edgetpu_free_delegate();
+ *     edgetpu_version(); edgetpu_verbosity().
+ *
+ * Harsh by default, as the real library is:
+ *   - a failed open returns NULL and reports nothing through the plugin's error callback (all
+ *     of libedgetpu's open failures are VLOG(1), silent by default);
+ *   - one context per device path per process: a second open of an open path returns that
+ *     context whatever its options (first options win), "usb"/"pci"/"" return any open one;
+ *   - a device is owned by one process: the context holds the device node open and flock()ed,
+ *     so another process's open returns NULL (busy), as does a node it may not open;
+ *   - a USB accelerator that disappears (its sysfs node removed or replaced) while a context
+ *     on it runs an invoke aborts the process with libedgetpu's LOG(FATAL) line;
+ *   - abort_invoke / wedge (below) abort the process / block an invoke until it is killed.
  *
  * Behaviour comes from a control file named by $FAKE_EDGETPU_CONTROL, re-read whenever it changes
  * (checked at create, prepare and every invoke), one `key=value` a line:
@@ -16,18 +32,31 @@
  *   swap_ms=0                   extra time when the parameter caching token differs from the last
  *                               one run on that device (simulate mode)
  *   open_ms=0                   extra time in create (firmware load)
- *   fail_open=<dev>,...         create returns NULL ("Failed to open device")
+ *   fail_open=<dev>,...         create returns NULL (silently, like every refused open)
  *   fail_prepare=<dev>,...      delegate Prepare fails (RuntimeError at Interpreter(...))
+ *   abort_invoke=<dev>,...      a USB transfer fails during an invoke: LOG(FATAL) line, abort()
+ *   abort_after=0               ... once this many invokes ran on that context in this process
+ *   wedge=<dev>,...             the device wedges: this invoke and every later one on that
+ *                               context block until the process dies (clearing the key does
+ *                               not release them)
+ *   once=0|1                    1: abort_invoke and wedge fire once per device over all
+ *                               processes (marker file <control>.fired.<key>.<dev>)
+ *   unplug=abort|ignore         abort (default): a USB device gone during an invoke aborts;
+ *                               ignore: polite, the invoke completes (tests whose daemon runs
+ *                               the runtime in its own process)
+ *   polite modes kept for existing tests (docs/testing.md says which):
  *   fail_invoke=<dev>,...       invoke returns kTfLiteError (simulate mode)
  *   hang=<dev>,...              invoke blocks until <dev> leaves the list (simulate mode)
- * Lines starting with # are comments. $FAKE_EDGETPU_LOG=1 traces to stderr.
+ * Lines starting with # are comments. $FAKE_EDGETPU_LOG=1 traces to stderr (what VLOG would say).
  * <dev> is a listed device's path basename ("2-3.1", "apex_0") or full path; "*" means all.
+ * Every abort and wedge appends a line "<key> <dev> pid=<pid>" to <control>.events.
  *
  * Test hooks (ctypes.CDLL on the same path returns the handle load_delegate opened) are the
  * functions named fake_*() at the end of this file. */
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -35,9 +64,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
@@ -153,19 +185,26 @@ struct edgetpu_device {
   const char *path;
 };
 
+struct edgetpu_option {
+  const char *name;
+  const char *value;
+};
+
 /* ---- control file ---- */
 
 #define LIST_LEN 1024
 #define PATH_LEN 256
 
 typedef struct {
-  bool simulate;
+  bool simulate, once, unplug_ignore;
   double invoke_ms, swap_ms, open_ms;
+  long abort_after;
   char fail_open[LIST_LEN], fail_prepare[LIST_LEN], fail_invoke[LIST_LEN], hang[LIST_LEN];
+  char abort_invoke[LIST_LEN], wedge[LIST_LEN];
 } Control;
 
 static pthread_mutex_t g_lock = PTHREAD_MUTEX_INITIALIZER; /* guards everything below */
-static Control g_ctl = {false, 2.6, 0.0, 0.0, "", "", "", ""};
+static Control g_ctl = {.invoke_ms = 2.6};
 static char g_ctl_path[PATH_LEN];
 static struct stat g_ctl_stat;
 static bool g_ctl_loaded;
@@ -216,6 +255,18 @@ static void control_parse(FILE *f, const char *path, Control *c) {
       snprintf(c->fail_invoke, sizeof c->fail_invoke, "%s", val);
     } else if (strcmp(key, "hang") == 0) {
       snprintf(c->hang, sizeof c->hang, "%s", val);
+    } else if (strcmp(key, "abort_invoke") == 0) {
+      snprintf(c->abort_invoke, sizeof c->abort_invoke, "%s", val);
+    } else if (strcmp(key, "abort_after") == 0) {
+      c->abort_after = atol(val);
+    } else if (strcmp(key, "wedge") == 0) {
+      snprintf(c->wedge, sizeof c->wedge, "%s", val);
+    } else if (strcmp(key, "once") == 0) {
+      c->once = strcmp(val, "1") == 0;
+    } else if (strcmp(key, "unplug") == 0) {
+      if (strcmp(val, "abort") != 0 && strcmp(val, "ignore") != 0)
+        fprintf(stderr, "fake_edgetpu: %s:%d: unplug must be abort or ignore\n", path, lineno);
+      c->unplug_ignore = strcmp(val, "ignore") == 0;
     } else {
       fprintf(stderr, "fake_edgetpu: %s:%d: unknown key '%s'\n", path, lineno, key);
     }
@@ -286,6 +337,48 @@ __attribute__((format(printf, 1, 2))) static void trace(const char *fmt, ...) {
   vfprintf(stderr, fmt, ap);
   fputc('\n', stderr);
   va_end(ap);
+}
+
+/* Append "<what> <dev> pid=<pid>" to <control>.events: how a test learns a fault fired in a
+ * process it cannot ask (one write(2) with O_APPEND, so lines from processes never mix). */
+static void log_event(const char *what, const char *path) {
+  const char *ctl = getenv("FAKE_EDGETPU_CONTROL");
+  if (!ctl || !*ctl) return;
+  char name[PATH_LEN + 16], line[PATH_LEN + 64];
+  snprintf(name, sizeof name, "%s.events", ctl);
+  int n = snprintf(line, sizeof line, "%s %s pid=%d\n", what, base_name(path), (int)getpid());
+  int fd = open(name, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return;
+  if (write(fd, line, (size_t)n) < 0) { /* nothing to do: the abort follows anyway */
+  }
+  close(fd);
+}
+
+/* With once=1, may fault `key` fire on `path`? The first process to create
+ * <control>.fired.<key>.<dev> wins; every later check (any process) says no. */
+static bool fire(const Control *c, const char *key, const char *path) {
+  const char *ctl = getenv("FAKE_EDGETPU_CONTROL");
+  if (!c->once || !ctl || !*ctl) return true;
+  char name[PATH_LEN * 2];
+  snprintf(name, sizeof name, "%s.fired.%s.%s", ctl, key, base_name(path));
+  int fd = open(name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return false;
+  close(fd);
+  return true;
+}
+
+/* LOG(FATAL) as libedgetpu prints it (port/default/port_from_tf/logging.cc,
+ * LogMessage::GenerateLogMessage: "%c %s:%d] %s\n" with 'F', then std::abort()). */
+__attribute__((noreturn, format(printf, 3, 4))) static void fatal(const char *file, int line,
+                                                                  const char *fmt, ...) {
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "F %s:%d] %s\n", file, line, msg);
+  fflush(stderr);
+  abort();
 }
 
 /* `t` plus `ms` milliseconds. */
@@ -431,11 +524,30 @@ static DevState *dev_find_locked(const char *dev) {
   return NULL;
 }
 
-/* ---- the delegate ---- */
+/* ---- contexts: one per device path per process (tflite/edgetpu_manager_direct.cc) ---- */
+
+#define OPTIONS_LEN 256
 
 typedef struct {
-  char option[64];     /* the `device` option as given */
-  char path[PATH_LEN]; /* the physical device it is bound to */
+  bool used;
+  enum edgetpu_device_type type;
+  char path[PATH_LEN];
+  char node[PATH_LEN];      /* /dev/bus/usb/BBB/DDD or /dev/apex_N, held open while in use */
+  char options[OPTIONS_LEN]; /* "k=v;..." of the open that made it: later opens' are ignored */
+  int fd;                   /* the node, flock()ed: another process's open finds it busy */
+  int refs;                 /* delegates on it; released at 0 (ReleaseEdgeTpuContext) */
+  dev_t sys_dev;            /* identity of its sysfs node at open: a replug is another device */
+  ino_t sys_ino;
+  bool wedged;
+  long invokes; /* invokes started on it in this process (abort_after counts these) */
+} Context;
+
+static Context g_ctx[MAX_DEVICES];
+static int g_opened; /* contexts actually opened (not shared) since load or fake_reset() */
+
+typedef struct {
+  char option[64]; /* the `device` option as given ("" through edgetpu_create_delegate) */
+  Context *ctx;    /* the shared context it runs on */
 } FakeDelegate;
 
 typedef struct {
@@ -443,40 +555,276 @@ typedef struct {
   uint64_t token;
 } Kernel;
 
-/* Resolve "", ":N", "usb", "usb:N", "pci", "pci:N" against our own listing, as libedgetpu does. */
-static bool resolve(const char *option, char *path_out, char *why, size_t why_len) {
+/* The device node libusb (driver/usb/local_usb_device.cc, LocalUsbDeviceFactory::OpenDevice ->
+ * libusb_open) or the apex driver opens: /dev/bus/usb/BBB/DDD from sysfs busnum/devnum, or
+ * /dev/apex_N. */
+static bool device_node(enum edgetpu_device_type type, const char *path, char *node, size_t n) {
+  if (type == EDGETPU_APEX_PCI) {
+    snprintf(node, n, "/dev/%s", base_name(path));
+    return true;
+  }
+  char bus[16], dev[16];
+  if (!read_attr("/sys/bus/usb/devices", base_name(path), "busnum", bus, sizeof bus) ||
+      !read_attr("/sys/bus/usb/devices", base_name(path), "devnum", dev, sizeof dev))
+    return false;
+  snprintf(node, n, "/dev/bus/usb/%03ld/%03ld", atol(bus), atol(dev));
+  return true;
+}
+
+static bool sysfs_identity(const Context *c, dev_t *dev, ino_t *ino) {
+  struct stat st;
+  if (stat(c->path, &st) != 0) return false;
+  *dev = st.st_dev;
+  *ino = st.st_ino;
+  return true;
+}
+
+/* Is the USB device this context opened still there, the same device? An unplug removes its
+ * sysfs node; a replug (or a firmware reload) makes a new one. */
+static bool usb_present(const Context *c) {
+  dev_t dev;
+  ino_t ino;
+  if (c->type != EDGETPU_APEX_USB) return true; /* apex hot-removal is not modelled */
+  return sysfs_identity(c, &dev, &ino) && dev == c->sys_dev && ino == c->sys_ino;
+}
+
+/* driver/usb/usb_driver.cc, UsbDriver::HandleQueuedBulkIn: a bulk-in transfer that failed for
+ * a reason other than cancel/deadline is LOG(FATAL) -> abort(), the whole process. An unplug
+ * fails it with LIBUSB_TRANSFER_NO_DEVICE, which local_usb_device.cc's
+ * ConvertLibUsbTransferStatus turns into NotFoundError("USB transfer error 5 [...]"): the line
+ * users report (Frigate #5559). */
+__attribute__((noreturn)) static void die_unplugged(const Context *c) {
+  log_event("unplug_abort", c->path);
+  fatal("driver/usb/usb_driver.cc", 1148,
+        "HandleQueuedBulkIn transfer in failed. Not found: USB transfer error 5 "
+        "[LibUsbDataInCallback]");
+}
+
+/* The same LOG(FATAL) for any other failed transfer (a USB reset, a bus error):
+ * LIBUSB_TRANSFER_ERROR -> UnknownError("USB transfer error 1 [...]"). */
+__attribute__((noreturn)) static void die_transfer_error(const Context *c) {
+  log_event("abort_invoke", c->path);
+  fatal("driver/usb/usb_driver.cc", 1148,
+        "HandleQueuedBulkIn transfer in failed. Unknown: USB transfer error 1 "
+        "[LibUsbDataInCallback]");
+}
+
+/* Has a process claimed an interface of this USB device through usbfs? The kernel binds a
+ * claimed interface to the "usbfs" driver (sysfs <port>:<cfg>.<n>/driver); libusb's claim in
+ * LocalUsbDevice::ClaimInterface (driver/usb/local_usb_device.cc) then fails with
+ * LIBUSB_ERROR_BUSY. The flock below models the holders we make; this models the others. */
+static bool usb_interface_claimed(const char *path) {
+  const char *name = base_name(path);
+  size_t len = strlen(name);
+  DIR *d = opendir("/sys/bus/usb/devices");
+  if (!d) return false;
+  bool claimed = false;
+  struct dirent *e;
+  while (!claimed && (e = readdir(d)) != NULL) {
+    if (strncmp(e->d_name, name, len) != 0 || e->d_name[len] != ':') continue;
+    char link[PATH_LEN * 2], target[PATH_LEN];
+    snprintf(link, sizeof link, "/sys/bus/usb/devices/%s/driver", e->d_name);
+    ssize_t n = readlink(link, target, sizeof target - 1);
+    if (n <= 0) continue;
+    target[n] = '\0';
+    claimed = strcmp(base_name(target), "usbfs") == 0;
+  }
+  closedir(d);
+  return claimed;
+}
+
+/* Every device listed now: type and path, libedgetpu's order. */
+static bool listed_now(enum edgetpu_device_type type, const char *path) {
   Found found[MAX_DEVICES];
   size_t n = find_devices(found, MAX_DEVICES);
-  int want_type = -1;
-  const char *index = NULL;
-  if (strncmp(option, "usb", 3) == 0) {
-    want_type = EDGETPU_APEX_USB;
-    index = option + 3;
-  } else if (strncmp(option, "pci", 3) == 0) {
-    want_type = EDGETPU_APEX_PCI;
-    index = option + 3;
+  for (size_t i = 0; i < n; i++)
+    if (found[i].type == type && strcmp(found[i].path, path) == 0) return true;
+  return false;
+}
+
+/* EdgeTpuManagerDirect::TryMatchDriverWrapper: an open context of this type (and path, unless
+ * `path` is empty) is handed out again; "Note we don't check for compatibility in options". */
+static Context *match_open_locked(enum edgetpu_device_type type, const char *path) {
+  for (size_t i = 0; i < MAX_DEVICES; i++)
+    if (g_ctx[i].used && g_ctx[i].type == type && (!*path || strcmp(g_ctx[i].path, path) == 0))
+      return &g_ctx[i];
+  return NULL;
+}
+
+/* EdgeTpuDriverWrapper::MakeOpenedDriver -> DriverFactory::CreateDriver -> Driver::Open: open
+ * the device itself. NULL, silently (VLOG(1) only), when it is not there, when the node cannot
+ * be opened (LIBUSB_ERROR_ACCESS -> PermissionDeniedError in local_usb_device.cc,
+ * ConvertLibUsbError) or when another process holds it (libusb_claim_interface ->
+ * LIBUSB_ERROR_BUSY in LocalUsbDevice::ClaimInterface; here an flock on the node). */
+static Context *open_new_locked(enum edgetpu_device_type type, const char *path,
+                                const char *options) {
+  const Control *c = &g_ctl;
+  if (!listed_now(type, path)) {
+    trace("open %s: not listed", path);
+    return NULL;
+  }
+  if (listed(c->fail_open, path)) {
+    trace("open %s: fail_open", path);
+    return NULL;
+  }
+  if (type == EDGETPU_APEX_USB && usb_interface_claimed(path)) {
+    trace("open %s: its interface is claimed through usbfs by another process", path);
+    return NULL;
+  }
+  Context *slot = NULL;
+  for (size_t i = 0; i < MAX_DEVICES && !slot; i++)
+    if (!g_ctx[i].used) slot = &g_ctx[i];
+  if (!slot) return NULL;
+  char node[PATH_LEN];
+  if (!device_node(type, path, node, sizeof node)) {
+    trace("open %s: no busnum/devnum in sysfs", path);
+    return NULL;
+  }
+  int fd = open(node, O_RDWR | O_CLOEXEC);
+  if (fd < 0) {
+    trace("open %s: %s: %s", path, node, strerror(errno));
+    return NULL;
+  }
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    trace("open %s: %s is busy in another process (%s)", path, node, strerror(errno));
+    close(fd);
+    return NULL;
+  }
+  memset(slot, 0, sizeof *slot);
+  slot->used = true;
+  slot->type = type;
+  slot->fd = fd;
+  snprintf(slot->path, sizeof slot->path, "%s", path);
+  snprintf(slot->node, sizeof slot->node, "%s", node);
+  snprintf(slot->options, sizeof slot->options, "%s", options);
+  if (!sysfs_identity(slot, &slot->sys_dev, &slot->sys_ino)) {
+    close(fd);
+    slot->used = false;
+    return NULL;
+  }
+  g_opened++;
+  trace("opened %s (%s) options '%s'", path, node, options);
+  return slot;
+}
+
+/* EdgeTpuManagerDirect::OpenDeviceInternal for one type: the open context of that path (or,
+ * with no path, any open one of that type), else open `path` (or, with no path, the first
+ * listed device of that type this process has not opened: FindPathToFirstUnopenedDevice). */
+static Context *open_device_locked(enum edgetpu_device_type type, const char *path,
+                                   const char *options) {
+  Context *ctx = match_open_locked(type, path);
+  if (ctx) {
+    trace("open %s: sharing the open context on %s (its options '%s' stay)", path, ctx->path,
+          ctx->options);
+    ctx->refs++;
+    return ctx;
+  }
+  char chosen[PATH_LEN] = "";
+  if (*path) {
+    snprintf(chosen, sizeof chosen, "%s", path);
   } else {
-    index = option;
+    Found found[MAX_DEVICES];
+    size_t n = find_devices(found, MAX_DEVICES);
+    for (size_t i = 0; i < n && !*chosen; i++)
+      if (found[i].type == type && !match_open_locked(type, found[i].path))
+        snprintf(chosen, sizeof chosen, "%s", found[i].path);
+    if (!*chosen) return NULL;
   }
-  long wanted = 0;
-  if (*index) {
-    char *end = NULL;
-    if (*index != ':' || !index[1]) goto bad;
-    wanted = strtol(index + 1, &end, 10);
-    if (*end || wanted < 0) goto bad;
-  }
-  for (size_t i = 0; i < n; i++) {
-    if (want_type >= 0 && (int)found[i].type != want_type) continue;
-    if (wanted-- == 0) {
-      snprintf(path_out, PATH_LEN, "%s", found[i].path);
-      return true;
+  ctx = open_new_locked(type, chosen, options);
+  if (ctx) ctx->refs = 1;
+  return ctx;
+}
+
+/* kApexAny (no type given): PCIe first, then USB (EdgeTpuManagerDirect::ExtendRequestDeviceType).
+ * "Any" tries to share before it opens, over both types, like OpenDeviceInternal. */
+static Context *open_any_locked(void) {
+  static const enum edgetpu_device_type order[2] = {EDGETPU_APEX_PCI, EDGETPU_APEX_USB};
+  for (int i = 0; i < 2; i++) {
+    Context *ctx = match_open_locked(order[i], "");
+    if (ctx) {
+      ctx->refs++;
+      return ctx;
     }
   }
-  snprintf(why, why_len, "no such Edge TPU (%zu listed)", n);
-  return false;
-bad:
-  snprintf(why, why_len, "unsupported device string (use \"\", \":N\", \"usb[:N]\", \"pci[:N]\")");
-  return false;
+  for (int i = 0; i < 2; i++) {
+    Context *ctx = open_device_locked(order[i], "", "");
+    if (ctx) return ctx;
+  }
+  return NULL;
+}
+
+/* EdgeTpuManagerDirect::ReleaseEdgeTpuContext: the last user closes the device. */
+static void release_locked(Context *ctx) {
+  if (!ctx || --ctx->refs > 0) return;
+  trace("closing %s", ctx->path);
+  close(ctx->fd); /* drops the flock */
+  ctx->used = false;
+}
+
+/* The plugin's GetEdgeTpuContext (edgetpu_delegate_for_custom_op_tflite_plugin.cc): "" / no
+ * device key -> any; "usb" / "pci" -> any of that type, options ignored; ":N" / "usb:N" /
+ * "pci:N" -> the Nth of EnumerateEdgeTpu() (of that type), opened by path with the options. */
+static Context *plugin_open_locked(const char *option, bool has_option, const char *options) {
+  if (!has_option || !*option) return open_any_locked();
+  if (strcmp(option, "usb") == 0) return open_device_locked(EDGETPU_APEX_USB, "", "");
+  if (strcmp(option, "pci") == 0) return open_device_locked(EDGETPU_APEX_PCI, "", "");
+  int want_type = -1;
+  const char *index = option;
+  if (strncmp(option, "usb:", 4) == 0) {
+    want_type = EDGETPU_APEX_USB;
+    index = option + 3;
+  } else if (strncmp(option, "pci:", 4) == 0) {
+    want_type = EDGETPU_APEX_PCI;
+    index = option + 3;
+  }
+  if (*index != ':' || !index[1]) return NULL; /* MatchDevice fails: nullptr */
+  char *end = NULL;
+  long wanted = strtol(index + 1, &end, 10);
+  if (*end || wanted < 0) return NULL;
+  Found found[MAX_DEVICES];
+  size_t n = find_devices(found, MAX_DEVICES);
+  for (size_t i = 0; i < n; i++) {
+    if (want_type >= 0 && (int)found[i].type != want_type) continue;
+    if (wanted-- == 0) return open_device_locked(found[i].type, found[i].path, options);
+  }
+  trace("open '%s': no such Edge TPU (%zu listed)", option, n);
+  return NULL;
+}
+
+static TfLiteStatus delegate_prepare(TfLiteContext *ctx, TfLiteDelegate *d);
+
+/* CreateEdgeTpuDelegateForCustomOp: a new delegate on a (possibly shared) context. */
+static TfLiteDelegate *make_delegate_locked(Context *ctx, const char *option) {
+  FakeDelegate *fd = calloc(1, sizeof *fd);
+  TfLiteDelegate *d = calloc(1, sizeof *d);
+  if (!fd || !d) {
+    free(fd);
+    free(d);
+    release_locked(ctx);
+    return NULL;
+  }
+  snprintf(fd->option, sizeof fd->option, "%s", option);
+  fd->ctx = ctx;
+  d->data_ = fd;
+  d->Prepare = delegate_prepare;
+  /* kTfLiteDelegateFlagsAllowDynamicTensors: without it ModifyGraphWithDelegate first prepares
+   * the whole graph, and an edgetpu-custom-op fails as unresolved before we can claim it. */
+  d->flags = 1;
+  g_created++;
+  snprintf(g_last_device, sizeof g_last_device, "%s", ctx->path);
+  dev_state_locked(ctx->path);
+  trace("created delegate for device '%s' on %s", option, ctx->path);
+  return d;
+}
+
+static void free_delegate(TfLiteDelegate *d) {
+  if (!d) return;
+  pthread_mutex_lock(&g_lock);
+  g_destroyed++;
+  release_locked(((FakeDelegate *)d->data_)->ctx);
+  pthread_mutex_unlock(&g_lock);
+  free(d->data_);
+  free(d);
 }
 
 static uint64_t fnv1a(uint64_t h, const void *data, size_t len) {
@@ -671,14 +1019,39 @@ static void write_outputs(TfLiteContext *ctx, TfLiteNode *node) {
   }
 }
 
+/* A wedged device: the invoke waits for a completion that never comes (driver/driver.cc,
+ * Driver::Execute: Submit() then BlockingCounter::Wait() with no deadline), so the caller blocks
+ * until the process dies. Called with g_lock held; returns only by dying (an unplug while
+ * wedged fails the pending transfer: abort, as in die_unplugged). */
+__attribute__((noreturn)) static void block_forever_locked(Context *ctx, DevState *s) {
+  s->hanging++;
+  for (;;) {
+    pthread_mutex_unlock(&g_lock);
+    sleep_ms(50);
+    pthread_mutex_lock(&g_lock);
+    control_refresh_locked();
+    if (!g_ctl.unplug_ignore && !usb_present(ctx)) die_unplugged(ctx);
+  }
+}
+
 static TfLiteStatus kernel_invoke(TfLiteContext *ctx, TfLiteNode *node) {
   struct timespec start;
   clock_gettime(CLOCK_MONOTONIC, &start);
   Kernel *k = node->user_data;
-  const char *path = k->owner->path;
+  Context *cx = k->owner->ctx;
+  const char *path = cx->path;
   Control c;
   control_snapshot(&c);
-  if (listed(c.hang, path)) {
+  if (!c.unplug_ignore && !usb_present(cx)) die_unplugged(cx); /* the transfer out fails */
+  pthread_mutex_lock(&g_lock);
+  long nth = cx->invokes++;
+  if (!cx->wedged && listed(c.wedge, path) && fire(&c, "wedge", path)) {
+    cx->wedged = true;
+    log_event("wedge", path);
+  }
+  if (cx->wedged) block_forever_locked(cx, dev_state_locked(path));
+  pthread_mutex_unlock(&g_lock);
+  if (listed(c.hang, path)) { /* polite: released when the device leaves the list */
     pthread_mutex_lock(&g_lock);
     DevState *s = dev_state_locked(path);
     s->hanging++;
@@ -692,11 +1065,13 @@ static TfLiteStatus kernel_invoke(TfLiteContext *ctx, TfLiteNode *node) {
     clock_gettime(CLOCK_MONOTONIC, &start);
     pthread_mutex_unlock(&g_lock);
   }
-  if (listed(c.fail_invoke, path)) {
+  if (listed(c.fail_invoke, path)) { /* polite: kept for the tests that count error results */
     ctx->ReportError(ctx, "fake_edgetpu: Edge TPU %s failed to execute (simulated invoke error)",
                      path);
     return kTfLiteError;
   }
+  bool abort_now = cx->type == EDGETPU_APEX_USB && listed(c.abort_invoke, path) &&
+                   nth >= c.abort_after && fire(&c, "abort_invoke", path);
   /* The device runs one invoke at a time, in the order they arrive: each reserves the
    * time after the runs already reserved (another interpreter's on this device) and
    * sleeps until its own run ends, as a caller of the real runtime waits for its queued
@@ -713,8 +1088,14 @@ static TfLiteStatus kernel_invoke(TfLiteContext *ctx, TfLiteNode *node) {
   double ms = c.invoke_ms + (swap ? c.swap_ms : 0.0);
   s->done = plus_ms(start, ms);
   pthread_mutex_unlock(&g_lock);
+  if (abort_now) {
+    sleep_from(start, ms / 2); /* mid-transfer */
+    die_transfer_error(cx);
+  }
   write_outputs(ctx, node);
   sleep_from(start, ms);
+  control_snapshot(&c);
+  if (!c.unplug_ignore && !usb_present(cx)) die_unplugged(cx); /* the transfer in fails */
   pthread_mutex_lock(&g_lock);
   s->invokes++;
   pthread_mutex_unlock(&g_lock);
@@ -725,11 +1106,11 @@ static TfLiteStatus delegate_prepare(TfLiteContext *ctx, TfLiteDelegate *d) {
   FakeDelegate *fd = d->data_;
   Control c;
   control_snapshot(&c);
-  if (listed(c.fail_prepare, fd->path)) {
-    ctx->ReportError(ctx, "fake_edgetpu: Edge TPU %s failed to prepare (simulated)", fd->path);
+  if (listed(c.fail_prepare, fd->ctx->path)) {
+    ctx->ReportError(ctx, "fake_edgetpu: Edge TPU %s failed to prepare (simulated)", fd->ctx->path);
     return kTfLiteError;
   }
-  trace("Prepare on %s (%s)", fd->path, c.simulate ? "simulate" : "passthrough");
+  trace("Prepare on %s (%s)", fd->ctx->path, c.simulate ? "simulate" : "passthrough");
   if (!c.simulate) return kTfLiteOk; /* passthrough: claim nothing, the CPU kernels run */
 
   TfLiteIntArray *plan;
@@ -774,59 +1155,75 @@ static TfLiteStatus delegate_prepare(TfLiteContext *ctx, TfLiteDelegate *d) {
   return status;
 }
 
+/* tflite/edgetpu_delegate_for_custom_op_tflite_plugin.cc, tflite_plugin_create_delegate: NULL
+ * on any failure, and the error callback is never called (the caller sees only "Failed to load
+ * delegate from <library>"). */
 TfLiteDelegate *tflite_plugin_create_delegate(char **keys, char **values, size_t num,
                                               void (*report_error)(const char *)) {
-  char option[64] = "", path[PATH_LEN], why[160], msg[512];
-  for (size_t i = 0; i < num; i++)
-    if (keys[i] && values[i] && strcmp(keys[i], "device") == 0)
+  (void)report_error;
+  char option[64] = "", options[OPTIONS_LEN] = "";
+  bool has_option = false;
+  size_t used = 0;
+  for (size_t i = 0; i < num; i++) {
+    if (!keys[i] || !values[i]) continue;
+    if (strcmp(keys[i], "device") == 0) {
       snprintf(option, sizeof option, "%s", values[i]);
+      has_option = true;
+    }
+    int w = snprintf(options + used, sizeof options - used, "%s%s=%s", used ? ";" : "", keys[i],
+                     values[i]);
+    if (w > 0 && (size_t)w < sizeof options - used) used += (size_t)w;
+  }
   Control c;
   control_snapshot(&c);
   sleep_ms(c.open_ms);
-  if (!resolve(option, path, why, sizeof why)) {
-    snprintf(msg, sizeof msg, "fake_edgetpu: Failed to open device '%s': %s", option, why);
-    trace("%s", msg);
-    if (report_error) report_error(msg);
-    return NULL;
-  }
-  if (listed(c.fail_open, path)) {
-    snprintf(msg, sizeof msg, "fake_edgetpu: Failed to open device '%s' (%s): simulated failure",
-             option, path);
-    if (report_error) report_error(msg);
-    return NULL;
-  }
-  FakeDelegate *fd = calloc(1, sizeof *fd);
-  TfLiteDelegate *d = calloc(1, sizeof *d);
-  if (!fd || !d) {
-    free(fd);
-    free(d);
-    if (report_error) report_error("fake_edgetpu: out of memory");
-    return NULL;
-  }
-  snprintf(fd->option, sizeof fd->option, "%s", option);
-  snprintf(fd->path, sizeof fd->path, "%s", path);
-  d->data_ = fd;
-  d->Prepare = delegate_prepare;
-  /* kTfLiteDelegateFlagsAllowDynamicTensors: without it ModifyGraphWithDelegate first prepares
-   * the whole graph, and an edgetpu-custom-op fails as unresolved before we can claim it. */
-  d->flags = 1;
-  trace("created delegate for device '%s' on %s", option, path);
   pthread_mutex_lock(&g_lock);
-  g_created++;
-  snprintf(g_last_device, sizeof g_last_device, "%s", path);
-  dev_state_locked(path);
+  Context *ctx = plugin_open_locked(option, has_option, options);
+  TfLiteDelegate *d = ctx ? make_delegate_locked(ctx, option) : NULL;
   pthread_mutex_unlock(&g_lock);
+  if (!d) trace("create for device '%s' failed", option);
   return d;
 }
 
-void tflite_plugin_destroy_delegate(TfLiteDelegate *d) {
-  if (!d) return;
+void tflite_plugin_destroy_delegate(TfLiteDelegate *d) { free_delegate(d); }
+
+/* tflite/edgetpu_c.cc, edgetpu_create_delegate: OpenDevice(type, name, options) -- by path, the
+ * one way to name a device that a concurrent enumeration change cannot redirect. With options,
+ * a NULL name is CHECK-failed (an abort); without, NULL name means any device of that type. */
+TfLiteDelegate *edgetpu_create_delegate(enum edgetpu_device_type type, const char *name,
+                                        const struct edgetpu_option *options, size_t num_options) {
+  char opts[OPTIONS_LEN] = "";
+  size_t used = 0;
+  if (num_options > 0) {
+    if (!options) fatal("tflite/edgetpu_c.cc", 77, "Check failed: options");
+    if (!name) fatal("tflite/edgetpu_c.cc", 78, "Check failed: name");
+  }
+  for (size_t i = 0; i < num_options; i++) {
+    if (!options[i].name || !options[i].value) continue;
+    int w = snprintf(opts + used, sizeof opts - used, "%s%s=%s", used ? ";" : "",
+                     options[i].name, options[i].value);
+    if (w > 0 && (size_t)w < sizeof opts - used) used += (size_t)w;
+  }
+  if (type != EDGETPU_APEX_PCI && type != EDGETPU_APEX_USB) return NULL;
+  Control c;
+  control_snapshot(&c);
+  sleep_ms(c.open_ms);
   pthread_mutex_lock(&g_lock);
-  g_destroyed++;
+  Context *ctx = open_device_locked(type, name ? name : "", opts);
+  TfLiteDelegate *d = ctx ? make_delegate_locked(ctx, "") : NULL;
   pthread_mutex_unlock(&g_lock);
-  free(d->data_);
-  free(d);
+  if (!d) trace("edgetpu_create_delegate(%d, %s) failed", (int)type, name ? name : "NULL");
+  return d;
 }
+
+void edgetpu_free_delegate(TfLiteDelegate *d) { free_delegate(d); }
+
+/* tflite/edgetpu_c.cc, edgetpu_version -> EdgeTpuManagerDirect::Version():
+ * "BuildLabel(%s), RuntimeVersion(%d)"; api/runtime_version.h: kCurrent = 14. */
+const char *edgetpu_version(void) { return "BuildLabel(fake_edgetpu), RuntimeVersion(14)"; }
+
+/* tflite/edgetpu_c.cc, edgetpu_verbosity: 0..10 accepted; here it changes nothing. */
+void edgetpu_verbosity(int verbosity) { (void)verbosity; }
 
 /* ---- test hooks (docs/testing.md) ---- */
 
@@ -850,7 +1247,7 @@ const char *fake_last_device(void) { return g_last_device; }
 
 /* Path of the device this delegate (the pointer load_delegate returned) is bound to. */
 const char *fake_delegate_device(const TfLiteDelegate *d) {
-  return d && d->data_ ? ((const FakeDelegate *)d->data_)->path : "";
+  return d && d->data_ ? ((const FakeDelegate *)d->data_)->ctx->path : "";
 }
 
 /* Successful simulated invokes on `dev` (basename or path; NULL or "*" = all devices). */
@@ -898,10 +1295,41 @@ unsigned long long fake_last_token(void) {
   return t;
 }
 
+/* Contexts opened (not shared) since load or fake_reset(). */
+int fake_contexts_opened(void) {
+  pthread_mutex_lock(&g_lock);
+  int n = g_opened;
+  pthread_mutex_unlock(&g_lock);
+  return n;
+}
+
+/* The options of the open context on `dev` ("k=v;k=v" as the first open gave them), and how many
+ * delegates use it; "" and 0 when this process has no context on it. Copied to a static buffer:
+ * call from one thread. */
+const char *fake_context_options(const char *dev) {
+  static char out[OPTIONS_LEN];
+  out[0] = '\0';
+  pthread_mutex_lock(&g_lock);
+  for (size_t i = 0; i < MAX_DEVICES; i++)
+    if (g_ctx[i].used && listed(dev, g_ctx[i].path))
+      snprintf(out, sizeof out, "%s", g_ctx[i].options);
+  pthread_mutex_unlock(&g_lock);
+  return out;
+}
+
+int fake_context_refs(const char *dev) {
+  int n = 0;
+  pthread_mutex_lock(&g_lock);
+  for (size_t i = 0; i < MAX_DEVICES; i++)
+    if (g_ctx[i].used && listed(dev, g_ctx[i].path)) n = g_ctx[i].refs;
+  pthread_mutex_unlock(&g_lock);
+  return n;
+}
+
 /* Zero the counters and forget which model each device last ran (devices stay known). */
 void fake_reset(void) {
   pthread_mutex_lock(&g_lock);
-  g_created = g_destroyed = 0;
+  g_created = g_destroyed = g_opened = 0;
   g_last_device[0] = '\0';
   g_last_token = 0;
   for (size_t i = 0; i < g_ndevs; i++) {

@@ -114,7 +114,9 @@ class Fleet:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "state").mkdir(exist_ok=True)
         control = Control(workdir / "fake-edgetpu.control")
-        control.set(mode="simulate", invoke_ms=invoke_ms)
+        control.set(
+            mode="simulate", invoke_ms=invoke_ms, unplug="ignore"
+        )  # the daemon's own process runs the runtime until device hosts (#21): docs/testing.md
         text = node_config(
             workdir,
             name,

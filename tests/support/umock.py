@@ -140,6 +140,27 @@ class Testbed:
     def remove_device(self, syspath: str) -> None:
         _um.umockdev_testbed_remove_device(self._tb, syspath.encode())
 
+    def add_node(self, devname: str, mode: int = 0o664) -> Path:
+        """The device node `devname` ("/dev/bus/usb/002/003"): a plain file in the testbed,
+        which umockdev's preload shows at that path as a character device. The fake
+        libedgetpu opens and flock()s it while it holds the device (busy for others)."""
+        node = Path(self.root + devname)
+        node.parent.mkdir(parents=True, exist_ok=True)
+        node.touch()
+        node.chmod(mode)
+        return node
+
+    def node_of(self, syspath: str) -> str:
+        """The /dev path of a USB device or apex module added here ("" if it has none)."""
+        sysdir = Path(self.root + syspath)
+        if sysdir.parent.name != "apex" and (sysdir / "busnum").exists():
+            bus = int((sysdir / "busnum").read_text())
+            dev = int((sysdir / "devnum").read_text())
+            return f"/dev/bus/usb/{bus:03d}/{dev:03d}"
+        if sysdir.name.startswith("apex_"):
+            return f"/dev/{sysdir.name}"
+        return ""
+
     def close(self) -> None:
         if self._tb is not None:
             _go.g_object_unref(self._tb)
@@ -193,7 +214,9 @@ class Testbed:
             "ID_VENDOR_ID": ids[0],
             "ID_MODEL_ID": ids[1],
         }
-        return self.add_device("usb", name, parent, attrs, props)
+        path = self.add_device("usb", name, parent, attrs, props)
+        self.add_node(props["DEVNAME"])
+        return path
 
     def _hub_ports(self, syspath: str, name: str, maxchild: int) -> None:
         interface = f"{name[3:]}-0:1.0" if name.startswith("usb") else f"{name}:1.0"
@@ -304,9 +327,11 @@ class Testbed:
         }
         if unique_id is not None:
             attrs["unique_id"] = unique_id
-        return self.add_device(
+        path = self.add_device(
             "apex", f"apex_{index}", pci, attrs, {"DEVNAME": f"/dev/apex_{index}", "MAJOR": "120"}
         )
+        self.add_node(f"/dev/apex_{index}")
+        return path
 
     def firmware_load(self, syspath: str) -> str:
         """What libedgetpu's first open does: 1a6e:089a drops off, 18d1:9302 appears on its port."""
@@ -316,8 +341,13 @@ class Testbed:
         return self.add_accelerator(parent, name, state="ready", speed=speed)
 
     def unplug(self, syspath: str) -> None:
+        """Gone from sysfs and /dev, as after a real unplug (a process holding the node keeps
+        its open file)."""
+        node = self.node_of(syspath)
         self.uevent(syspath, "remove")
         self.remove_device(syspath)
+        if node:
+            Path(self.root + node).unlink(missing_ok=True)
 
     @staticmethod
     def child_name(parent_syspath: str, port: int) -> str:
