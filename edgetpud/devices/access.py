@@ -40,6 +40,8 @@ class DeviceBusy(DeviceError):
         self.identity = identity
         self.node = node
         self.holders = holders
+        # plain data that survives edgetpud.hosts.wire (Holder objects arrive as strings)
+        self.pids = [h.pid for h in holders]
         if holders:
             who = f"{', '.join(str(h) for h in holders)} has {node} open"
         else:

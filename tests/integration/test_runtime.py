@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -296,7 +296,7 @@ def test_a_device_held_by_another_process_is_busy_not_a_bad_port(
         with pytest.raises(DeviceBusy) as err:
             open_session(models_dir / TPU_128, "usb:2-3.1", library=str(tpus.lib))
         assert not isinstance(err.value, DeviceUnavailable)  # never learned as a bad port
-        assert err.value.holders[0].pid == holder.pid
+        assert err.value.holders[0].pid == holder.pid and err.value.pids == [holder.pid]
         assert f"pid {holder.pid} (python" in str(err.value)
         assert "Stop that process" in str(err.value)
         with open_session(models_dir / TPU_128, "usb:2-3.2.1", library=str(tpus.lib)) as s:
@@ -305,22 +305,37 @@ def test_a_device_held_by_another_process_is_busy_not_a_bad_port(
         s.invoke([np.zeros((1, 128, 128, 3), np.uint8)])  # free once the holder is gone
 
 
-def test_an_identity_is_opened_by_its_path_not_an_index(
-    models_dir: Path, tpus: Tpus, umock: Testbed
+def test_a_firmware_load_finishing_between_look_up_and_open_cannot_swap_devices(
+    models_dir: Path, tpus: Tpus, umock: Testbed, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The delegate is made for the path libedgetpu lists (edgetpu_create_delegate), never for
-    an index that a firmware load elsewhere renumbers (test_fake_edgetpu.py shows an index
-    naming another device after such a load). tflite's load_delegate holds the GIL while
-    libedgetpu opens, so the old index path could swap devices only when the enumeration
-    changed between the look-up and load_delegate."""
+    """The issue's swap, made deterministic: 2-3.2.1 is off the bus for its firmware load when
+    the session for 2-3.1 looks its device up, and back (listed before 2-3.1) by the time
+    libedgetpu opens. An index looked up then ("usb:1") names 2-3.2.1 at the open; the path
+    does not. The udev event is placed between the two calls by wrapping the look-up (the
+    one seam: its timing cannot be produced otherwise in one process)."""
+    from edgetpud import edgetpu_c
+
     parent, name = tpus.ports["2-3.2.1"].rsplit("/", 1)
-    umock.unplug(tpus.ports["2-3.2.1"])  # a firmware load's re-enumeration gap
+    umock.unplug(tpus.ports["2-3.2.1"])  # the load's re-enumeration gap
     before = listed_usb(tpus.lib)
-    umock.add_accelerator(parent, name)  # back, ready, listed before 2-3.1
-    after = listed_usb(tpus.lib)
-    assert before.index("2-3.1") != after.index("2-3.1"), (before, after)
+    back: list[str] = []
+
+    def looked_up_then_back(original: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            found = original(*args, **kwargs)
+            if not back:
+                back.append(umock.add_accelerator(parent, name))  # back, ready
+            return found
+
+        return wrapper
+
+    # whichever look-up the runtime uses: by path now, by index before
+    for attr in ("find_device", "delegate_device_string"):
+        monkeypatch.setattr(edgetpu_c, attr, looked_up_then_back(getattr(edgetpu_c, attr)))
 
     with open_session(models_dir / TPU_128, "usb:2-3.1", library=str(tpus.lib)) as session:
+        after = listed_usb(tpus.lib)
+        assert back and before.index("2-3.1") != after.index("2-3.1"), (before, after)
         assert tpus.fake.last_device() == "/sys/bus/usb/devices/2-3.1"
         assert session.delegate_device == "/sys/bus/usb/devices/2-3.1"
         session.invoke([np.zeros((1, 128, 128, 3), np.uint8)])
