@@ -209,3 +209,28 @@ def test_opening_a_claimed_accelerator_is_busy_not_a_bad_port(
 
     with pytest.raises(DeviceBusy, match="claimed its USB interface"):
         open_session(model, "usb:2-1", library=str(fake_lib))
+
+
+def test_a_busy_device_stays_busy_across_the_device_host_boundary(
+    fake_lib: Path, bed: Accelerators, models_dir: Path
+) -> None:
+    """The host opens the device; the daemon gets DeviceBusy back (not DeviceUnavailable),
+    with the holder's pid, so it is not learned as a bad port."""
+    from edgetpud.hosts import HostPool
+    from edgetpud.runtime import DeviceUnavailable
+
+    bed.add_usb("2-1")
+    pool = HostPool()
+    try:
+        with held_elsewhere(fake_lib, "2-1") as holder:
+            with pytest.raises(DeviceBusy) as err:
+                pool.open_session(
+                    "usb:2-1",
+                    models_dir / "mobilenet_v1_0.25_128_quant_edgetpu.tflite",
+                    library=str(fake_lib),
+                )
+            assert not isinstance(err.value, DeviceUnavailable)
+            assert err.value.pids == [holder.pid]
+            assert f"pid {holder.pid}" in str(err.value)
+    finally:
+        pool.close()
