@@ -74,7 +74,9 @@ def components(cfg: Config, ctx: ComponentContext) -> list[Component]:
     One that also implements ports.ObservesResults or ports.ReadsHealth gets every
     result or every health document.
     """
-    return []
+    from edgetpud.metrics import MetricsComponent  # prometheus_client: only this module
+
+    return [MetricsComponent(cfg)]
 
 
 def build(cfg: Config, *, log_level_pinned: bool = False) -> Supervisor:

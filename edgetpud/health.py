@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgetpud.devices.buses import load, shares
+from edgetpud.devices.model import DeviceInfo
 from edgetpud.snapshot import ModelState, ModelView, Snapshot
 
 SCHEMA = "edgetpud.health/1"
@@ -48,6 +50,7 @@ def render(snap: Snapshot, meter: RateMeter, plugins: list[dict[str, str]]) -> d
                 "reasons": list(dev.reasons),
                 "temperature": dev.thermal.temp_c if dev.thermal is not None else None,
                 "throttled": dev.thermal.throttled if dev.thermal is not None else False,
+                **_thermal(dev),
                 "health": trust.as_dict() if trust is not None else {"state": "ok"},
                 "models": list(snap.device_models.get(dev.identity, ())),
             }
@@ -67,12 +70,50 @@ def render(snap: Snapshot, meter: RateMeter, plugins: list[dict[str, str]]) -> d
             "status": status_line(snap),
         },
         "devices": devices,
+        "buses": _buses(snap, models),
         "models": models,
         "plugins": plugins,
         "mqtt": dict(snap.mqtt) if snap.mqtt is not None else {"connected": False},
     }
     for name, section in snap.sections.items():
         out.setdefault(name, section)  # a component never overwrites the core sections
+    return out
+
+
+def _thermal(dev: DeviceInfo) -> dict[str, Any]:
+    """A PCIe module's trip-point level and drain state; nothing for a USB Accelerator,
+    which has no temperature sensor."""
+    t = dev.thermal
+    if t is None:
+        return {}
+    return {
+        "throttle_level": t.level,
+        "trip_points": list(t.trip_points_c),
+        "thermal_state": "dead" if t.dead else "draining" if t.draining else
+        "throttled" if t.throttled else "ok",
+    }  # fmt: skip
+
+
+def _buses(snap: Snapshot, models: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each USB bus with accelerators: who shares it (and which hub), its link speed, and
+    the load through it from the models placed there."""
+    rates = {name: float(m["rate"]) for name, m in models.items()}
+    sizes = {name: m.io_bytes for name, m in snap.models.items()}
+    out = []
+    for share in shares(snap.devices):
+        per_s, bytes_s = load(share, rates, sizes, snap.device_models)
+        out.append(
+            {
+                "bus": share.bus,
+                "speed_mbps": share.speed_mbps,
+                "accelerators": list(share.accelerators),
+                "hubs": {hub: list(ids) for hub, ids in share.hubs.items()},
+                "shared": share.shared,
+                "inferences_per_s": per_s,
+                "bytes_per_s": bytes_s,
+                "summary": share.describe(),
+            }
+        )
     return out
 
 

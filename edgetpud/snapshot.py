@@ -60,6 +60,7 @@ class ModelView:
     processed_by_current_workers: int
     p50_ms: float
     p99_ms: float
+    io_bytes: int = 0  # input + output tensor bytes per inference (what crosses a USB bus)
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,14 @@ class ModelRuntime:
             processed_by_current_workers=sum(s.processed for s in stats),
             p50_ms=max((s.p50_ms for s in stats), default=0.0),
             p99_ms=max((s.p99_ms for s in stats), default=0.0),
+            io_bytes=_io_bytes(self.info),
         )
+
+
+def _io_bytes(info: Any) -> int:
+    if info is None:
+        return 0
+    return sum(t.nbytes for t in (*info.inputs, *info.outputs))
 
 
 def take_snapshot(

@@ -30,6 +30,7 @@ from edgetpud.daemon.intake import Intake
 from edgetpud.daemon.models import Models
 from edgetpud.daemon.ports import Component, Link, LinkFactory, Notifier, Runtime, Watcher
 from edgetpud.daemon.state import Board, DeviceHealth, ModelRuntime, take_snapshot
+from edgetpud.devices import thermal
 from edgetpud.devices.model import DeviceInfo
 from edgetpud.errors import ConfigError, ConfigUnreadableError, EdgetpudError
 from edgetpud.messages import Result
@@ -344,6 +345,13 @@ class Supervisor:
 
     def _on_device_event(self, event: ev.DeviceChanged) -> None:
         dev = event.device
+        before = self.devices.get(dev.identity)
+        if event.action == "changed" and before is not None and thermal.reading_only(before, dev):
+            self.devices[dev.identity] = dev  # a new temperature reading: health shows it
+            return
+        crossed = thermal.crossing(before, dev) if event.action != "removed" else None
+        if crossed is not None:
+            self._publish_event("device_thermal", **crossed)
         log.info(
             "device %s %s (%s: %s)",
             dev.identity,

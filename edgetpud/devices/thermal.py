@@ -13,7 +13,9 @@ testbed, like every other sysfs read.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from edgetpud.devices.model import DeviceInfo
 
 DEAD_BELOW_C = -40.0  # no working module reads this cold; a dead one has read about -88 C
 DEFAULT_TRIPS_C = (85.0, 90.0, 95.0)  # the apex driver's defaults
@@ -72,3 +74,34 @@ def _read_int(path: str) -> int | None:
         return int(text)
     except ValueError:
         return None
+
+
+def reading_only(before: DeviceInfo, after: DeviceInfo) -> bool:
+    """True when `after` differs from `before` only by its temperature reading (and the
+    reasons quoting it): same verdict, same trip-point level, same drain state. Such a
+    change updates health but is no event, log line or re-plan."""
+    if before.thermal is None or after.thermal is None:
+        return False
+    same_thermal = replace(before.thermal, temp_c=after.thermal.temp_c)
+    return replace(before, thermal=same_thermal, reasons=after.reasons) == after
+
+
+def crossing(before: DeviceInfo | None, after: DeviceInfo) -> dict[str, object] | None:
+    """The fields of a `device_thermal` event when `after` crossed a trip point, died,
+    started or stopped draining; None otherwise."""
+    t = after.thermal
+    if t is None:
+        return None
+    old = before.thermal if before is not None else None
+    was = (old.level, old.dead, old.draining) if old is not None else (0, False, False)
+    if (t.level, t.dead, t.draining) == was:
+        return None
+    return {
+        "device": after.identity,
+        "temperature": t.temp_c,
+        "level": t.level,
+        "from_level": was[0],
+        "trip_points": list(t.trip_points_c),
+        "state": "dead" if t.dead else "draining" if t.draining else
+        "throttled" if t.throttled else "ok",
+    }  # fmt: skip

@@ -6,7 +6,7 @@ import pytest
 
 from edgetpud.config import DevicesConfig
 from edgetpud.devices.facts import ApexFacts
-from edgetpud.devices.thermal import draining_next, is_dead, throttle_level
+from edgetpud.devices.thermal import crossing, draining_next, is_dead, reading_only, throttle_level
 from edgetpud.devices.verdict import judge
 
 TRIPS = (85.0, 90.0, 95.0)
@@ -70,3 +70,22 @@ def test_verdict_follows_level_and_drain(
     assert record.thermal is not None
     assert (record.verdict, record.thermal.level) == (verdict, level)
     assert record.reasons or verdict == "ok"
+
+
+def test_a_new_reading_at_the_same_level_is_no_event_but_a_crossing_is() -> None:
+    (a,) = judge([apex(86.0)], DevicesConfig())
+    (b,) = judge([apex(88.5)], DevicesConfig())  # still level 1, reasons quote 88.5
+    (c,) = judge([apex(90.5)], DevicesConfig())  # level 2
+    assert reading_only(a, b) and crossing(a, b) is None
+    assert not reading_only(b, c)
+    assert crossing(b, c) == {
+        "device": "pci:0000:03:00.0",
+        "temperature": 90.5,
+        "level": 2,
+        "from_level": 1,
+        "trip_points": [85.0, 90.0, 95.0],
+        "state": "throttled",
+    }
+    (dead,) = judge([apex(-88.0)], DevicesConfig())
+    event = crossing(a, dead)
+    assert event is not None and event["state"] == "dead"
