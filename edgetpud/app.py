@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from edgetpud import __version__, runtime, threadnames
-from edgetpud.config import Config, RuntimeConfig
+from edgetpud.config import Config, RuntimeConfig, clock_needed
 from edgetpud.daemon.events import DeviceEvents, EventQueue
 from edgetpud.daemon.intake import Intake
 from edgetpud.daemon.ports import Component, ComponentContext, ObservesResults, ReadsHealth
@@ -91,7 +91,7 @@ def build(cfg: Config, *, log_level_pinned: bool = False) -> Supervisor:
             cfg.devices,
             cfg.daemon.state_dir,
             cast(Any, DeviceEvents(events)),  # its DeviceEvents become daemon DeviceChanged
-            performance=cfg.devices.performance,
+            performance=clock_needed(cfg),  # 900 mA per accelerator if a model runs at "max"
         )
 
     parts = Parts(

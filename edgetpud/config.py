@@ -442,6 +442,14 @@ class Config:
         return self.mqtt.client_id or f"edgetpud-{self.daemon.node_id}"
 
 
+def clock_needed(cfg: Config) -> str:
+    """The clock the port verdicts budget power for: "max" (900 mA per accelerator) when
+    devices.performance or any enabled model's performance is "max", else "std"."""
+    wanted: list[str] = [cfg.devices.performance]
+    wanted += [m.performance for m in cfg.models.values() if m.enabled]
+    return "max" if "max" in wanted else "std"
+
+
 SECTIONS: dict[str, type[Any]] = {
     "daemon": DaemonConfig,
     "mqtt": MqttConfig,

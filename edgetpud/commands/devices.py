@@ -21,25 +21,25 @@ from edgetpud.devices import enumerate_devices
 from edgetpud.devices.tree import render
 
 
-def _settings(path: str | None) -> tuple[DevicesConfig, Path] | int:
-    """The [devices] policy and state folder from the config; defaults when none is installed."""
+def _settings(path: str | None) -> tuple[DevicesConfig, Path, str] | int:
+    """The [devices] policy, state folder and the clock power is budgeted for, from the
+    config; defaults when none is installed."""
     if path is None or (Path(path) == DEFAULT_PATH and not DEFAULT_PATH.exists()):
         policy, state_dir = DevicesConfig(), config_mod.default_state_dir()
-    else:
-        cfg = load_config(path)
-        if isinstance(cfg, int):
-            return cfg
-        policy, state_dir = cfg.devices, cfg.daemon.state_dir
-    return policy, state_dir
+        return policy, state_dir, policy.performance
+    cfg = load_config(path)
+    if isinstance(cfg, int):
+        return cfg
+    return cfg.devices, cfg.daemon.state_dir, config_mod.clock_needed(cfg)
 
 
 def main(args: argparse.Namespace) -> int:
     settings = _settings(getattr(args, "config", None))
     if isinstance(settings, int):
         return settings
-    policy, state_dir = settings
+    policy, state_dir, clock = settings
     try:
-        records = enumerate_devices(policy, state_dir)
+        records = enumerate_devices(policy, state_dir, performance=clock)
     except (OSError, ImportError) as exc:
         print(
             f"edgetpud devices: cannot read udev ({exc}); run it on the host, "

@@ -89,7 +89,9 @@ def present_devices(cfg: config.Config) -> list[DeviceInfo]:
             "from `edgetpud devices --json`"
         ) from None
     try:
-        found: list[DeviceInfo] = enumerate_devices(cfg.devices, cfg.daemon.state_dir)
+        found: list[DeviceInfo] = enumerate_devices(
+            cfg.devices, cfg.daemon.state_dir, performance=config.clock_needed(cfg)
+        )
     except OSError as exc:
         raise EdgetpudError(
             f"cannot read udev ({exc}); run it on the host, with /sys and /run/udev "

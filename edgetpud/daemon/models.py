@@ -46,6 +46,7 @@ class Models:
         self.runtime_error = ""  # set by the supervisor: every model is disabled with it
         self.link: Link | None = None  # set by the supervisor
         self.by_name: dict[str, ModelRuntime] = {}
+        self.clocks: dict[str, str] = {}  # device -> clock its delegate opens with
         self.intake = intake
         self._published: dict[str, Entry] = {}
         self._on_report = on_report
@@ -198,6 +199,7 @@ class Models:
     def apply(self, plan: placement.Plan) -> None:
         """Start and stop workers so that each model runs where `plan` puts it."""
         deadline = time.monotonic() + self.cfg.daemon.drain_timeout
+        self.clocks = self._clocks(plan)
         for name, rt in self.by_name.items():
             p = plan.placements.get(name)
             wanted = set(p.targets) if p is not None and not rt.disabled else set()
@@ -215,11 +217,27 @@ class Models:
         if self.link is not None:
             self.link.set_models(self.mqtt_models(), self.mqtt_unavailable())
 
+    def _clocks(self, plan: placement.Plan) -> dict[str, str]:
+        """Device -> the clock its delegate opens with: "max" when any model the plan puts
+        there wants it. The clock belongs to the device, not the model: libedgetpu gives a
+        second open of a device the context of the first, whatever its options."""
+        clocks: dict[str, str] = {}
+        for name, p in plan.placements.items():
+            rt = self.by_name.get(name)
+            if rt is None or rt.disabled:
+                continue
+            wanted = rt.cfg.performance or self.cfg.devices.performance
+            for target in p.targets:
+                if wanted == "max" or target not in clocks:
+                    clocks[target] = wanted
+        return clocks
+
     def start_worker(self, rt: ModelRuntime, target: str) -> None:
         mcfg = rt.cfg
         on_cpu = target == "cpu"
         model_path = mcfg.cpu_model if on_cpu and mcfg.cpu_model else mcfg.model
-        performance = mcfg.performance or self.cfg.devices.performance
+        own = mcfg.performance or self.cfg.devices.performance
+        performance = self.clocks.get(target, own)
         rcfg = self.cfg.runtime
         runtime = self.runtime
 

@@ -554,8 +554,10 @@ class Supervisor:
                 or (not mcfg.performance and new.devices.performance != old.devices.performance)
             ):
                 self.models.restart(rt_old, mcfg, deadline)
-        if new.devices != old.devices and self.watcher is not None:
-            for dev in self.watcher.set_policy(new.devices):
+        clock = config.clock_needed(new)
+        changed = new.devices != old.devices or clock != config.clock_needed(old)
+        if changed and self.watcher is not None:
+            for dev in self.watcher.set_policy(new.devices, clock):
                 self.devices[dev.identity] = dev
         if self.plan is not None:  # changed models are placed afresh
             kept = {

@@ -128,11 +128,14 @@ class DeviceWatcher:
         with self._lock:
             return list(self._records.values())
 
-    def set_policy(self, policy: DevicesConfig) -> list[DeviceInfo]:
-        """Re-judge every device under a new policy; emits "changed" where a record changed."""
+    def set_policy(self, policy: DevicesConfig, performance: str | None = None) -> list[DeviceInfo]:
+        """Re-judge every device under a new policy (and `performance`, the clock the power
+        budget is for; None: the policy's); emits "changed" where a record changed."""
         with self._lock:
             self._policy = policy
-            if self._performance is not None:  # the power budget follows the clock setting
+            if performance is not None:
+                self._performance = performance
+            elif self._performance is not None:  # the power budget follows the clock setting
                 self._performance = policy.performance
             self._update()
             return self.snapshot()

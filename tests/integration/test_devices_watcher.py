@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgetpud.config import DevicesConfig
+from edgetpud.config import Config, DevicesConfig, ModelConfig, clock_needed
 from edgetpud.devices import DeviceEvent, DeviceInfo, DeviceWatcher
 from tests.support.umock import EVENT_WINDOW, Testbed, umock  # noqa: F401 - fixture
 
@@ -195,6 +195,27 @@ def test_set_policy_reports_changed_verdicts_only(
     assert [(e.action, e.device.identity, e.device.verdict) for e in changed] == [
         ("changed", "usb:2-3.2.2", "rejected")
     ]
+
+
+def test_a_model_at_max_clock_raises_the_power_an_accelerator_needs_to_900_ma(
+    umock: Testbed,  # noqa: F811
+    watch: Callable[..., DeviceWatcher],
+    events: Events,
+) -> None:
+    """devices.performance stays "std"; a model with performance = "max" makes the daemon
+    judge ports for 900 mA (config.clock_needed): a USB 2 port (500 mA) is then degraded."""
+    root = umock.add_root_hub(1, speed=480)
+    umock.add_accelerator(root, 1, speed=480)
+    watcher = watch()
+    (before,) = watcher.start()
+    assert before.power is not None and before.power.needed_ma == 500
+    cfg = Config(models={"birds": ModelConfig(model=Path("m_edgetpu.tflite"), performance="max")})
+    assert clock_needed(cfg) == "max"
+    (after,) = watcher.set_policy(cfg.devices, clock_needed(cfg))
+    assert after.power is not None and after.power.needed_ma == 900
+    assert any('performance = "max" needs 900 mA' in r for r in after.reasons), after.reasons
+    (back,) = watcher.set_policy(cfg.devices, clock_needed(Config()))
+    assert back.power is not None and back.power.needed_ma == 500
 
 
 def test_learned_bad_port_persists_and_is_forgotten(
