@@ -33,6 +33,7 @@ import cpu_fallback
 import efficiency
 import failover
 import footprint
+import pipeline
 import request_path
 import shared_tpu
 import vs_script
@@ -47,6 +48,7 @@ SUITE: dict[str, Callable[[bool], dict[str, Any]]] = {
     "shared_tpu": shared_tpu.run,
     "cpu_fallback": cpu_fallback.run,
     "footprint": footprint.run,
+    "pipeline": pipeline.run,
 }
 
 
@@ -167,6 +169,9 @@ def headline(records: dict[str, dict[str, Any]]) -> list[list[str]]:
         if f.get("one_model_rss_mb") is not None:
             rows.append(["7 RSS with 1 model", "—", fmt(f["one_model_rss_mb"], " MB"), ""])
         rows.append(["7 RSS per added model worker", "—", fmt(f["per_added_worker_mb"], " MB"), ""])
+    if "pipeline" in records:
+        t = tgt("pipeline")
+        rows.append(["8 pipelined SSD: 2 TPUs ÷ 1 TPU", "≥ 1.8", fmt(t.get("measured")), ok(t)])
     return rows
 
 
@@ -216,6 +221,7 @@ def summary(  # noqa: PLR0917
         "shared_tpu": "5. Shared TPU, scheduled (2 tokens on 1 TPU, 9 ms swap, 5 starts)",
         "cpu_fallback": "6. CPU fallback (mobilenet_v1_0.5_160_quant.tflite)",
         "footprint": "7. Footprint (RSS)",
+        "pipeline": "8. Pipelined model (SSD MobileNet v1 in 2 segments): 2 TPUs vs 1",
     }
     for name, rec in records.items():
         lines += [f"## {titles.get(name, name)}", "", rec.get("table", ""), ""]
