@@ -73,24 +73,37 @@ class Metrics:
             registry=self.registry,
         )
         self._snapshot: Mapping[str, Any] = {}
+        # (model, device) -> its series, looked up once: labels() costs a lock and a tuple
+        self._series: dict[tuple[str, str], tuple[Any, Any, tuple[Any, ...]]] = {}
         self.registry.register(_SnapshotCollector(self))
 
     def observe(self, result: Result) -> None:
         """Count one answered request and its stage times (worker thread; never raises)."""
         try:
-            model, device = result.request.model, result.device or "none"
+            key = (result.request.model, result.device or "none")
+            series = self._series.get(key)
+            if series is None:
+                series = self._series.setdefault(key, self._new_series(*key))
+            done, failed, stages = series
             if result.error:
-                self._errors.labels(model, device).inc()
+                failed.inc()
                 return
-            self._inferences.labels(model, device).inc()
+            done.inc()
             t = result.timing
             if t is not None:
-                for stage, ms in zip(
-                    STAGES, (t.queue_ms, t.preprocess_ms, t.invoke_ms, t.postprocess_ms)
+                for hist, ms in zip(
+                    stages, (t.queue_ms, t.preprocess_ms, t.invoke_ms, t.postprocess_ms)
                 ):
-                    self._stage.labels(model, device, stage).observe(max(ms, 0.0) / 1000.0)
+                    hist.observe(max(ms, 0.0) / 1000.0)
         except Exception:  # metrics must never cost a request its answer
             log.exception("metrics: could not record a result")
+
+    def _new_series(self, model: str, device: str) -> tuple[Any, Any, tuple[Any, ...]]:
+        return (
+            self._inferences.labels(model, device),
+            self._errors.labels(model, device),
+            tuple(self._stage.labels(model, device, stage) for stage in STAGES),
+        )
 
     def update(self, health: Mapping[str, Any]) -> None:
         """Take the newest health snapshot (schema edgetpud.health/1): one reference swap."""
