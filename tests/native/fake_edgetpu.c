@@ -1042,7 +1042,6 @@ static TfLiteStatus kernel_invoke(TfLiteContext *ctx, TfLiteNode *node) {
   const char *path = cx->path;
   Control c;
   control_snapshot(&c);
-  if (!c.unplug_ignore && !usb_present(cx)) die_unplugged(cx); /* the transfer out fails */
   pthread_mutex_lock(&g_lock);
   long nth = cx->invokes++;
   if (!cx->wedged && listed(c.wedge, path) && fire(&c, "wedge", path)) {
@@ -1094,8 +1093,9 @@ static TfLiteStatus kernel_invoke(TfLiteContext *ctx, TfLiteNode *node) {
   }
   write_outputs(ctx, node);
   sleep_from(start, ms);
-  control_snapshot(&c);
-  if (!c.unplug_ignore && !usb_present(cx)) die_unplugged(cx); /* the transfer in fails */
+  /* One stat of the sysfs node per invoke, when the result would come in: a device gone
+   * before or during this invoke fails its bulk-in transfer. */
+  if (!c.unplug_ignore && !usb_present(cx)) die_unplugged(cx);
   pthread_mutex_lock(&g_lock);
   s->invokes++;
   pthread_mutex_unlock(&g_lock);
