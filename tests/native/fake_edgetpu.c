@@ -432,8 +432,13 @@ static bool read_attr(const char *dir, const char *name, const char *attr, char 
   return ok;
 }
 
-/* USB accelerators in firmware-download mode first, then ready ones, then PCIe modules in readdir
- * order of /sys/class/apex; within each group, readdir order (like libedgetpu: not stable). */
+/* USB accelerators in firmware-download mode first, then ready ones
+ * (driver/beagle/beagle_usb_driver_provider.cc, BeagleUsbDriverProvider::Enumerate: the
+ * 1a6e:089a list, then the 18d1:9302 list, each named "/sys/bus/usb/devices/<port path>" by
+ * driver/usb/local_usb_device.cc, EnumerateDevices), then PCIe modules in readdir order of
+ * /sys/class/apex (driver/driver_factory.cc, EnumerateSysfs); within each group, readdir order
+ * (like libedgetpu's libusb device list: not stable). A finished firmware load moves a device
+ * from the first group to the second, so the indices of the others change. */
 static size_t find_devices(Found *out, size_t cap) {
   size_t n = 0;
   static const char *const usb_ids[2][2] = {{"1a6e", "089a"}, {"18d1", "9302"}};
@@ -468,6 +473,7 @@ static size_t find_devices(Found *out, size_t cap) {
   return n;
 }
 
+/* tflite/edgetpu_c.cc, edgetpu_list_devices: one allocation, the array then the strings. */
 struct edgetpu_device *edgetpu_list_devices(size_t *num_devices) {
   Found found[MAX_DEVICES];
   size_t n = find_devices(found, MAX_DEVICES);
