@@ -23,7 +23,10 @@ ERROR_SCHEMA = "edgetpud.error/1"
 EVENT_SCHEMA = "edgetpud.event/1"
 HEALTH_SCHEMA = "edgetpud.health/1"
 
-DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_PIXELS = 40_000_000  # the old fixed cap; decode_request no longer applies it by default
+DEFAULT_MAX_DECODE_BYTES = 96 * 1024 * 1024  # daemon.max_decode_bytes: a 16 Mpx RGB photo
+DECODE_OVERHEAD = 2  # bytes per pixel Pillow's decoders use on top of the image (measured)
+_BOMB_PIXELS = re.compile(r"Image size \((\d+) pixels\)")
 
 IMAGE_TYPES = {
     "image/jpeg": "JPEG",
@@ -178,15 +181,20 @@ def decode_request(
     input_desc: str = "",
     content_type: str | None = None,
     max_bytes: int = 8 * 1024 * 1024,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int | None = None,
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
 ) -> Decoded:
     """Check one request payload for `model`; raise BadRequest with a reason if it cannot run.
 
     The kind comes from the MQTT 5 content type when given, else from magic bytes:
     JPEG, PNG and BMP are images (only the header is read here, with Pillow's lazy
-    open, to refuse decompression bombs); anything else must be exactly the model's
-    input tensor size (`input_nbytes`). The worker decodes and resizes images.
+    open, to refuse an image whose decoding would take more than `max_decode_bytes`,
+    see `decode_cost`, or with more than `max_pixels` pixels when given); anything else
+    must be exactly the model's input tensor size (`input_nbytes`). A payload declared
+    application/octet-stream that is not that size but starts like an image is taken
+    as the image it is. The worker decodes and resizes images.
     """
+    limits = _Limits(max_pixels, max_decode_bytes)
     size = len(payload)
     if size == 0:
         raise BadRequest(
@@ -203,9 +211,14 @@ def decode_request(
         if ctype in IMAGE_TYPES:
             fmt = IMAGE_TYPES[ctype]
             return _check_image(
-                payload, fmt, max_pixels, ctype=ctype, nbytes=input_nbytes, desc=input_desc
+                payload, fmt, limits, ctype=ctype, nbytes=input_nbytes, desc=input_desc
             )
         if ctype in TENSOR_TYPES:
+            sniffed = _sniff(payload)
+            if sniffed and size != input_nbytes:  # a JPEG sent as "just bytes" is still a JPEG
+                return _check_image(
+                    payload, sniffed, limits, ctype="", nbytes=input_nbytes, desc=input_desc
+                )
             return _check_tensor(model, payload, input_nbytes, input_desc)
         raise BadRequest(
             BAD_CONTENT_TYPE,
@@ -216,7 +229,7 @@ def decode_request(
         if payload.startswith(magic):
             try:
                 return _check_image(
-                    payload, fmt, max_pixels, ctype="", nbytes=input_nbytes, desc=input_desc
+                    payload, fmt, limits, ctype="", nbytes=input_nbytes, desc=input_desc
                 )
             except BadRequest:
                 if input_nbytes is not None and size == input_nbytes:
@@ -242,26 +255,86 @@ def _check_tensor(model: str, payload: bytes, nbytes: int | None, desc: str) -> 
     return Decoded("tensor", payload)
 
 
+def _sniff(payload: bytes) -> str:
+    """The image format `payload` starts like (JPEG, PNG, BMP), or ""."""
+    for magic, fmt in MAGIC:
+        if payload.startswith(magic):
+            return fmt
+    return ""
+
+
+@dataclass(frozen=True)
+class _Limits:
+    max_pixels: int | None
+    max_decode_bytes: int
+
+
+def bytes_per_pixel(mode: str) -> int:
+    """Bytes per pixel of a decoded Pillow image in `mode` (Pillow keeps RGB in 4)."""
+    if mode in ("1", "L", "P"):
+        return 1
+    if mode.startswith("I;16"):
+        return 2
+    return 4
+
+
+def decode_cost(mode: str, width: int, height: int) -> int:
+    """Peak bytes decoding a width x height image of Pillow `mode` into RGB takes: the
+    decoded image, its RGB copy unless it is RGB already, and the decoder's own working
+    memory (measured on 4000x4000 images: RGB JPEG 5.7, L PNG 6.7, I;16 PNG 7.7, RGBA
+    PNG 9.7 bytes per pixel of peak RSS; this gives 6, 7, 8 and 10)."""
+    per_pixel = bytes_per_pixel(mode) + (0 if mode == "RGB" else 4) + DECODE_OVERHEAD
+    return width * height * per_pixel
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1024 * 1024):.0f} MiB" if n >= 1024 * 1024 else f"{n} bytes"
+
+
+def budget_problem(mode: str, width: int, height: int, max_decode_bytes: int) -> str | None:
+    """Why an image of this header cannot be decoded within `max_decode_bytes`, or None."""
+    cost = decode_cost(mode, width, height)
+    if cost <= max_decode_bytes:
+        return None
+    rgb_pixels = max_decode_bytes // decode_cost("RGB", 1, 1)
+    return (
+        f"the image is {width}x{height} {mode} ({width * height:,} pixels); decoding it "
+        f"takes about {_mib(cost)}, over daemon.max_decode_bytes ({_mib(max_decode_bytes)}, "
+        f"about {rgb_pixels / 1e6:.1f} megapixels of RGB); scale it down before sending"
+    )
+
+
+def bomb_problem(exc: BaseException, max_decode_bytes: int) -> str:
+    """Pillow refused to even open the image (over twice its own pixel limit): say so with
+    edgetpud's own limit, not Pillow's."""
+    found = _BOMB_PIXELS.search(str(exc))
+    pixels = f"{int(found.group(1)):,} pixels" if found else "hundreds of millions of pixels"
+    rgb_pixels = max_decode_bytes // decode_cost("RGB", 1, 1)
+    return (
+        f"the image has {pixels}; decoding it would take far more than "
+        f"daemon.max_decode_bytes ({_mib(max_decode_bytes)}, about {rgb_pixels / 1e6:.1f} "
+        "megapixels of RGB); scale it down before sending"
+    )
+
+
 def _check_image(
-    payload: bytes, fmt: str, max_pixels: int, *, ctype: str, nbytes: int | None, desc: str
+    payload: bytes, fmt: str, limits: _Limits, *, ctype: str, nbytes: int | None, desc: str
 ) -> Decoded:
-    """Read the image's header (format, size). `ctype` is the content type that declared it,
-    "" when its first bytes did; `nbytes` and `desc` the model's input tensor, for the hint."""
+    """Read the image's header (format, size, mode). `ctype` is the content type that
+    declared it, "" when its first bytes did; `nbytes` and `desc` the model's input tensor,
+    for the hint."""
     from PIL import Image  # Pillow is loaded only once an image arrives
 
     try:
         with warnings.catch_warnings():
             # Pillow warns (and past 2x its limit, raises) while reading the header of a
-            # huge image; our own max_pixels check below gives the reasoned refusal.
+            # huge image; our own budget check below gives the reasoned refusal.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(payload), formats=[fmt]) as im:
                 width, height = im.size
+                mode = im.mode
     except Image.DecompressionBombError as exc:
-        detail = image_error_detail(exc, default="its width times height is too many pixels")
-        raise BadRequest(
-            IMAGE_TOO_LARGE,
-            f"the image is too large to decode safely ({detail}); scale it down before sending",
-        ) from None
+        raise BadRequest(IMAGE_TOO_LARGE, bomb_problem(exc, limits.max_decode_bytes)) from None
     except Exception as exc:  # Pillow raises many kinds for bad headers
         said = (
             f"the payload has content type {ctype} but is not a readable {fmt} image"
@@ -273,15 +346,18 @@ def _check_image(
             f"{said} ({image_error_detail(exc)}); "
             f"send a complete JPEG, PNG or BMP file{tensor_hint(nbytes, desc)}",
         ) from None
-    if width * height > max_pixels:
-        raise BadRequest(
-            IMAGE_TOO_LARGE,
-            f"the image is {width}x{height} = {width * height} pixels, over the limit of "
-            f"{max_pixels}; scale it down before sending",
-        )
     if width == 0 or height == 0:
         raise BadRequest(
             BAD_IMAGE,
             f"the {fmt} image has no pixels ({width}x{height}); send an image of at least 1x1",
         )
+    if limits.max_pixels is not None and width * height > limits.max_pixels:
+        raise BadRequest(
+            IMAGE_TOO_LARGE,
+            f"the image is {width}x{height} = {width * height} pixels, over the limit of "
+            f"{limits.max_pixels}; scale it down before sending",
+        )
+    problem = budget_problem(mode, width, height, limits.max_decode_bytes)
+    if problem:
+        raise BadRequest(IMAGE_TOO_LARGE, problem)
     return Decoded("image", payload, fmt, width, height)

@@ -40,7 +40,13 @@ from PIL import Image, ImageOps
 
 from edgetpud.errors import RequestError
 from edgetpud.messages import Request
-from edgetpud.payloads import image_error_detail, tensor_hint
+from edgetpud.payloads import (
+    DEFAULT_MAX_DECODE_BYTES,
+    bomb_problem,
+    budget_problem,
+    image_error_detail,
+    tensor_hint,
+)
 from edgetpud.plugins import ModelInfo, Resize, TensorInfo
 
 log = logging.getLogger(__name__)
@@ -76,9 +82,13 @@ class Transform:
 
 
 def decode_image(
-    data: bytes | bytearray | memoryview, info: ModelInfo | None = None
+    data: bytes | bytearray | memoryview,
+    info: ModelInfo | None = None,
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
 ) -> Image.Image:
-    """Encoded bytes → an upright RGB image; RequestError when they are not an image.
+    """Encoded bytes → an upright RGB image; RequestError when they are not an image, or
+    when decoding would take more than `max_decode_bytes` (judged from the header, before
+    any pixel is decoded; see `payloads.decode_cost`).
 
     With the model's `info` (a request), the error also says how to send its raw input
     tensor instead; without it (`edgetpud infer` on a file) it only asks for an image.
@@ -89,13 +99,14 @@ def decode_image(
         raise RequestError("the request is empty; send an encoded image (JPEG, PNG or BMP)")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # the budget below is the limit; Pillow's own warning would only repeat it
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             opened = Image.open(io.BytesIO(bytes(data)))
-            opened.load()
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
-        raise RequestError(
-            "the image is too large to decode safely; send one under 89 megapixels"
-        ) from None
+            problem = budget_problem(opened.mode, *opened.size, max_decode_bytes)
+            if problem is None:
+                opened.load()
+    except Image.DecompressionBombError as exc:
+        raise RequestError(bomb_problem(exc, max_decode_bytes)) from None
     except Exception as exc:
         detail = image_error_detail(exc, default="an unknown format, or truncated or corrupt")
         if info is None:
@@ -106,6 +117,9 @@ def decode_image(
             f"the request is not a readable image ({detail}); send a complete JPEG, PNG or BMP "
             f"file{_tensor_hint(info)}"
         ) from None
+    if problem is not None:
+        opened.close()
+        raise RequestError(problem)
     image: Image.Image = ImageOps.exif_transpose(opened) or opened
     return image if image.mode == "RGB" else image.convert("RGB")
 
@@ -231,14 +245,15 @@ def array_to_input(
     )
 
 
-def make_preprocess(resize: Resize) -> Preprocess:
-    """The per-request preprocessing for a source whose images fit by `resize`."""
+def make_preprocess(resize: Resize, max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES) -> Preprocess:
+    """The per-request preprocessing for a source whose images fit by `resize`; images
+    whose decoding would take more than `max_decode_bytes` are refused from their header."""
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize must be one of {RESIZE_MODES}, got {resize!r}")
 
     def preprocess(request: Request, info: ModelInfo) -> list[NDArray[Any]]:
         if request.kind == "image":
-            image = decode_image(request.payload, info)
+            image = decode_image(request.payload, info, max_decode_bytes)
             return [image_to_input(image, info, resize, request.meta)]
         if request.kind == "tensor":
             if len(info.inputs) != 1:

@@ -41,9 +41,6 @@ def test_a_tensor_of_the_input_size_is_a_tensor() -> None:
 def test_content_type_decides_the_kind() -> None:
     assert decode(image("PNG"), content_type="image/png").kind == "image"
     with pytest.raises(payloads.BadRequest) as exc:
-        decode(image("PNG"), content_type="application/octet-stream")
-    assert exc.value.reason == payloads.BAD_SIZE
-    with pytest.raises(payloads.BadRequest) as exc:
         decode(image("PNG"), content_type="text/plain")
     assert exc.value.reason == payloads.BAD_CONTENT_TYPE
 
@@ -179,3 +176,56 @@ def test_event_and_error_payloads() -> None:
 def test_split_reason() -> None:
     assert payloads.split_reason("busy: queue full") == ("busy", "busy: queue full")
     assert payloads.split_reason("unknown model: cats")[0] == "unknown_model"
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "BMP"])
+def test_an_image_sent_as_octet_stream_is_sniffed_as_the_image_it_is(fmt: str) -> None:
+    """Clients that label every payload "just bytes" (application/octet-stream) still get
+    their JPEG read, not "not an image"; a payload of exactly the input size stays a tensor."""
+    got = decode(image(fmt), content_type="application/octet-stream")
+    assert (got.kind, got.format) == ("image", fmt)
+    assert (
+        decode(b"\xff\xd8\xff" + b"\0" * (NBYTES - 3), content_type="application/octet-stream").kind
+        == "tensor"
+    )
+
+
+def png_claiming(width: int, height: int, color_type: int = 6) -> bytes:
+    """A PNG header claiming width x height (RGBA by default) over a few bytes of data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_the_default_decode_budget_refuses_a_36_mpx_rgba_png_under_the_old_40_mpx_cap() -> None:
+    """A 308 KB PNG under 40 Mpx cost 1.6 s of CPU and ~415 MB on a worker: the default
+    budget (96 MiB) refuses it from its header and quotes edgetpud's own limit."""
+    with pytest.raises(payloads.BadRequest) as exc:
+        decode(png_claiming(6000, 6000))
+    assert exc.value.reason == payloads.IMAGE_TOO_LARGE
+    text = str(exc.value)
+    assert "6000x6000 RGBA (36,000,000 pixels)" in text
+    assert "about 343 MiB, over daemon.max_decode_bytes (96 MiB" in text
+    # a 16 Mpx RGB photo, what the default is sized for, passes
+    assert decode(png_claiming(4000, 4000, color_type=2)).kind == "image"
+
+
+def test_the_budget_counts_bytes_per_pixel_of_the_mode() -> None:
+    budget = payloads.decode_cost("RGB", 1000, 1000)  # 6 MB: 1 Mpx of RGB
+    assert payloads.decode_cost("RGBA", 1000, 1000) > budget > payloads.decode_cost("L", 800, 800)
+    rgb, rgba = png_claiming(1000, 1000, color_type=2), png_claiming(1000, 1000, color_type=6)
+    assert decode(rgb, max_decode_bytes=budget).kind == "image"
+    with pytest.raises(payloads.BadRequest) as exc:
+        decode(rgba, max_decode_bytes=budget)
+    assert "over daemon.max_decode_bytes (6 MiB, about 1.0 megapixels of RGB)" in str(exc.value)

@@ -171,3 +171,24 @@ def test_images_need_an_image_shaped_input() -> None:
     flat = Info((Spec("x", (1, 16), "uint8"),))
     with pytest.raises(RequestError, match="send raw tensors instead"):
         make_preprocess("stretch")(request(encode(Image.new("RGB", (4, 4)))), flat)
+
+
+def test_an_image_over_the_decode_budget_is_refused_from_its_header() -> None:
+    """Refused before decoding: the header claims 20000x20000 over 64 bytes of data, so a
+    decode would fail as truncated; the budget speaks first and quotes its own limit."""
+    from tests.unit.test_payloads import png_claiming
+
+    with pytest.raises(RequestError) as exc:
+        decode_image(png_claiming(12000, 12000))
+    text = str(exc.value)
+    assert "12000x12000 RGBA (144,000,000 pixels)" in text and "daemon.max_decode_bytes" in text
+    assert "89 megapixels" not in text
+    # past twice Pillow's own limit Pillow refuses to open it; the message is still ours
+    with pytest.raises(RequestError) as bomb:
+        decode_image(png_claiming(20000, 20000))
+    text = str(bomb.value)
+    assert "400,000,000 pixels" in text and "daemon.max_decode_bytes (96 MiB" in text
+    assert "178956970" not in text and "89 megapixels" not in text
+    with pytest.raises(RequestError) as small:
+        decode_image(png_claiming(3000, 3000), max_decode_bytes=8 * 1024 * 1024)
+    assert "over daemon.max_decode_bytes (8 MiB" in str(small.value)
