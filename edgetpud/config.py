@@ -20,8 +20,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from edgetpud import labels as labels_file
 from edgetpud import pathcheck, plugins
-from edgetpud.errors import ConfigError, ConfigIssue, ConfigUnreadableError, PluginError
+from edgetpud.errors import (
+    ConfigError,
+    ConfigIssue,
+    ConfigUnreadableError,
+    ModelError,
+    PluginError,
+)
+from edgetpud.modelfile import TFLITE_IDENTIFIER
+from edgetpud.payloads import DEFAULT_MAX_DECODE_BYTES
 from edgetpud.schema import Context, did_you_mean, join, load_table, option, show
 
 if sys.version_info >= (3, 11):
@@ -60,7 +69,61 @@ def check_node_id(value: str) -> str | None:
     return check_topic_segment(value)
 
 
+MAX_PREFIX_CHARS = 200  # topics stay far below MQTT's 65,535 bytes with model names added
+MQTT_STRING_BYTES = 65_535  # MQTT's UTF-8 string limit (client id, user name, password)
+MAX_HOST_CHARS = 253  # the longest DNS name
+MAX_MODELS = 256
+MAX_GLOBS = 256
+MAX_PASSWORD_FILE_BYTES = 1024 * 1024
+
+
+def _mqtt_string(value: str, what: str) -> str | None:
+    """Problem text if `value` cannot travel as an MQTT UTF-8 string, else None."""
+    if "\0" in value:
+        return f"{what} contains a NUL character, which MQTT forbids; remove it"
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MQTT_STRING_BYTES:
+        return (
+            f"{what} is {size:,} bytes, over MQTT's limit of {MQTT_STRING_BYTES:,} bytes for "
+            "a string (the MQTT client would die on connect); shorten it"
+        )
+    return None
+
+
+def check_client_id(value: str) -> str | None:
+    """MQTT's string limit; what MQTT 3.1.1 brokers must accept is only 1-23 characters."""
+    return _mqtt_string(value, "the client id") or (
+        None
+        if not value or value.isprintable()
+        else "the client id holds control characters; use letters, digits, - and _"
+    )
+
+
+def check_username(value: str) -> str | None:
+    return _mqtt_string(value, "the user name")
+
+
+def check_host(value: str) -> str | None:
+    if len(value) > MAX_HOST_CHARS or any(c.isspace() or not c.isprintable() for c in value):
+        return (
+            f"{show(value[:60])}{'...' if len(value) > 60 else ''} is not a host name or address "
+            f"(at most {MAX_HOST_CHARS} characters, no spaces or control characters)"
+        )
+    return None
+
+
+def check_globs(value: tuple[str, ...]) -> str | None:
+    if len(value) > MAX_GLOBS:
+        return f"has {len(value)} patterns, over the limit of {MAX_GLOBS}; use wider globs"
+    return None
+
+
 def check_topic_prefix(value: str) -> str | None:
+    if len(value) > MAX_PREFIX_CHARS:
+        return (
+            f"is {len(value)} characters long, over the limit of {MAX_PREFIX_CHARS} for a "
+            "topic prefix; shorten it"
+        )
     parts = value.split("/")
     if any(not p or check_topic_segment(p) for p in parts):
         return (
@@ -150,11 +213,20 @@ class DaemonConfig:
     log_level: Literal["debug", "info", "warning", "error"] = option(
         "Log verbosity on stderr (journald captures it).", "info"
     )
+    max_decode_bytes: int = option(
+        "Most memory decoding one image may take: width x height x bytes per pixel plus its "
+        "RGB copy and the decoder's work (about 6 bytes per pixel for a JPEG photo, 10 for an "
+        "RGBA PNG); larger images are refused from their header, before decoding. The "
+        "default (96 MiB) takes a 16-megapixel photo.",
+        DEFAULT_MAX_DECODE_BYTES,
+        minimum=1024 * 1024,
+        maximum=16 * 1024 * 1024 * 1024,
+    )
 
 
 @dataclass(frozen=True)
 class MqttConfig:
-    host: str = option("Broker host name or address.", "localhost")
+    host: str = option("Broker host name or address.", "localhost", check=check_host)
     port: int = option(
         "Broker port (1883 plain, 8883 TLS by convention).", 1883, minimum=1, maximum=65535
     )
@@ -162,7 +234,12 @@ class MqttConfig:
     protocol: Literal["3.1.1", "5"] = option(
         "MQTT protocol version; 5 enables response topics and correlation data.", "5"
     )
-    client_id: str = option("MQTT client id; empty means edgetpud-<node_id>.", "")
+    client_id: str = option(
+        "MQTT client id; empty means edgetpud-<node_id>. At most 65,535 bytes (MQTT's limit); "
+        "MQTT 3.1.1 brokers need only accept 1-23 letters and digits.",
+        "",
+        check=check_client_id,
+    )
     topic_prefix: str = option(
         "First topic levels; topics are <topic_prefix>/<node_id>/...",
         "edgetpud",
@@ -184,7 +261,7 @@ class MqttConfig:
         minimum=64,
         maximum=256 * 1024 * 1024,
     )
-    username: str = option("User name for the broker; empty for none.", "")
+    username: str = option("User name for the broker; empty for none.", "", check=check_username)
     password_file: Path | None = option(
         "File holding the broker password (mode 0600); never put the password in this file.",
         None,
@@ -237,8 +314,11 @@ class DevicesConfig:
     allow: tuple[str, ...] = option(
         'Port-path globs of USB ports that may be used (e.g. ["2-*"]); PCIe identities match too.',
         ("*",),
+        check=check_globs,
     )
-    deny: tuple[str, ...] = option("Port-path globs never to use; deny wins over allow.", ())
+    deny: tuple[str, ...] = option(
+        "Port-path globs never to use; deny wins over allow.", (), check=check_globs
+    )
     secondary_ports: Literal["warn", "reject", "allow"] = option(
         "What to do with an accelerator on a secondary port of a cascaded hub.", "warn"
     )
@@ -687,6 +767,13 @@ def _load_models(
     if not isinstance(data, dict):
         ctx.error("models", f"must be a table of [models.<name>] tables, got {show(data)}")
         return {}
+    if len(data) > MAX_MODELS:
+        ctx.error(
+            "models",
+            f"{len(data):,} models, over the limit of {MAX_MODELS}; a box serves a few dozen "
+            "at most (each needs its own worker and device memory): keep the ones it runs",
+        )
+        return {}
     models: dict[str, ModelConfig] = {}
     for name, table in data.items():
         path = f"models.{toml_key(name)}"
@@ -762,7 +849,35 @@ def _load_plugin_table(  # noqa: PLR0917
     return PluginTable(type_name, options)
 
 
+def _model_header_problem(file: Path) -> str | None:
+    """Why `file` is not a TensorFlow Lite model by its first 8 bytes (the flatbuffer file
+    identifier "TFL3" at offset 4), or None; a file this user cannot read is not judged."""
+    try:
+        with file.open("rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    if len(head) == 8 and head[4:8] == TFLITE_IDENTIFIER:
+        return None
+    what = "is empty" if not head else "lacks the TFL3 marker of a TensorFlow Lite file"
+    return (
+        f"{file} is not a TensorFlow Lite model (it {what}); give the .tflite file "
+        "(an _edgetpu.tflite build from edgetpu_compiler for the Edge TPU)"
+    )
+
+
 def _check_model(model: ModelConfig, path: str, ctx: Context) -> None:
+    for key in ("model", "cpu_model"):
+        file = getattr(model, key)
+        problem = _model_header_problem(file) if file is not None else None
+        if problem:
+            ctx.error(join(path, key), problem)
+    if model.labels is not None:
+        try:
+            labels_file.read_labels_text(model.labels)
+        except ModelError as exc:
+            if "cannot be read" not in str(exc):  # readable only by the service's user
+                ctx.error(join(path, "labels"), str(exc))
     if model.cpu_model is not None and model.cpu_model.name.endswith("_edgetpu.tflite"):
         ctx.error(
             join(path, "cpu_model"),
@@ -836,17 +951,29 @@ def _check_mqtt(mqtt: MqttConfig, ctx: Context) -> None:
 def _check_password_text(path: Path, ctx: Context) -> None:
     """The daemon reads the password's first line as UTF-8; say so before it fails to."""
     try:
-        data = path.read_bytes()
+        data = pathcheck.read_bounded(path, MAX_PASSWORD_FILE_BYTES)
+    except pathcheck.TooLarge as exc:
+        ctx.error(
+            "mqtt.password_file",
+            f"{path} is {exc.size:,} bytes, over the {MAX_PASSWORD_FILE_BYTES:,}-byte limit "
+            "for a password file; is it the right file?",
+        )
+        return
     except OSError:  # reported by _check_secret_file, or readable only by the service's user
         return
     try:
-        data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         ctx.error(
             "mqtt.password_file",
             f"{path} is not UTF-8 text (byte {exc.start}); write the password as the "
             "first line in UTF-8",
         )
+        return
+    first = text.splitlines()[0] if text else ""
+    problem = _mqtt_string(first, "the password (first line)")
+    if problem:
+        ctx.error("mqtt.password_file", f"{path}: {problem}")
 
 
 def _ssl_reason(exc: ssl.SSLError) -> str:

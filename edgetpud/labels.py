@@ -26,6 +26,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgetpud import pathcheck
 from edgetpud.errors import ModelError
 
 if TYPE_CHECKING:
@@ -78,18 +79,70 @@ def parse_labels(text: str, source: str = "") -> Labels:
     return Labels({i: line.strip() for i, line in enumerate(lines)}, source)
 
 
-def load_labels(path: str | Path) -> Labels:
-    """Read a label file; ModelError saying what to fix when it cannot be read."""
-    path = Path(path)
+# Bounds on a label file. The largest label files in use are ImageNet-21k's (21,843 lines,
+# ~300 KB); a file past these is not a label file, and its lines would be published as
+# labels in every result.
+MAX_LABELS_BYTES = 2 * 1024 * 1024
+MAX_LABELS_LINES = 65_536
+MAX_LABEL_CHARS = 1024
+# Control characters a text label file never holds (tab, newline, carriage return and
+# form feed are fine); their presence means a binary file.
+_BINARY = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
+
+
+def read_labels_text(path: Path) -> str:
+    """The text of label file `path`, or ModelError saying why it is not a label file:
+    not a regular file, over MAX_LABELS_BYTES, not UTF-8, binary, more than
+    MAX_LABELS_LINES lines or a line over MAX_LABEL_CHARS characters."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = pathcheck.read_bounded(path, MAX_LABELS_BYTES)
     except FileNotFoundError:
         raise ModelError(f"label file {path} does not exist; fix the labels path") from None
-    except UnicodeDecodeError:
-        raise ModelError(f"label file {path} is not UTF-8 text; re-save it as UTF-8") from None
+    except pathcheck.NotARegularFile as exc:
+        raise ModelError(
+            f"label file {path} {exc}; point labels at the model's text label file"
+        ) from None
+    except pathcheck.TooLarge as exc:
+        raise ModelError(
+            f"label file {path} is {exc.size:,} bytes, over the {MAX_LABELS_BYTES:,}-byte limit "
+            "for a label file (ImageNet-21k's is 300 KB); is it the model's label file?"
+        ) from None
     except OSError as exc:
-        raise ModelError(f"label file {path} cannot be read: {exc.strerror}") from None
-    labels = parse_labels(text, str(path))
+        raise ModelError(f"label file {path} cannot be read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        binary = b"\0" in data[:4096]
+        what = "is binary, not text" if binary else f"is not UTF-8 text (byte {exc.start})"
+        fix = "point labels at the model's text label file" if binary else "re-save it as UTF-8"
+        raise ModelError(f"label file {path} {what}; {fix}") from None
+    found = _BINARY.search(text)
+    if found:
+        raise ModelError(
+            f"label file {path} is binary, not text (control character "
+            f"{ord(found.group()):#04x} at character {found.start()}); point labels at the "
+            "model's text label file"
+        )
+    lines = text.splitlines()
+    if len(lines) > MAX_LABELS_LINES:
+        raise ModelError(
+            f"label file {path} has {len(lines):,} lines, over the limit of "
+            f"{MAX_LABELS_LINES:,} labels; is it the model's label file?"
+        )
+    for number, line in enumerate(lines, 1):
+        if len(line) > MAX_LABEL_CHARS:
+            raise ModelError(
+                f"label file {path} line {number} is {len(line):,} characters long, over the "
+                f"limit of {MAX_LABEL_CHARS} for one label; is it the model's label file?"
+            )
+    return text
+
+
+def load_labels(path: str | Path) -> Labels:
+    """Read a label file; ModelError saying what to fix when it cannot be read or is not
+    a label file (see `read_labels_text`)."""
+    path = Path(path)
+    labels = parse_labels(read_labels_text(path), str(path))
     if not labels:
         log.warning("label file %s holds no labels; class ids will be shown instead", path)
     return labels

@@ -23,6 +23,7 @@ from typing import Any
 from flatbuffers import flexbuffers
 from flatbuffers.table import Table
 
+from edgetpud import pathcheck
 from edgetpud.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
 TFLITE_IDENTIFIER = b"TFL3"
 PACKAGE_IDENTIFIER = b"DWN1"
+MAX_MODEL_BYTES = 2**31 - 1  # a flatbuffer cannot be larger
 
 # TFLite schema.fbs `TensorType` → (numpy-style name, bytes per element).
 _TENSOR_TYPES: dict[int, tuple[str, int]] = {
@@ -124,7 +126,18 @@ def inspect_model(path: Path) -> ModelInfo:
     """Read a .tflite file's inputs, outputs and Edge TPU facts; raise ModelError if unusable."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = pathcheck.read_bounded(path, MAX_MODEL_BYTES)
+    except pathcheck.NotARegularFile as exc:
+        if "folder" in str(exc):
+            raise ModelError(
+                f"model path {path} is a directory: name the .tflite file in it"
+            ) from None
+        raise ModelError(f"model path {path} {exc}: name the .tflite file") from None
+    except pathcheck.TooLarge as exc:
+        raise ModelError(
+            f"model file {path} is {exc.size:,} bytes, over the {MAX_MODEL_BYTES:,}-byte "
+            "limit for a TensorFlow Lite model (flatbuffers stop at 2 GiB)"
+        ) from None
     except FileNotFoundError:
         raise ModelError(
             f"model file {path} does not exist: check the path (the package ships no "

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 from edgetpud.errors import ConfigIssue
+from edgetpud.pathcheck import not_a_file
 
 T = TypeVar("T")
 Check = Callable[[Any], "str | None"]
@@ -28,6 +29,7 @@ Check = Callable[[Any], "str | None"]
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _INVALID = object()
+SHOW_CHARS = 60  # a value longer than this is cut in messages
 
 
 def option(
@@ -56,7 +58,10 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("a duration")
     if isinstance(value, (int, float)):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer past 1e308
+            raise ValueError("a duration") from None
     if isinstance(value, str):
         match = _DURATION.match(value)
         if match:
@@ -76,6 +81,10 @@ def show(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, dict):
         return "a table"
+    if isinstance(value, str) and len(value) > SHOW_CHARS:
+        return f'{json.dumps(value[:SHOW_CHARS])[:-1]}..." ({len(value):,} characters)'
+    if isinstance(value, int) and len(str(value)) > 24:
+        return f"a {len(str(value))}-digit number"
     if isinstance(value, (str, int, float)):
         return json.dumps(value)
     if isinstance(value, list):
@@ -185,9 +194,15 @@ def convert(hint: Any, md: Mapping[str, Any], value: Any, path: str, ctx: Contex
             return _INVALID
         p = Path(value).expanduser()
         p = p if p.is_absolute() else ctx.base_dir / p
-        if kind == "file" and not p.is_file():
-            what = "is a folder, not a file" if p.is_dir() else "does not exist"
-            ctx.error(path, f"{p} {what}; fix the path or create the file")
+        what = not_a_file(p) if kind == "file" else None
+        if what is not None:
+            if "permission denied" in what:
+                fix = "let the user running edgetpud into the folders above it"
+            elif what.startswith(("does not exist", "is a folder", "is a symbolic link to")):
+                fix = "fix the path or create the file"
+            else:
+                fix = "point it at a regular file"
+            ctx.error(path, f"{p} {what}; {fix}")
             return _INVALID
         if kind == "dir" and not p.is_dir():
             ctx.error(path, f"{p} is not a folder; fix the path or create it")
@@ -230,7 +245,12 @@ def convert(hint: Any, md: Mapping[str, Any], value: Any, path: str, ctx: Contex
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             ctx.error(path, f"must be a number{_range_text(md)}, got {show(value)}")
             return _INVALID
-        return _bounded(float(value), md, path, ctx)
+        try:
+            number = float(value)
+        except OverflowError:
+            ctx.error(path, f"must be a number{_range_text(md)}, got {_num(value)}")
+            return _INVALID
+        return _bounded(number, md, path, ctx)
     if hint is str:
         if not isinstance(value, str):
             ctx.error(path, f"must be a string, got {show(value)}")
@@ -255,7 +275,10 @@ def _range_text(md: Mapping[str, Any], unit: str = "") -> str:
 
 
 def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
+    if isinstance(x, int):  # TOML integers have any size; floats past 1e308 overflow
+        text = str(x)
+        return text if len(text) <= 24 else f"a {len(text)}-digit number"
+    return str(int(x)) if x.is_integer() else str(x)
 
 
 def _bounded(value: float, md: Mapping[str, Any], path: str, ctx: Context, unit: str = "") -> Any:

@@ -32,7 +32,7 @@ BROKEN = {
 
 
 def write_config(folder: Path, table: str, body: str) -> Path:
-    (folder / "m.tflite").write_bytes(b"model")
+    (folder / "m.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3")
     path = folder / "edgetpud.toml"
     path.write_text(f'[models.m]\nmodel = "m.tflite"\n\n[models.m.{table}]\n{body}\n')
     path.chmod(0o644)
@@ -77,7 +77,7 @@ def test_camera_without_opencv_is_refused_with_the_install_hint(tmp_path: Path) 
 
 
 def test_lenient_loading_disables_only_the_models_whose_plugin_is_broken(tmp_path: Path) -> None:
-    (tmp_path / "m.tflite").write_bytes(b"model")
+    (tmp_path / "m.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3")
     path = tmp_path / "edgetpud.toml"
     path.write_text(
         '[models.ok]\nmodel = "m.tflite"\n[models.ok.postprocess]\ntype = "classify"\n\n'

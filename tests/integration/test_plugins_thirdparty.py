@@ -123,7 +123,7 @@ def _digest(data: bytes) -> str:
 
 def discover(target: Path, tmp_path: Path) -> dict[str, object]:
     model = tmp_path / "m.tflite"
-    model.write_bytes(b"x")
+    model.write_bytes(b"\x1c\x00\x00\x00TFL3")
     env = {**os.environ, "PYTHONPATH": str(target)}
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(SCRIPT), str(model)],

@@ -18,8 +18,8 @@ EXAMPLE = ROOT / "etc" / "edgetpud" / "edgetpud.toml"
 @pytest.fixture
 def files(tmp_path: Path) -> Path:
     """A folder with the files a config may name: models, labels, a 0600 password file."""
-    (tmp_path / "m.tflite").write_bytes(b"TFL3")
-    (tmp_path / "m_edgetpu.tflite").write_bytes(b"TFL3")
+    (tmp_path / "m.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3")
+    (tmp_path / "m_edgetpu.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3")
     (tmp_path / "labels.txt").write_text("0 cat\n")
     (tmp_path / "labels.d").mkdir()
     pw = tmp_path / "pw"

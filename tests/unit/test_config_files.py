@@ -223,7 +223,7 @@ def test_utf8_password_file_is_valid(folder: Path, capsys: pytest.CaptureFixture
 def test_model_name_with_a_dot_is_quoted_in_key_paths(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "m.tflite").write_bytes(b"TFL3")
+    (tmp_path / "m.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3")
     path = write(tmp_path, '[models."mobilenet.v2"]\nmodel = "m.tflite"\npriority = 500\n')
     code, _, err = check(path, capsys)
     assert code == 1

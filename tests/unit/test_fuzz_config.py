@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edgetpud import config
-from edgetpud.errors import ConfigError
+from edgetpud.errors import ConfigError, ConfigUnreadableError
 from tests.support.examples import examples
 
 SECTION_KEYS: dict[str, list[str]] = {
@@ -93,3 +93,70 @@ def test_any_document_is_a_config_or_a_config_error_with_paths(data: dict[str, A
         return
     assert isinstance(cfg, config.Config)
     assert set(cfg.models) <= set(data.get("models") or {})
+
+
+# ---- whole files: nesting depth and sizes (issue 26) --------------------------------------
+
+
+def _nest(depth: int, kind: str, leaf: str) -> str:
+    if kind == "array":
+        return "[" * depth + leaf + "]" * depth
+    return "{a = " * depth + leaf + "}" * depth
+
+
+_where = st.sampled_from(
+    [
+        "x = {v}\n",
+        "[daemon]\nnode_id = {v}\n",
+        "[devices]\nallow = {v}\n",
+        "[models.m]\nmodel = {v}\n",
+    ]
+)
+_nested = st.builds(
+    lambda where, depth, kind, leaf: where.format(v=_nest(depth, kind, leaf)),
+    _where,
+    st.one_of(st.integers(0, 40), st.integers(300, 3000)),
+    st.sampled_from(["array", "table"]),
+    st.sampled_from(['"2-*"', "1", '""', "[]", "{}"]),
+)
+_sized = st.builds(
+    lambda key, n, ch: f'[mqtt]\n{key} = "{ch * n}"\n',
+    st.sampled_from(["client_id", "username", "host", "topic_prefix", "homeassistant_prefix"]),
+    st.one_of(st.integers(0, 300), st.integers(60_000, 70_000)),
+    st.sampled_from(["a", "é", "/", "\\u0000", "+"]),
+)
+_digits = st.builds(lambda n: f"[mqtt]\nport = {'9' * n}\n", st.integers(1, 6000))
+_many_models = st.builds(
+    lambda n: "".join(f'[models.m{i}]\nmodel = "m.tflite"\n' for i in range(n)),
+    st.integers(250, 600),
+)
+
+
+@settings(
+    max_examples=examples(1_000),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(text=st.one_of(_nested, _sized, _digits, _many_models))
+def test_any_file_is_a_config_or_one_readable_error(text: str, tmp_path: Path) -> None:
+    """Nesting 0-3,000 deep, strings of up to 70,000 bytes, 6,000-digit integers and
+    hundreds of models: `config.load` returns a Config or raises ConfigError (with key
+    paths) or ConfigUnreadableError (one line); never RecursionError, ValueError, or a
+    message the size of the input."""
+    (tmp_path / "m.tflite").write_bytes(b"\x1c\x00\x00\x00TFL3")
+    path = tmp_path / "edgetpud.toml"
+    path.write_text(text)
+    try:
+        cfg = config.load(path)
+    except ConfigUnreadableError as exc:
+        message = str(exc)
+        assert "\n" not in message and len(message) < 400 + len(str(path)), message[:500]
+        return
+    except ConfigError as exc:
+        for issue in exc.issues:
+            assert issue.path and issue.message.strip()
+            assert len(issue.message) < 600, issue.message[:500]
+        return
+    assert isinstance(cfg, config.Config)
+    assert len(cfg.models) <= config.MAX_MODELS
+    assert len(cfg.mqtt.client_id.encode()) <= config.MQTT_STRING_BYTES

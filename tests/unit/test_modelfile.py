@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -250,3 +251,11 @@ def test_real_truncated_model(models_dir: Path, tmp_path: Path) -> None:
     path = write(tmp_path, data[: len(data) // 2], "half_edgetpu.tflite")
     with pytest.raises(ModelError, match=r"half_edgetpu.tflite is truncated or corrupt"):
         inspect_model(path)
+
+
+def test_a_fifo_as_model_is_named_and_never_opened(tmp_path: Path) -> None:
+    """read_bytes() on a named pipe blocks until someone writes: the daemon would hang."""
+    fifo = tmp_path / "m.tflite"
+    os.mkfifo(fifo)
+    with pytest.raises(ModelError, match=r"is a named pipe \(FIFO\), not a file"):
+        inspect_model(fifo)
