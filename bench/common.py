@@ -258,6 +258,42 @@ firmware_debounce = "{debounce}"
             d.close()
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by `pid` and every living descendant (the
+    daemon and its device hosts), plus what its reaped children used (cutime/cstime)."""
+    return sum(cpu_split_s(pid))
+
+
+def cpu_split_s(pid: int) -> tuple[float, float]:
+    """(CPU seconds of `pid` itself, of its descendants living or reaped), user + system."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, list[str]]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        stats[int(entry)] = (int(fields[1]), fields)
+    own = children = 0
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        if current not in stats:
+            continue
+        fields = stats[current][1]
+        # fields[11:15] are utime, stime, cutime, cstime (stat fields 14-17)
+        ticks = [int(x) for x in fields[11:15]]
+        if current == pid:
+            own += ticks[0] + ticks[1]
+            children += ticks[2] + ticks[3]
+        else:
+            children += sum(ticks)
+        todo.extend(child for child, (ppid, _) in stats.items() if ppid == current)
+    return own / tick, children / tick
+
+
 @contextmanager
 def rig(invoke_ms: float = INVOKE_MS, swap_ms: float = 0.0) -> Iterator[Rig]:
     from tests.support.broker import Broker

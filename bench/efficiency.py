@@ -56,9 +56,12 @@ def measure_daemon(
     try:
         common.wait_for(lambda: tap.count() >= 20 * k, 120, "results from every model")
         time.sleep(warmup)
+        pid = d.proc.pid
+        cpu0 = common.cpu_split_s(pid)
         t0 = time.time()
         time.sleep(seconds)
         t1 = time.time()
+        cpu1 = common.cpu_split_s(pid)
         time.sleep(0.5)  # let messages of the window arrive
         times = [t for t, _, _ in tap.lines()]
         rate = common.rate_between(times, t0, t1)
@@ -70,8 +73,17 @@ def measure_daemon(
     finally:
         d.stop(timeout=60)
         tap.stop()
+    results = rate * (t1 - t0)
+
+    def per(cpu_s: float) -> float | None:
+        return round(cpu_s / results * 1e6, 1) if results else None
+
     return {
         "rate_per_s": round(rate, 1),
+        # the daemon and its device hosts together, per result counted at the subscriber
+        "cpu_us_per_result": per(sum(cpu1) - sum(cpu0)),
+        "daemon_cpu_us_per_result": per(cpu1[0] - cpu0[0]),
+        "hosts_cpu_us_per_result": per(cpu1[1] - cpu0[1]),
         "per_model_per_s": {m: round(n / (t1 - t0), 1) for m, n in sorted(per_model.items())},
         "loadavg_1m_after": round(os.getloadavg()[0], 2),
     }
@@ -132,10 +144,14 @@ def run(quick: bool = False) -> dict[str, Any]:
                 figures.append(fig)
                 rows.append(
                     [k, qos, m["rate_per_s"], round(ceiling, 1), round(eff, 3),
-                     fig["bare_loops_per_s"] or "-", fig["share_of_bare"] or "-"]
+                     m["cpu_us_per_result"], fig["bare_loops_per_s"] or "-",
+                     fig["share_of_bare"] or "-"]
                 )  # fmt: skip
                 print(
-                    f"  K={k} QoS {qos}: {m['rate_per_s']:.0f}/s, efficiency {eff:.3f}", flush=True
+                    f"  K={k} QoS {qos}: {m['rate_per_s']:.0f}/s, efficiency {eff:.3f}, "
+                    f"{m['cpu_us_per_result']} CPU us/result (daemon "
+                    f"{m['daemon_cpu_us_per_result']}, hosts {m['hosts_cpu_us_per_result']})",
+                    flush=True,
                 )
     record["figures"] = figures
     at4 = [f["efficiency"] for f in figures if f["k"] == 4 and f["qos"] == 0]
@@ -148,6 +164,7 @@ def run(quick: bool = False) -> dict[str, Any]:
             "inferences/s",
             "ceiling/s (K/2.6 ms)",
             "efficiency",
+            "CPU µs/result (daemon + hosts)",
             "bare loops/s",
             "÷ bare",
         ],
