@@ -11,7 +11,9 @@ input tensor (dtype uint8 already, no quantize step), batched and copied into th
 interpreter's input tensor; results are top-3 classifications with labels, published as
 JSON to a real mosquitto at QoS 0 or 1 and counted by a mosquitto_sub subscriber.
 
-Figure: efficiency = achieved inferences/s / (K / 2.6 ms). Target >= 0.90 at K = 4, QoS 0.
+Figure: efficiency = achieved inferences/s / (K / 2.6 ms). Targets: >= 0.97 at K = 4, QoS 0;
+>= 0.90 at K = 8, QoS 1. CPU per result: user + system time of the daemon and its device
+hosts over the measuring window (/proc), divided by the results counted.
 For context, the same K simulated TPUs driven by bare invoke loops (no Python work, no
 MQTT) in the same run: what the machine could do at that moment ("÷ bare").
 
@@ -35,7 +37,8 @@ import common
 HERE = Path(__file__).resolve().parent
 NAME = "efficiency"
 FRAME = 128  # the model's input size; the synthetic source's width/height 0 means that
-TARGET = 0.90
+TARGET = 0.97  # at K = 4, QoS 0
+TARGET_K8_QOS1 = 0.90
 SOURCE = 'type = "synthetic"\nrate = 0\npattern = "noise"'
 
 
@@ -155,8 +158,16 @@ def run(quick: bool = False) -> dict[str, Any]:
                 )
     record["figures"] = figures
     at4 = [f["efficiency"] for f in figures if f["k"] == 4 and f["qos"] == 0]
-    record["target"] = {"efficiency_k4_qos0_min": TARGET, "measured": at4[0] if at4 else None}
-    record["target"]["met"] = bool(at4 and at4[0] >= TARGET)
+    at8 = [f["efficiency"] for f in figures if f["k"] == 8 and f["qos"] == 1]
+    record["target"] = {
+        "efficiency_k4_qos0_min": TARGET,
+        "measured": at4[0] if at4 else None,
+        "efficiency_k8_qos1_min": TARGET_K8_QOS1,
+        "measured_k8_qos1": at8[0] if at8 else None,
+    }
+    record["target"]["met"] = bool(at4 and at4[0] >= TARGET) and (
+        not at8 or at8[0] >= TARGET_K8_QOS1
+    )
     record["table"] = common.table(
         [
             "K",
