@@ -238,9 +238,28 @@ def render(
                 frigate_rows,
             )
         )
+    host_rows = [row for name in sorted(nodes) for row in _host_rows(name, nodes[name])]
+    if host_rows:
+        parts.append(
+            _table(
+                ["NODE", "HOST FOR", "PID", "STATE", "RESTARTS", "DEATHS", "LAST EXIT"],
+                host_rows,
+            )
+        )
     if fleet and model_rows:
         parts.append(_fleet_table(nodes, online))
     return "\n\n".join(parts)
+
+
+def _host_rows(node: str, health: Mapping[str, Any]) -> list[list[str]]:
+    """The device hosts (docs/workers.md): one process per device in use, and how it ended
+    last time it died."""
+    return [
+        [node, str(h.get("device", "")), str(h.get("pid") or "-"), str(h.get("state", "")),
+         str(h.get("restarts", 0)), str(h.get("deaths", 0)),
+         _cut(str(h.get("last_exit") or ""), REASON_WIDTH)]
+        for h in _items(health.get("hosts"), "device")
+    ]  # fmt: skip
 
 
 def _frigate_rows(node: str, health: Mapping[str, Any]) -> list[list[str]]:
