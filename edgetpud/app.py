@@ -23,6 +23,8 @@ from edgetpud.daemon.ports import Component, ComponentContext, ObservesResults, 
 from edgetpud.daemon.state import Board
 from edgetpud.daemon.supervisor import Parts, Supervisor
 from edgetpud.devices import DeviceWatcher
+from edgetpud.hosts import HostPool
+from edgetpud.hosts.component import HostsComponent
 from edgetpud.mqtt import MqttLink
 from edgetpud.notify import Notifier
 from edgetpud.workers import Session
@@ -40,20 +42,28 @@ SWITCH_INTERVAL_S = 0.001
 
 
 class RuntimeAdapter:
-    """edgetpud.runtime as the supervisor's `ports.Runtime`."""
+    """The supervisor's `ports.Runtime`: sessions in device hosts (edgetpud/hosts), one
+    child process per device, so that libedgetpu's aborts and wedges cost a host."""
+
+    def __init__(self, pool: HostPool) -> None:
+        self.pool = pool
 
     def name(self, prefer: str) -> str:
         return runtime.runtime_name(prefer)
 
     def open(self, model: Path, target: str, rcfg: RuntimeConfig, performance: str) -> Session:
-        return runtime.open_session(
-            model,
+        return self.pool.open_session(
             target,
+            model,
             library=rcfg.library,
             performance=performance,
             cpu_threads=rcfg.cpu_threads,
             prefer=rcfg.runtime,
         )
+
+    def recover(self, device: str, why: str) -> bool:
+        """A wedged invoke: kill the device's host, reset the device once it is gone."""
+        return self.pool.recover(device, why)
 
     def is_device_fault(self, exc: BaseException | None) -> bool:
         """Whether the device itself refused (a port worth remembering as bad).
@@ -84,7 +94,12 @@ def build(cfg: Config, *, log_level_pinned: bool = False) -> Supervisor:
     events: EventQueue = queue.Queue()
     board = Board()
     intake = Intake()
-    parts_built = components(cfg, ComponentContext(board, events.put, intake.submit))
+    pool = HostPool(runtime=cfg.runtime.runtime, log_level=cfg.daemon.log_level.upper())
+    # The hosts' component comes first, so it stops last: after the other components.
+    parts_built: list[Component] = [
+        HostsComponent(pool),
+        *components(cfg, ComponentContext(board, events.put, intake.submit)),
+    ]
 
     def watcher() -> DeviceWatcher:
         return DeviceWatcher(
@@ -97,7 +112,7 @@ def build(cfg: Config, *, log_level_pinned: bool = False) -> Supervisor:
     parts = Parts(
         link_factory=MqttLink,
         watcher_factory=watcher,
-        runtime=RuntimeAdapter(),
+        runtime=RuntimeAdapter(pool),
         notifier=Notifier(),
         events=events,
         board=board,

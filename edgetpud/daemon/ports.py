@@ -99,6 +99,11 @@ class Runtime(Protocol):
         """Open `model` on `target` ("cpu" or a device identity)."""
         ...
 
+    def recover(self, device: str, why: str) -> bool:
+        """A wedged invoke on `device`: end what holds it (its device host) and reset it,
+        so it can be opened again; False when nothing could be done."""
+        ...
+
     def is_device_fault(self, exc: BaseException | None) -> bool:
         """Whether an open failure was the device refusing (a port worth learning as bad)."""
         ...

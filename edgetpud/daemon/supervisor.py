@@ -427,6 +427,10 @@ class Supervisor:
                     f"{report.consecutive_errors} consecutive inference errors: {report.error}",
                 )
                 self._replan(f"{device} quarantined")
+        elif report.kind == "host_lost":
+            # the worker hands its requests back and reopens in a restarted host by itself
+            self._publish_event("host_died", model=report.model, device=device, reason=report.error)
+            self._health_dirty = True
         elif report.kind == "stopped":
             self._health_dirty = True
 
@@ -443,12 +447,25 @@ class Supervisor:
 
     def _on_stall(self, rt: ModelRuntime, target: str, worker: Worker) -> None:
         rt.workers.pop(target, None)
-        reason = (
+        stalled = (
             f"an inference of model {rt.name} has run longer than stall_timeout "
-            f"({self.cfg.daemon.stall_timeout:g} s); the device is treated as hung until it is replugged"
+            f"({self.cfg.daemon.stall_timeout:g} s)"
         )
-        log.error("worker %s stalled: %s", worker.name, reason)
-        if target != "cpu":
+        # Its device host is killed and the device reset (edgetpud/hosts); it is quarantined
+        # meanwhile, so the model is served elsewhere, and opened again when the quarantine
+        # ends: no replug. Only a device whose host could not be reached (none running) is
+        # treated as hung until it is replugged.
+        if target != "cpu" and self.parts.runtime.recover(target, stalled):
+            reason = f"{stalled}; its host was killed and the device is being reset"
+            log.error("worker %s stalled: %s", worker.name, reason)
+            self._quarantine(target, f"wedged: {reason}")
+        elif target == "cpu":
+            self.parts.runtime.recover(target, stalled)
+            reason = f"{stalled}; the CPU host was killed and is restarted"
+            log.error("worker %s stalled: %s", worker.name, reason)
+        else:
+            reason = f"{stalled}; the device is treated as hung until it is replugged"
+            log.error("worker %s stalled: %s", worker.name, reason)
             dh = self.device_health.setdefault(target, DeviceHealth())
             dh.hung = True
             dh.reason = f"hung: {reason}"

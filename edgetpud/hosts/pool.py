@@ -11,8 +11,9 @@ When a host dies (abort, segfault, OOM kill, or killed on purpose after a wedge)
   `HostFailed` with the reason ("host for usb:2-1 aborted 3 times in 60 s, the last:
   aborted: …"); the service quarantines the device and the death count starts afresh,
   so the first open after the quarantine gets a new host;
-- after a wedge (`recover`), the device is reset (`reset`, e.g. USBDEVFS_RESET on a
-  USB Accelerator) before the new host opens it.
+- after a wedge (`recover`), the host is killed and, once it is gone, the device is
+  reset (`reset`, e.g. USBDEVFS_RESET on a USB Accelerator: never under a live
+  libedgetpu, which would abort on the failed transfers); opens wait for the reset.
 
 Hosts are started from one long-lived thread, the spawner: PR_SET_PDEATHSIG fires when
 the *thread* that forked the child ends, so a host started from a worker lane would be
@@ -60,7 +61,8 @@ class _Slot:
     deaths: collections.deque[float] = field(default_factory=collections.deque)
     not_before: float = 0.0
     failed: str = ""
-    reset_pending: str = ""
+    reset_pending: str = ""  # why: set by recover(), the reset runs once the host is gone
+    resetting: bool = False
     restarts: int = 0
     deaths_total: int = 0
     last_exit: str = ""
@@ -72,7 +74,7 @@ class HostStatus:
 
     device: str
     pid: int
-    state: str  # "running", "starting", "restarting", "failed", "stopped"
+    state: str  # "running", "starting", "restarting", "resetting", "failed", "stopped"
     restarts: int
     deaths: int  # exits edgetpud did not ask for (abort, crash, kill), since the start
     last_exit: str
@@ -182,18 +184,13 @@ class HostPool:
                 if slot.host is not None and slot.host.alive:
                     return slot.host
                 wait = slot.not_before - time.monotonic()
-                if slot.starting or wait > 0:
+                if slot.starting or slot.reset_pending or slot.resetting or wait > 0:
                     self._changed.wait(wait if wait > 0 else None)
                     continue
                 slot.starting = True
-                reset, slot.reset_pending = slot.reset_pending, ""
                 restart = slot.host is not None
                 break
         try:
-            if reset and self._reset is not None:
-                log.warning("resetting %s before reopening it (%s)", device, reset)
-                done = self._reset(device)
-                log.info("%s: %s", device, done or "no reset was possible")
             host = DeviceHost(
                 device,
                 spawn=self._spawner,
@@ -239,6 +236,14 @@ class HostPool:
             if slot is None:
                 return
             slot.last_exit = host.exit_reason
+            if slot.reset_pending and not slot.resetting:
+                slot.resetting = True
+                threading.Thread(
+                    target=self._reset_device,
+                    args=(host.device, slot),
+                    name=f"hosts:reset:{host.device}",
+                    daemon=True,
+                ).start()
             if host.expected_exit:
                 self._changed.notify_all()
                 return
@@ -252,6 +257,12 @@ class HostPool:
                     f"host for {host.device} died {len(deaths)} times in "
                     f"{self._window:.0f} s, the last: {host.exit_reason}"
                 )
+                if host.device.startswith("pci:") and host.kill_reason:
+                    slot.failed += (
+                        "; a PCIe module that keeps wedging is reset by reloading its driver "
+                        "(`modprobe -r apex gasket && modprobe apex`, with no process using "
+                        "/dev/apex_*) or by a reboot"
+                    )
                 deaths.clear()
                 slot.not_before = 0.0
             elif len(deaths) > 1:
@@ -263,16 +274,33 @@ class HostPool:
 
     # -- control, from the service -------------------------------------------------------
 
+    def _reset_device(self, device: str, slot: _Slot) -> None:
+        """After a wedged host is gone: reset the device, then let opens go on."""
+        why = slot.reset_pending
+        try:
+            if self._reset is None:
+                log.info("%s: no reset for this device; reopening it as it is", device)
+            else:
+                log.warning("resetting %s (%s)", device, why)
+                done = self._reset(device)
+                log.warning("%s: %s", device, done or "no reset is possible; reopening it as it is")
+        except Exception as exc:
+            log.error("%s: the reset failed: %s; reopening it as it is", device, exc)
+        finally:
+            with self._changed:
+                slot.reset_pending = ""
+                slot.resetting = False
+                self._changed.notify_all()
+
     def recover(self, device: str, why: str) -> bool:
-        """A wedged invoke on `device`: kill its host; the next open resets the device
-        first. False when it has no host."""
+        """A wedged invoke on `device`: kill its host (its lanes get HostLost); once it is
+        gone the device is reset, and opens wait for that. False when it has no host."""
         with self._lock:
             slot = self._slots.get(device)
             host = slot.host if slot is not None else None
-            if slot is not None:
-                slot.reset_pending = why
-        if host is None or not host.alive:
-            return False
+            if slot is None or host is None or not host.alive:
+                return False
+            slot.reset_pending = why
         host.kill(why)
         return True
 
@@ -283,6 +311,8 @@ class HostPool:
                 host = slot.host
                 if slot.failed:
                     state = "failed"
+                elif slot.reset_pending or slot.resetting:
+                    state = "resetting"
                 elif slot.starting:
                     state = "starting"
                 elif host is not None and host.alive:

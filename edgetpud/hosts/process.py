@@ -114,6 +114,7 @@ class DeviceHost:
         self.expected_exit = False  # ended because edgetpud closed it (set once reaped)
         self._closing = False
         self._killed_closing = False
+        self._doomed = False  # kill() was called: no new sessions
         self.kill_reason = ""
         self.tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
         self.sessions = 0
@@ -133,7 +134,8 @@ class DeviceHost:
 
     @property
     def alive(self) -> bool:
-        return self._proc is not None and not self._exited.is_set()
+        """Running and usable: not ended, and not being killed."""
+        return self._proc is not None and not self._exited.is_set() and not self._doomed
 
     def start(self) -> DeviceHost:
         """Start the process and wait for its READY. Raises HostStartFailed."""
@@ -304,6 +306,7 @@ class DeviceHost:
 
     def kill(self, reason: str = "") -> None:
         """SIGKILL the process (a wedge, a hang at start); `reason` goes into its exit reason."""
+        self._doomed = True
         if reason and not self.kill_reason:
             self.kill_reason = f"killed by edgetpud: {reason}"
         proc = self._proc

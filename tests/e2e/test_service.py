@@ -271,7 +271,7 @@ def test_hotplug_moves_only_what_it_concerns_and_loses_nothing(rig: Rig) -> None
     assert d.stop() == 0
 
 
-def test_hung_device_is_detected_and_its_model_moves(rig: Rig) -> None:
+def test_hung_device_is_detected_its_host_killed_and_its_model_moves(rig: Rig) -> None:
     root = usb_root(rig.tb)
     rig.tb.add_apex(0, "0000:03:00.0")
     rig.tb.add_accelerator(root, 1)
@@ -292,8 +292,13 @@ def test_hung_device_is_detected_and_its_model_moves(rig: Rig) -> None:
     assert all("error" not in r for r in answered.values())
     wait_for(lambda: hung_device not in rig.placement("beta"), 10, "health showing beta moved")
     devices = {dev["identity"]: dev for dev in rig.health()["devices"]}
-    assert devices[hung_device]["health"]["state"] == "hung"
+    # its device host was killed and the device is reset, then tried again after the
+    # quarantine: no replug needed (docs/workers.md, "Device hosts")
+    assert devices[hung_device]["health"]["state"] == "quarantined"
+    assert "wedged" in devices[hung_device]["health"]["reason"]
     assert "stall_timeout" in devices[hung_device]["health"]["reason"]
+    host = rig.health()["hosts"][hung_device]
+    assert "killed by edgetpud" in host["last_exit"] and "stall_timeout" in host["last_exit"]
     # still READY, still alive for systemd's watchdog
     assert d.proc is not None and d.proc.poll() is None
     dogs = len(d.said("WATCHDOG=1"))

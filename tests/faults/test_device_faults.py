@@ -4,7 +4,8 @@
   load window and during a reload: no request lost, no worker thread leaked, and the plan
   converges (every model placed);
 - a device hanging mid-invoke under sustained load on two models: detected within
-  stall_timeout, its model served elsewhere, health names the device and the reason;
+  stall_timeout, its host killed, its model served elsewhere while it is quarantined,
+  health names the device and the reason;
 - a device that fails every invoke: quarantined after devices.quarantine_after errors and
   left alone for the backoff, so error results stop instead of looping;
 - no Edge TPU runtime installed: the models run on the CPU, the log says to install it
@@ -134,13 +135,14 @@ def test_a_device_hanging_under_sustained_load_on_two_models(
                 (
                     x
                     for x in rig.health()["devices"]
-                    if x["identity"] == hung and x["health"]["state"] == "hung"
+                    if x["identity"] == hung and x["health"]["state"] == "quarantined"
                 ),
                 None,
             ),
             30,
-            "health naming the hung device",
+            "health naming the wedged device (its host killed, the device quarantined)",
         )
+        assert "wedged" in device["health"]["reason"]
         assert "stall_timeout" in device["health"]["reason"]
         # the stall event follows the hang within stall_timeout (1.5 s) plus the health
         # loop's turn; the bound here is loose on purpose (a loaded CI box)

@@ -328,7 +328,13 @@ def test_recover_kills_the_host_and_resets_the_device_before_reopening(
     models_dir: Path, lib: FakeLib, bed: Accelerators, control: Control
 ) -> None:
     resets: list[str] = []
-    pool = HostPool(reset=lambda device: resets.append(device) or "reset")
+
+    def reset(device: str) -> str:
+        assert not alive(session.pid), "reset while the wedged host still holds the device"
+        resets.append(device)
+        return "reset"
+
+    pool = HostPool(reset=reset)
     try:
         bed.add_usb("2-1")
         control.set(hang=["2-1"])
@@ -353,10 +359,10 @@ def test_recover_kills_the_host_and_resets_the_device_before_reopening(
         assert isinstance(lost, HostLost) and lost.sent
         assert "killed by edgetpud: an invoke ran past stall_timeout" in lost.reason
         session.close()
-        assert resets == []
         control.set(hang=None)
         again = pool.open_session("usb:2-1", models_dir / EDGETPU_MODEL, library=str(lib.path))
-        assert resets == ["usb:2-1"]
+        assert resets == ["usb:2-1"]  # once the wedged host was gone, before the new one
+        assert again.pid != session.pid
         (out,) = again.invoke([np.zeros(spec.shape, dtype=spec.dtype)])
         assert out.shape == tuple(again.info.outputs[0].shape)
         again.close()
