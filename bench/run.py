@@ -116,8 +116,6 @@ def headline(records: dict[str, dict[str, Any]]) -> list[list[str]]:
     if "efficiency" in records:
         t = tgt("efficiency")
         rows.append(["1 device efficiency, K=4, QoS 0", "≥ 0.97", fmt(t.get("measured")), ok(t)])
-    if "efficiency" in records:
-        t = tgt("efficiency")
         rows.append(
             ["1 device efficiency, K=8, QoS 1", "≥ 0.90", fmt(t.get("measured_k8_qos1")), ok(t)]
         )
