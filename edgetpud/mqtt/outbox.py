@@ -39,6 +39,13 @@ class Outbox:
         self.dropped = 0  # messages dropped because the backlog was full
         self.requeued = 0  # messages the last disconnect put back at the front
         self.sending = False  # a thread holds messages taken from here, not yet published
+        self.owner = 0  # bumped by each link that takes the outbox over (see adopt)
+
+    def adopt(self) -> int:
+        """A new link drains this outbox from now on; the number it is known by."""
+        with self.lock:
+            self.owner += 1
+            return self.owner
 
     def __len__(self) -> int:
         return len(self.items)

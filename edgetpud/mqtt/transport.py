@@ -681,6 +681,7 @@ class Transport:
         self._stopped = False
         self.client = self._make_client()
         self.window = Window(outbox, self.client, cfg, self.broker)
+        self._owner = outbox.adopt()  # another link adopting it later takes what is left
         self.failures = _Failures(cfg, self.broker, client_id, self.window)
         self._sender = threading.Thread(
             target=self.window.send_loop, name="mqtt:sender", daemon=True
@@ -750,7 +751,8 @@ class Transport:
     def stop(self, timeout: float = 5.0) -> None:
         """Flush the outbox (up to `timeout`), publish retained offline, disconnect. Idempotent.
 
-        What is not delivered stays in the outbox, for a link that replaces this one."""
+        What is not delivered stays in the outbox, for a link that took it over (a reload
+        that changed [mqtt] creates the new link, with this outbox, before stopping this one)."""
         if self._stopped:
             return
         self._stopped = True
@@ -758,12 +760,15 @@ class Transport:
             return
         deadline = time.monotonic() + timeout
         left_over = self.window.flush(deadline)
-        if left_over:
-            log.warning(
-                "MQTT: stopping with %d message(s) not delivered to %s (kept in the backlog "
-                "if a reload replaces the link)",
+        if left_over and self.window.ob.owner != self._owner:
+            log.info(
+                "MQTT: %d message(s) not yet delivered to %s go to the new link",
                 left_over,
                 self.broker,
+            )
+        elif left_over:
+            log.warning(
+                "MQTT: stopping with %d message(s) not delivered to %s", left_over, self.broker
             )
         if self.connected:
             info = self.client.publish(self.topics.status, OFFLINE, qos=1, retain=True)
