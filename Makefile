@@ -66,7 +66,8 @@ test: lint typecheck pytest test-paho16
 # The MQTT tests again with paho-mqtt 1.6.1 (what Debian 12 ships) in a second venv.
 PAHO16 := .venv-paho16
 MQTT_TESTS := tests/integration/test_mqtt_link.py tests/integration/test_mqtt_requests.py \
-	tests/integration/test_mqtt_status.py tests/integration/test_broker_tls.py
+	tests/integration/test_mqtt_status.py tests/integration/test_broker_tls.py \
+	tests/integration/test_mqtt_homeassistant.py
 $(STAMPS)/paho16: pyproject.toml | $(STAMPS)/apt
 	@[ -x $(PAHO16)/bin/python ] || $(PYTHON) -m venv $(PAHO16)
 	$(PAHO16)/bin/python -m pip install -q -e . 'paho-mqtt==1.6.1' pytest pytest-timeout

@@ -11,7 +11,6 @@ link's `.outbox` to the new one and loses nothing. Contract and payloads: docs/m
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -68,9 +67,12 @@ class MqttLink:
         self.node_id = node_id
         self.topics = Topics(cfg.topic_prefix, node_id, fleet_group)
         self.outbox = outbox if outbox is not None else Outbox()
-        self._lock = threading.Lock()  # guards _health and _discovery
-        self._health: bytes | None = None
-        self._discovery: dict[str, bytes] = {}
+        self._health: bytes | None = None  # the last snapshot, sent again on connect
+        self._discovery = (
+            discovery.Discovery(cfg.homeassistant_prefix, self.topics)
+            if cfg.homeassistant
+            else None
+        )
         self._transport = transport.Transport(
             cfg,
             self.topics,
@@ -177,19 +179,16 @@ class MqttLink:
         body.setdefault("time", time.time())
         body.setdefault("mqtt", self.stats().as_dict())
         data = payloads.to_json(body)
-        configs = (
-            discovery.configs(self.cfg.homeassistant_prefix, self.topics, body)
-            if self.cfg.homeassistant
-            else {}
-        )
-        with self._lock:
-            self._health = data
-            changed = {t: p for t, p in configs.items() if self._discovery.get(t) != p}
-            self._discovery.update(changed)
-        if self._transport.connected:
-            for topic, config in changed.items():
-                self._transport.publish_retained(topic, config)
+        self._health = data
+        connected = self._transport.connected
+        if self._discovery is not None:
+            self._publish(self._discovery.update(body, connected))
+        if connected:
             self._transport.publish_retained(self.topics.health, data)
+
+    def _publish(self, messages: list[tuple[str, bytes]]) -> None:
+        for topic, payload in messages:
+            self._transport.publish_retained(topic, payload)
 
     def stats(self) -> MqttStats:
         accepted, rejected = self._desk.counts()
@@ -208,6 +207,9 @@ class MqttLink:
     # ----------------------------------------------------------------- paho's thread
 
     def _on_message(self, msg: Incoming) -> None:
+        if self._discovery is not None and msg.topic.startswith(self._discovery.prefix + "/"):
+            self._publish(self._discovery.take(msg))
+            return
         peer = self.topics.peer_of(msg.topic) if self.topics.fleet_group else None
         if peer is not None:
             self._fleet.take_peer(peer[0], peer[1], msg.payload)
@@ -217,10 +219,9 @@ class MqttLink:
     def _on_up(self) -> None:
         """Connected: the fleet's subscriptions, then discovery and health as last known."""
         self._fleet.came_up()
-        with self._lock:
-            health = self._health
-            configs = dict(self._discovery)
-        for topic, config in configs.items():
-            self._transport.publish_retained(topic, config)
+        if self._discovery is not None:
+            self._transport.subscribe(self._discovery.subscriptions)
+            self._publish(self._discovery.everything())
+        health = self._health
         if health is not None:
             self._transport.publish_retained(self.topics.health, health)

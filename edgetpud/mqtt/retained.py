@@ -35,8 +35,8 @@ def read_retained(cfg: MqttConfig, topic_filter: str, timeout: float = 5.0) -> d
     def subscribed() -> None:
         state["subscribed"] = state["last"] = time.monotonic()
 
-    def message(msg: Incoming, retained: bool) -> None:
-        if retained:
+    def message(msg: Incoming) -> None:
+        if msg.retain:
             with lock:
                 got[msg.topic] = msg.payload
                 state["last"] = time.monotonic()

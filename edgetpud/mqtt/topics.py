@@ -18,6 +18,7 @@ class Incoming(NamedTuple):
     correlation: bytes | None = None
     content_type: str | None = None
     user_props: Any = None  # [(key, value), ...] of MQTT 5, or None
+    retain: bool = False  # a retained message the broker replays on subscribing
 
 
 @dataclass(frozen=True)

@@ -175,7 +175,7 @@ def incoming(msg: Any) -> Incoming:
     """paho's message as a plain record (MQTT 5 properties read once, here)."""
     props = getattr(msg, "properties", None)
     if props is None:
-        return Incoming(msg.topic, bytes(msg.payload))
+        return Incoming(msg.topic, bytes(msg.payload), retain=bool(msg.retain))
     return Incoming(
         msg.topic,
         bytes(msg.payload),
@@ -183,6 +183,7 @@ def incoming(msg: Any) -> Incoming:
         getattr(props, "CorrelationData", None),
         getattr(props, "ContentType", None),
         getattr(props, "UserProperty", None),
+        bool(msg.retain),
     )
 
 
@@ -266,16 +267,16 @@ def simple_client(
     *,
     on_connect: Callable[[Any], None],
     on_subscribe: Callable[[], None],
-    on_message: Callable[[Incoming, bool], None],
+    on_message: Callable[[Incoming], None],
 ) -> Any:
-    """A short-lived client (edgetpud status): callbacks take (rc), (), (message, retained)."""
+    """A short-lived client (edgetpud status): callbacks take (rc), (), (message)."""
     client = paho_client(client_id=client_id, protocol=protocol_of(cfg), transport=cfg.transport)
     client.on_connect = lambda c, u, flags, rc, props=None: on_connect(rc)
     if PAHO2 or cfg.protocol == "5":
         client.on_subscribe = lambda c, u, mid, rcs, props=None: on_subscribe()
     else:
         client.on_subscribe = lambda c, u, mid, qos: on_subscribe()
-    client.on_message = lambda c, u, msg: on_message(incoming(msg), bool(msg.retain))
+    client.on_message = lambda c, u, msg: on_message(incoming(msg))
     authenticate(client, cfg)
     return client
 

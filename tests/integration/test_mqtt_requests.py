@@ -314,42 +314,6 @@ def test_events_and_health(broker: Broker) -> None:
         consumer.close()
 
 
-def test_home_assistant_discovery(broker: Broker) -> None:
-    consumer = Consumer()
-    link = make_link(broker, consumer, homeassistant=True)
-    health = {
-        "devices": [{"identity": "usb:2-1.3", "state": "serving", "temperature": None}],
-        "models": {MODEL: {"state": "running", "rate": 12.5, "p50_ms": 3.1}},
-    }
-    try:
-        link.publish_health(health)
-        # online + 5 configs + health acknowledged by the broker: all retained there now
-        wait_until(lambda: link.stats().published >= 7, what="the broker to take the configs")
-        with Subscriber(broker, ["homeassistant/#"]) as sub:
-            msgs = sub.wait_for("homeassistant/#", count=5)
-    finally:
-        link.stop()
-        consumer.close()
-    configs = {m.topic: json.loads(m.payload) for m in msgs}
-    assert all(m.retain for m in msgs)
-    assert set(configs) == {
-        f"homeassistant/binary_sensor/{NODE}/daemon/config",
-        f"homeassistant/sensor/{NODE}/usb_2-1_3_state/config",
-        f"homeassistant/sensor/{NODE}/usb_2-1_3_temperature/config",
-        f"homeassistant/sensor/{NODE}/model_birds_rate/config",
-        f"homeassistant/sensor/{NODE}/model_birds_latency_p50/config",
-    }
-    for topic, config in configs.items():
-        assert config["availability_topic"] == f"edgetpud/{NODE}/status", topic
-        assert config["unique_id"].startswith(f"edgetpud_{NODE}_")
-        if "/sensor/" in topic:
-            assert config["state_topic"] == f"edgetpud/{NODE}/health"
-            assert "value_template" in config
-    assert configs[f"homeassistant/sensor/{NODE}/model_birds_latency_p50/config"][
-        "value_template"
-    ] == ("{{ value_json.models['birds'].p50_ms }}")
-
-
 @pytest.mark.parametrize(
     ("content_type", "correlation"),
     [
