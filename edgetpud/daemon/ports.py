@@ -31,6 +31,10 @@ class LinkStats(Protocol):
 class Link(Protocol):
     """The MQTT link (edgetpud.mqtt.MqttLink): results, events, health, request intake."""
 
+    @property
+    def outbox(self) -> Any:
+        """The backlog; a link replacing this one takes it over (nothing lost on relink)."""
+
     def start(self) -> None: ...
 
     def stop(self, timeout: float = 5.0) -> None: ...
@@ -68,6 +72,7 @@ class LinkFactory(Protocol):
         on_request: Callable[[Request], str | None],
         on_connection: Callable[[bool], None],
         fleet_group: str = "",
+        outbox: Any = None,
     ) -> Link: ...
 
 

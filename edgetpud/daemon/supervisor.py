@@ -155,14 +155,17 @@ class Supervisor:
             log.info("TFLite runtime: %s", name)
         self.models.runtime_error = self.runtime_error
 
-    def _new_link(self, cfg: Config) -> Link:
-        """A link for `cfg`, not started; raises ConfigUnreadableError for unusable credentials."""
+    def _new_link(self, cfg: Config, outbox: Any = None) -> Link:
+        """A link for `cfg`, not started; raises ConfigUnreadableError for unusable credentials.
+
+        `outbox`: the backlog of the link it replaces, which it delivers (nothing lost)."""
         return self.parts.link_factory(
             cfg.mqtt,
             cfg.daemon.node_id,
             on_request=self.parts.intake.submit,
             on_connection=self._on_link_connection,
             fleet_group=cfg.fleet.group,
+            outbox=outbox,
         )
 
     def _start_link(self, link: Link) -> None:
@@ -542,7 +545,10 @@ class Supervisor:
             or new.fleet != old.fleet
             or new.daemon.node_id != old.daemon.node_id
         ):
-            link = self._new_link(new)  # before anything changes: unusable files refuse the reload
+            # before anything changes: unusable files refuse the reload; the new link takes
+            # over the old one's backlog, and what workers publish while the old one stops
+            backlog = self.mqtt.outbox if self.mqtt is not None else None
+            link = self._new_link(new, backlog)
         self.cfg = new
         self.models.cfg = new
         if new.daemon.log_level != old.daemon.log_level and not self.log_level_pinned:
