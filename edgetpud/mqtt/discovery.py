@@ -214,6 +214,12 @@ class Discovery:
             f"{self.prefix}/+/{node}/+/config",
         ]
 
+    def wants(self, topic: str) -> bool:
+        """Whether a message on `topic` is for discovery (one of `subscriptions`)."""
+        return topic == f"{self.prefix}/status" or (
+            topic.startswith(f"{self.prefix}/") and topic.endswith("/config")
+        )
+
     def update(self, health: Mapping[str, Any], connected: bool) -> list[tuple[str, bytes]]:
         """A new health snapshot: new or changed configs, and deletions of what went away."""
         new = configs(self.prefix, self.topics, health)

@@ -207,7 +207,7 @@ class MqttLink:
     # ----------------------------------------------------------------- paho's thread
 
     def _on_message(self, msg: Incoming) -> None:
-        if self._discovery is not None and msg.topic.startswith(self._discovery.prefix + "/"):
+        if self._discovery is not None and self._discovery.wants(msg.topic):
             self._publish(self._discovery.take(msg))
             return
         peer = self.topics.peer_of(msg.topic) if self.topics.fleet_group else None
