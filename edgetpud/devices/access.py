@@ -69,8 +69,9 @@ class DeviceNotPermitted(DeviceError):
         super().__init__(
             f"Edge TPU {identity}: user {user} may not read and write {node} ({detail}). Add "
             f"{user} to the group that owns it (`usermod -aG {group} {user}`, then restart "
-            "edgetpud), or check the udev rule that sets its group and mode (Coral's packages "
-            "install 99-edgetpu-accelerator.rules for USB, 65-apex.rules for PCIe)"
+            "edgetpud), or check the udev rule that sets its group and mode "
+            "(/usr/lib/udev/rules.d/60-edgetpud.rules from the edgetpud package: "
+            "`udevadm control --reload && udevadm trigger`, or replug)"
         )
 
 

@@ -113,14 +113,14 @@ def public_dir() -> Iterator[Path]:
 def test_a_node_the_user_may_not_open_is_not_permitted_naming_the_fix(public_dir: Path) -> None:
     node = public_dir / "003"
     node.write_bytes(b"")
-    node.chmod(0o660)  # root:root rw-rw----, like a node without Coral's udev rule
+    node.chmod(0o660)  # root:root rw-rw----, like a node without edgetpud's udev rule
 
     done = _nobody_check(node)
     assert done.returncode == 0, done.stderr
     said = done.stdout.strip()
     assert said.startswith(f"Edge TPU usb:2-1: user nobody may not read and write {node}")
     assert "-rw-rw---- root:root" in said
-    assert "usermod -aG plugdev nobody" in said and "udev rule" in said
+    assert "usermod -aG plugdev nobody" in said and "60-edgetpud.rules" in said
 
     node.chmod(0o666)
     assert _nobody_check(node).stdout.strip() == "permitted"
