@@ -14,6 +14,7 @@ import errno
 import fcntl
 import os
 
+from edgetpud.devices.access import SYSFS_USB, usb_node
 from edgetpud.errors import DeviceError
 
 USBDEVFS_RESET = (ord("U") << 8) | 20  # _IO('U', 20) in <linux/usbdevice_fs.h>
@@ -52,6 +53,28 @@ def reset_usb_device(node: str) -> None:
         raise ResetFailed(node, _ioctl_message(node, exc)) from None
     finally:
         os.close(fd)
+
+
+def reset_identity(identity: str, sysfs: str = SYSFS_USB) -> str | None:
+    """Reset the Edge TPU `identity` names, if software can; what was done, or None.
+
+    "usb:<port>": USBDEVFS_RESET on its node (looked up now: a replug changes the device
+    number). "pci:..." and "cpu": None, nothing to do from here (a PCIe module is closed and
+    reopened; one that stays wedged needs its driver reloaded or a reboot). Fits
+    `edgetpud.hosts.HostPool(reset=...)`. Raises ResetFailed when a reset was due but failed.
+    """
+    kind, _, port = identity.partition(":")
+    if kind != "usb" or not port:
+        return None
+    node = usb_node(port, sysfs)
+    if not node:
+        raise ResetFailed(
+            "",
+            f"cannot reset {identity}: it is not in sysfs (no busnum/devnum under "
+            f"{sysfs}/{port}); it was unplugged or is re-enumerating",
+        )
+    reset_usb_device(node)
+    return f"reset {identity} ({node}) with USBDEVFS_RESET; it re-enumerates on the same port"
 
 
 def _ioctl_message(node: str, exc: OSError) -> str:

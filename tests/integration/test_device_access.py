@@ -26,7 +26,7 @@ from edgetpud.devices.access import (
     holders,
     usb_node,
 )
-from edgetpud.devices.reset import USBDEVFS_RESET, ResetFailed, reset_usb_device
+from edgetpud.devices.reset import USBDEVFS_RESET, ResetFailed, reset_identity, reset_usb_device
 from edgetpud.errors import DeviceError
 from tests.support.fakelib import Accelerators, held_elsewhere
 
@@ -234,3 +234,21 @@ def test_a_busy_device_stays_busy_across_the_device_host_boundary(
             assert f"pid {holder.pid}" in str(err.value)
     finally:
         pool.close()
+
+
+def test_reset_by_identity_finds_the_node_now(bed: Accelerators) -> None:
+    """umockdev's preload answers USBDEVFS_RESET on a testbed USB node as the kernel does (0),
+    and any other usbdevfs ioctl with ENOTTY: the reset reaches the node the identity names."""
+    bed.add_usb("2-1")
+    bed.add_usb("2-2")
+
+    done = reset_identity("usb:2-1")
+    assert done == (
+        f"reset usb:2-1 ({bed.nodes['2-1']}) with USBDEVFS_RESET; it re-enumerates on the same port"
+    )
+
+    bed.remove("2-2")
+    with pytest.raises(ResetFailed, match="cannot reset usb:2-2: it is not in sysfs"):
+        reset_identity("usb:2-2")
+    assert reset_identity("pci:0000:03:00.0") is None
+    assert reset_identity("cpu") is None
