@@ -28,6 +28,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -102,6 +103,10 @@ class ModelQueue:
         self._maxsize = 1
         self._overflow: Overflow = "block"
         self.dropped = 0
+        # seconds between takes while requests were waiting (EWMA): the drain rate a
+        # refused client is told to wait by (retry_after_ms)
+        self._gap = 0.0
+        self._last_take = 0.0
         self.set_limits(maxsize, overflow)
 
     def set_limits(self, maxsize: int, overflow: Overflow) -> None:
@@ -170,14 +175,34 @@ class ModelQueue:
             self._requeued.appendleft(req)
             self._not_empty.notify()
 
+    def retry_after_ms(self) -> int:
+        """How long a refused producer should wait before trying again: the time the
+        workers have lately taken to take half of what waits now (when a blocked
+        producer is woken), 10 ms to 60 s; 100 ms per request before any measure."""
+        with self._lock:
+            gap = self._gap or 0.1
+            half = max(1, (len(self._items) + len(self._requeued)) // 2)
+        return int(min(60_000, max(10, math.ceil(half * gap * 1000))))
+
+    def _took(self, waited: bool) -> None:
+        """Lock held: one request taken; measure the gap only when none had to be waited for."""
+        now = time.monotonic()
+        if not waited and self._last_take:
+            gap = now - self._last_take
+            self._gap = gap if not self._gap else 0.8 * self._gap + 0.2 * gap
+        self._last_take = now
+
     def get(self, timeout: float) -> Request | None:
         """The next request (requeued ones first), or None after `timeout` seconds."""
         with self._lock:
-            if not self._requeued and not self._items:
+            waited = not self._requeued and not self._items
+            if waited:
                 self._not_empty.wait(timeout)
             if self._requeued:
+                self._took(waited)
                 return self._requeued.popleft()
             if self._items:
+                self._took(waited)
                 req = self._items.popleft()
                 # A producer blocked on a full queue is woken once half the room is free,
                 # not for every request taken: it then refills in one go, one wake-up

@@ -46,4 +46,4 @@ class Intake:
             return None
         if entry.queue.put(request, timeout=0.0):
             return None
-        return admission.busy(request.model, entry.door)
+        return admission.busy(request.model, entry.door, entry.queue.retry_after_ms())

@@ -50,6 +50,8 @@ def decide(model: str, door: Door | None, source: str) -> Verdict:
     return Verdict(queue="put")
 
 
-def busy(model: str, door: Door) -> str:
-    """The refusal of a request whose model's queue had no room."""
-    return f"busy: the queue of model {model} is full ({door.queue_size} waiting); retry later"
+def busy(model: str, door: Door, retry_after_ms: int | None = None) -> str:
+    """The refusal of a request whose model's queue had no room; with the queue's drain
+    estimate, it says when to retry (the MQTT reply also carries it as retry_after_ms)."""
+    when = f"retry in {retry_after_ms} ms" if retry_after_ms is not None else "retry later"
+    return f"busy: the queue of model {model} is full ({door.queue_size} waiting); {when}"
