@@ -32,6 +32,7 @@ from edgetpud.errors import (
 from edgetpud.modelfile import TFLITE_IDENTIFIER
 from edgetpud.payloads import DEFAULT_MAX_DECODE_BYTES
 from edgetpud.schema import Context, did_you_mean, join, load_table, option, show
+from edgetpud.topicfilter import check_filter
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -115,6 +116,16 @@ def check_host(value: str) -> str | None:
 def check_globs(value: tuple[str, ...]) -> str | None:
     if len(value) > MAX_GLOBS:
         return f"has {len(value)} patterns, over the limit of {MAX_GLOBS}; use wider globs"
+    return None
+
+
+def check_response_topics(value: tuple[str, ...]) -> str | None:
+    if len(value) > MAX_GLOBS:
+        return f"has {len(value)} filters, over the limit of {MAX_GLOBS}"
+    for item in value:
+        problem = check_filter(item)
+        if problem:
+            return problem
     return None
 
 
@@ -283,6 +294,13 @@ class MqttConfig:
     )
     homeassistant_prefix: str = option(
         "Home Assistant's discovery prefix.", "homeassistant", check=check_topic_prefix
+    )
+    response_topics: tuple[str, ...] = option(
+        "MQTT topic filters (+ and # allowed) a request's MQTT 5 response topic must match, "
+        'e.g. ["replies/#"]; empty allows any topic outside <topic_prefix>/, the discovery '
+        "prefix and $-topics (those are always refused).",
+        (),
+        check=check_response_topics,
     )
 
 
@@ -471,13 +489,6 @@ class ModelConfig:
     priority: int = option("Higher priority models are placed first.", 50, minimum=0, maximum=100)
     replicas: int = option(
         "How many devices should serve this model at once.", 1, minimum=1, maximum=16
-    )
-    segments: tuple[Path, ...] = option(
-        "A model split by Coral's partitioner: its segment files in order, "
-        "…_segment_0_of_N first (model names segment 0); it runs as a pipeline, each "
-        "segment on an Edge TPU of its own (docs/pipelines.md).",
-        (),
-        kind="file",
     )
     performance: Literal["", "std", "max"] = option(
         "Clock for this model's Edge TPU; empty uses devices.performance.", ""
@@ -874,22 +885,6 @@ def _model_header_problem(file: Path) -> str | None:
 
 
 def _check_model(model: ModelConfig, path: str, ctx: Context) -> None:
-    if model.segments:
-        for i, segment in enumerate(model.segments):
-            if problem := _model_header_problem(segment):
-                ctx.error(f"{join(path, 'segments')}[{i}]", problem)
-        if model.segments[0] != model.model:
-            ctx.error(
-                join(path, "model"),
-                f"with segments, model must be the first segment ({model.segments[0].name}), "
-                f"got {model.model.name}",
-            )
-        if model.replicas != 1:
-            ctx.error(
-                join(path, "replicas"),
-                "a pipelined model (segments) runs one pipeline; its segments take the "
-                "devices: leave replicas at 1",
-            )
     for key in ("model", "cpu_model"):
         file = getattr(model, key)
         problem = _model_header_problem(file) if file is not None else None

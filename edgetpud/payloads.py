@@ -123,11 +123,15 @@ def result_payload(result: Result, node: str) -> dict[str, Any]:
     return payload
 
 
+_RETRY_IN = re.compile(r"retry in (\d+) ms")
+
+
 def error_payload(
     model: str, reason: str, message: str, *, node: str, request_id: str = ""
 ) -> dict[str, Any]:
-    """`edgetpud.error/1`: a request that was refused before it reached a worker."""
-    return {
+    """`edgetpud.error/1`: a request that was refused before it reached a worker. A
+    refusal whose message says "retry in N ms" (busy) carries `retry_after_ms`: N."""
+    payload: dict[str, Any] = {
         "schema": ERROR_SCHEMA,
         "node": node,
         "model": model,
@@ -136,6 +140,10 @@ def error_payload(
         "message": message,
         "time": time.time(),
     }
+    retry = _RETRY_IN.search(message)
+    if retry:
+        payload["retry_after_ms"] = int(retry.group(1))
+    return payload
 
 
 def event_payload(event: Mapping[str, Any], node: str) -> dict[str, Any]:
@@ -222,7 +230,7 @@ def decode_request(
             return _check_tensor(model, payload, input_nbytes, input_desc)
         raise BadRequest(
             BAD_CONTENT_TYPE,
-            f"content type {ctype!r} is not supported; use image/jpeg, image/png, image/bmp "
+            f"content type {_cut(ctype)!r} is not supported; use image/jpeg, image/png, image/bmp "
             "or application/octet-stream (a raw input tensor)",
         )
     for magic, fmt in MAGIC:
@@ -253,6 +261,11 @@ def _check_tensor(model: str, payload: bytes, nbytes: int | None, desc: str) -> 
             f"input size: a raw tensor must be exactly {nbytes} bytes{what}",
         )
     return Decoded("tensor", payload)
+
+
+def _cut(text: str, limit: int = 64) -> str:
+    """`text`, or its start and its length when longer than `limit` (for messages)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 def _sniff(payload: bytes) -> str:

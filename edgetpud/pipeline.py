@@ -32,11 +32,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgetpud.errors import ModelError
-from edgetpud.hosts.session import HostLost
 
 log = logging.getLogger(__name__)
-
-TARGET_SEPARATOR = "+"  # a pipeline's worker runs on "usb:2-1+usb:2-2": its stages' devices
 
 _WINDOW = 256  # latencies kept per stage for its percentiles
 
@@ -301,68 +298,3 @@ def open_pipeline(
             except Exception:
                 log.exception("closing a pipeline segment's session failed")
         raise
-
-
-class SharedPipeline:
-    """One pipeline for all the lanes of a worker: each lane's `open()` gets a handle to
-    it (opening it on the first call). When an invoke finds a stage's device host gone
-    (HostLost), the pipeline is stale: the lanes' reopens get a new one, and the old one
-    closes with its last handle."""
-
-    def __init__(self, make: Callable[[], PipelineSession]) -> None:
-        self._make = make
-        self._lock = threading.Lock()
-        self._pipe: PipelineSession | None = None
-        self._handles: dict[int, int] = {}  # id(pipeline) -> open handles
-
-    def open(self) -> _Handle:
-        with self._lock:
-            if self._pipe is None:
-                self._pipe = self._make()
-                self._handles[id(self._pipe)] = 0
-            self._handles[id(self._pipe)] += 1
-            return _Handle(self, self._pipe)
-
-    def stats(self) -> list[StageStats]:
-        with self._lock:
-            pipe = self._pipe
-        return pipe.stats() if pipe is not None else []
-
-    def _stale(self, pipe: PipelineSession) -> None:
-        with self._lock:
-            if pipe is self._pipe:
-                self._pipe = None
-
-    def _release(self, pipe: PipelineSession) -> None:
-        """A lane closed its handle: the pipeline closes with its last one (the worker
-        stopped, or every lane moved on to a new pipeline)."""
-        with self._lock:
-            self._handles[id(pipe)] -= 1
-            if self._handles[id(pipe)]:
-                return
-            del self._handles[id(pipe)]
-            if pipe is self._pipe:
-                self._pipe = None
-        pipe.close()
-
-
-class _Handle:
-    """A lane's view of a shared pipeline: a Session."""
-
-    def __init__(self, owner: SharedPipeline, pipe: PipelineSession) -> None:
-        self._owner, self._pipe = owner, pipe
-        self.info = pipe.info
-        self.device = pipe.device
-        self._closed = False
-
-    def invoke(self, inputs: Sequence[Any]) -> list[Any]:
-        try:
-            return self._pipe.invoke(inputs)
-        except HostLost:
-            self._owner._stale(self._pipe)
-            raise
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._owner._release(self._pipe)

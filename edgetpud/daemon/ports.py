@@ -73,6 +73,7 @@ class LinkFactory(Protocol):
         on_connection: Callable[[bool], None],
         fleet_group: str = "",
         outbox: Any = None,
+        max_decode_bytes: int = ...,
     ) -> Link: ...
 
 

@@ -23,6 +23,7 @@ from edgetpud.mqtt import discovery, transport
 from edgetpud.mqtt.fleet import Fleet
 from edgetpud.mqtt.outbox import Out, Outbox
 from edgetpud.mqtt.protocol import ModelInputs, RequestDesk, Served
+from edgetpud.mqtt.replies import ReplyRule
 from edgetpud.mqtt.topics import Incoming, Topics
 
 
@@ -35,6 +36,8 @@ class MqttStats:
     requests_accepted: int
     requests_rejected: dict[str, int] = field(default_factory=dict)
     connects: int = 0
+    response_topics_refused: dict[str, int] = field(default_factory=dict)
+    publish_denied: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -45,6 +48,8 @@ class MqttStats:
             "requests_accepted": self.requests_accepted,
             "requests_rejected": dict(self.requests_rejected),
             "connects": self.connects,
+            "response_topics_refused": dict(self.response_topics_refused),
+            "publish_denied": dict(self.publish_denied),
         }
 
 
@@ -60,7 +65,8 @@ class MqttLink:
         on_connection: Callable[[bool], None] | None = None,
         fleet_group: str = "",
         client_id: str = "",
-        max_pixels: int = payloads.DEFAULT_MAX_PIXELS,
+        max_pixels: int | None = None,
+        max_decode_bytes: int = payloads.DEFAULT_MAX_DECODE_BYTES,
         outbox: Outbox | None = None,
     ) -> None:
         self.cfg = cfg
@@ -90,7 +96,9 @@ class MqttLink:
             qos=cfg.qos,
             max_request_bytes=cfg.max_request_bytes,
             max_pixels=max_pixels,
+            max_decode_bytes=max_decode_bytes,
             reply_props=transport.reply_properties if cfg.protocol == "5" else None,
+            rule=ReplyRule(cfg.topic_prefix, cfg.homeassistant_prefix, cfg.response_topics),
         )
         self._fleet = Fleet(self.topics, self._transport, self._served_names)
 
@@ -202,6 +210,8 @@ class MqttLink:
                 requests_accepted=accepted,
                 requests_rejected=rejected,
                 connects=self._transport.connects,
+                response_topics_refused=self._desk.refused_topics(),
+                publish_denied=dict(window.denials.counts),
             )
 
     # ----------------------------------------------------------------- paho's thread

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from edgetpud import payloads
-from edgetpud.messages import ReplyTo, Request, new_request_id
+from edgetpud.messages import ReplyTo, Request
+from edgetpud.mqtt import replies
 from edgetpud.mqtt.outbox import Out
+from edgetpud.mqtt.replies import ReplyRule
 from edgetpud.mqtt.topics import Incoming, Topics
 
 log = logging.getLogger(__name__)
@@ -69,8 +71,10 @@ class RequestDesk:
         on_request: Callable[[Request], str | None],
         qos: int,
         max_request_bytes: int,
-        max_pixels: int,
+        max_pixels: int | None = None,
+        max_decode_bytes: int = payloads.DEFAULT_MAX_DECODE_BYTES,
         reply_props: Callable[[str, bytes | None], Any] | None,
+        rule: ReplyRule | None = None,
     ) -> None:
         self.topics = topics
         self.node_id = topics.node
@@ -80,14 +84,21 @@ class RequestDesk:
         self._qos = qos
         self._max_request_bytes = max_request_bytes
         self._max_pixels = max_pixels
+        self._max_decode_bytes = max_decode_bytes
         self._reply_props = reply_props  # None at MQTT 3.1.1: no properties
+        self.rule = rule or ReplyRule(topics.prefix, "homeassistant")
         self._lock = threading.Lock()
         self.accepted = 0
         self.rejected: dict[str, int] = {}
+        self.topics_refused: dict[str, int] = {}  # response topics refused, per class
 
     def counts(self) -> tuple[int, dict[str, int]]:
         with self._lock:
             return self.accepted, dict(self.rejected)
+
+    def refused_topics(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.topics_refused)
 
     def take(self, msg: Incoming) -> None:
         """One message on an infer topic (paho's thread)."""
@@ -95,7 +106,12 @@ class RequestDesk:
         if model is None:
             log.debug("MQTT: ignoring message on %s", msg.topic)
             return
-        request_id = _request_id(msg.correlation, msg.user_props)
+        request_id = replies.request_id(msg.correlation, msg.user_props)
+        if msg.response_topic is not None:
+            refused = self.rule.refusal(msg.response_topic)
+            if refused is not None:  # before any work, and never answered there
+                self._refuse_topic(model, request_id, *refused)
+                return
         reply_to = ReplyTo(msg.response_topic, msg.correlation) if msg.response_topic else None
         try:
             request = self._read(model, msg, request_id, reply_to)
@@ -136,6 +152,7 @@ class RequestDesk:
             content_type=msg.content_type,
             max_bytes=self._max_request_bytes,
             max_pixels=self._max_pixels,
+            max_decode_bytes=self._max_decode_bytes,
         )
         meta: dict[str, Any] = {"topic": msg.topic}
         if decoded.kind == "image":
@@ -151,12 +168,39 @@ class RequestDesk:
             meta=meta,
         )
 
+    def _refuse_topic(self, model: str, request_id: str, klass: str, text: str) -> None:
+        """A response topic the rule refuses (replies.py): answered on the results topic,
+        counted per class, logged at warning once per class (a flood logs one line)."""
+        with self._lock:
+            first = klass not in self.topics_refused
+            self.topics_refused[klass] = self.topics_refused.get(klass, 0) + 1
+        if first:
+            log.warning(
+                "MQTT: refused a request for model %s (%s): %s; further refusals of this kind "
+                "are counted in health (mqtt.response_topics_refused.%s), not logged",
+                model,
+                request_id,
+                text,
+                klass,
+            )
+        self.refuse(model, None, request_id, replies.BAD_RESPONSE_TOPIC, text, quiet=True)
+
     def refuse(
-        self, model: str, reply_to: ReplyTo | None, request_id: str, reason: str, text: str
+        self,
+        model: str,
+        reply_to: ReplyTo | None,
+        request_id: str,
+        reason: str,
+        text: str,
+        *,
+        quiet: bool = False,
     ) -> None:
         with self._lock:
             self.rejected[reason] = self.rejected.get(reason, 0) + 1
-        log.info("MQTT: refused request %s for model %s: %s", request_id, model, text)
+        if quiet:
+            log.debug("MQTT: refused request %s for model %s: %s", request_id, model, text)
+        else:
+            log.info("MQTT: refused request %s for model %s: %s", request_id, model, text)
         body = payloads.error_payload(model, reason, text, node=self.node_id, request_id=request_id)
         self.reply(model, reply_to, payloads.to_json(body))
 
@@ -171,18 +215,3 @@ class RequestDesk:
             self._send(Out(reply_to.topic, data, self._qos, False, props), wait)
         else:
             self._send(Out(self.topics.results(model), data, self._qos, False, None), wait)
-
-
-def _request_id(correlation: Any, user_props: Any) -> str:
-    if isinstance(correlation, (bytes, bytearray)) and correlation:
-        try:
-            text = bytes(correlation).decode()
-            if text.isprintable():
-                return text
-        except UnicodeDecodeError:
-            pass
-        return bytes(correlation).hex()
-    for key, value in user_props or ():
-        if key == "request_id" and value:
-            return str(value)
-    return new_request_id()

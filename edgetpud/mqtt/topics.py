@@ -73,6 +73,17 @@ class Topics:
             return None
         return node, leaf
 
+    def kind_of(self, topic: str, discovery_prefix: str = "homeassistant") -> str:
+        """What an outgoing topic is, for counting: results, replies (a response topic),
+        discovery, health, status, events, fleet."""
+        if topic in (self.health, self.status, self.events, self.fleet_state):
+            return topic.rsplit("/", 1)[1]
+        if topic.startswith(f"{self.base}/models/") and topic.endswith("/results"):
+            return "results"
+        if topic.startswith(discovery_prefix + "/"):
+            return "discovery"
+        return "replies"
+
     def model_of(self, topic: str) -> str | None:
         """The model named by an infer topic of this node or of the fleet, else None."""
         for head in (f"{self.base}/models/", f"{self.prefix}/fleet/models/"):

@@ -288,8 +288,18 @@ class Window:
     worker's publish, the sender thread and paho's callbacks see one state).
     """
 
-    def __init__(self, outbox: Outbox, client: Any, cfg: MqttConfig, broker: str) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        client: Any,
+        cfg: MqttConfig,
+        broker: str,
+        denials: Denials | None = None,
+    ) -> None:
         self.ob = outbox
+        self.denials = denials or Denials(broker, lambda t: "other")
+        self.direct_topics: dict[int, str] = {}  # mid -> topic of a direct QoS 1 publish
+        self.early_denied: dict[int, int] = {}  # mid -> reason code, denied before recorded
         self.client = client
         self.cfg = cfg
         self.broker = broker
@@ -389,6 +399,15 @@ class Window:
     def direct_publish(self, topic: str, payload: bytes) -> None:
         """A retained QoS 1 message straight to paho (not through the outbox)."""
         info = self.client.publish(topic, payload, qos=1, retain=True)
+        if not self.by_info:
+            with self.ob.lock:
+                code = self.early_denied.pop(info.mid, None)
+                if code is not None:
+                    self.denials.denied(topic, code)
+                else:
+                    self.direct_topics[info.mid] = topic
+                    if len(self.direct_topics) > 4 * WINDOW:
+                        self.direct_topics.clear()
         if self.by_info:
             with self.ob.lock:
                 self.direct.append(info)
@@ -460,6 +479,9 @@ class Window:
             # and was wiped from `early` by a disconnect in between
             if mid in self.early or _acknowledged(info):
                 self.early.discard(mid)
+                code = self.early_denied.pop(mid, None)
+                if code is not None:
+                    self.denials.denied(out.topic, code)
             elif broken and out.qos == 0:
                 again.append(out)  # the link broke meanwhile: send again rather than lose
             else:
@@ -472,12 +494,27 @@ class Window:
 
     # ----------------------------------------------------------------- connection changes
 
-    def published_one(self, mid: int) -> None:
-        """paho wrote a QoS 0 message or the broker acknowledged a QoS 1/2 one (not with qos 0)."""
+    def published_one(self, mid: int, reason: Any = None) -> None:
+        """paho wrote a QoS 0 message or the broker acknowledged a QoS 1/2 one (not with qos 0).
+
+        `reason` is the MQTT 5 PUBACK/PUBREC reason code (paho 2 only): 0x80 and above is
+        the broker refusing the message (0x87 Not authorized: its ACL), counted by topic
+        kind in `denials`, not as published."""
+        code = _reason_code(reason)
         with self.ob.cond:
-            self.published += 1
-            if self.unconfirmed.pop(mid, None) is None:
+            out = self.unconfirmed.pop(mid, None)
+            if out is None:
                 self.early.add(mid)  # not recorded yet, or a direct publish (online, health)
+            if code is not None and code >= 0x80:
+                topic = out.topic if out is not None else self.direct_topics.pop(mid, None)
+                if topic is None:
+                    self.early_denied[mid] = code  # its topic is known once recorded
+                else:
+                    self.denials.denied(topic, code)
+            else:
+                self.published += 1
+                if out is None:
+                    self.direct_topics.pop(mid, None)
             if self.window_wait and self.ob.items:  # the sender waits for window room
                 self.ob.cond.notify_all()
 
@@ -534,6 +571,53 @@ class Window:
             self.unconfirmed.clear()
             self.unwritten.clear()
             self.ob.put_back(held)
+
+
+def _reason_code(reason: Any) -> int | None:
+    """The number of paho 2's ReasonCode (or None at paho 1.6 / MQTT 3.1.1)."""
+    if reason is None:
+        return None
+    value = getattr(reason, "value", reason)
+    return value if isinstance(value, int) else None
+
+
+def _reason_name(code: int) -> str:
+    try:
+        from paho.mqtt.reasoncodes import ReasonCode
+
+        return str(ReasonCode(PacketTypes.PUBACK, identifier=code))
+    except Exception:  # a code paho does not name
+        return f"reason code {code:#04x}"
+
+
+class Denials:
+    """Publishes the broker refused (MQTT 5 PUBACK reason code >= 0x80), per topic kind
+    (results, replies, discovery, health, status, events, fleet, other). The first of each
+    kind is logged at warning with the topic and what to change; the rest are counted
+    (health: mqtt.publish_denied). Guarded by the outbox's lock (the Window holds it)."""
+
+    def __init__(self, broker: str, kind_of: Callable[[str], str]) -> None:
+        self.broker = broker
+        self.kind_of = kind_of
+        self.counts: dict[str, int] = {}
+
+    def denied(self, topic: str, code: int) -> None:
+        kind = self.kind_of(topic)
+        first = kind not in self.counts
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        if first:
+            log.warning(
+                "MQTT: %s refused a publish to %s (%s): %s are not delivered. Let the "
+                "daemon's user write there in the broker's ACL (docs/mqtt.md, \"Broker "
+                'ACL"); further refusals of %s are counted in health '
+                "(mqtt.publish_denied.%s), not logged",
+                self.broker,
+                topic[:200],
+                _reason_name(code),
+                kind,
+                kind,
+                kind,
+            )
 
 
 class _Failures:
@@ -681,7 +765,13 @@ class Transport:
         self._started = False
         self._stopped = False
         self.client = self._make_client()
-        self.window = Window(outbox, self.client, cfg, self.broker)
+        self.window = Window(
+            outbox,
+            self.client,
+            cfg,
+            self.broker,
+            denials=Denials(self.broker, lambda t: topics.kind_of(t, cfg.homeassistant_prefix)),
+        )
         self._owner = outbox.adopt()  # another link adopting it later takes what is left
         self.failures = _Failures(cfg, self.broker, client_id, self.window)
         self._sender = threading.Thread(
@@ -716,7 +806,9 @@ class Transport:
             client.on_connect = lambda c, u, flags, rc: self._handle_connect(rc)
             client.on_disconnect = lambda c, u, rc: self._handle_disconnect(rc)
         if cfg.qos != 0:  # paho 1.6: (c, u, mid); paho 2: (c, u, mid, reason, props)
-            client.on_publish = lambda c, u, mid, *_: self.window.published_one(mid)
+            client.on_publish = lambda c, u, mid, *rest: self.window.published_one(
+                mid, rest[0] if rest else None
+            )
         client.on_message = lambda c, u, msg: self._handle_message(msg)
         if hasattr(client, "on_connect_fail"):
             client.on_connect_fail = lambda c, u: self.failures.attempt_failed(dropped=False)

@@ -80,6 +80,7 @@ class Broker:
         nodelay: bool = False,
         persistence: bool = False,
         port: int | None = None,
+        log_all: bool = False,
     ) -> None:
         self.folder = folder / f"mosquitto-{id(self):x}"
         self.folder.mkdir(parents=True)
@@ -111,6 +112,7 @@ class Broker:
             "log_type warning",
             "log_type notice",
             "log_type information",
+            *(["log_type all"] if log_all else []),  # debug: "Denied PUBLISH from ..."
         ]
         if os.geteuid() == 0:
             lines.append(
