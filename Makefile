@@ -23,6 +23,8 @@ APT_PACKAGES += debhelper dh-python pybuild-plugin-pyproject python3-all python3
 APT_PACKAGES += prometheus python3-prometheus-client
 # pyzmq for the Frigate endpoint (edgetpud/frigate.py); the venv takes PyPI's, the .deb Debian's
 APT_PACKAGES += python3-zmq
+# Stripping the arm64 and armhf packages' wheel library when cross-building them (make deb).
+APT_PACKAGES += binutils-aarch64-linux-gnu binutils-arm-linux-gnueabihf
 
 .PHONY: help demo test lint typecheck pytest clean deb test-paho16
 
@@ -91,19 +93,49 @@ demo: $(STAMPS)/venv
 clean:
 	rm -rf build $(STAMPS) .mypy_cache .pytest_cache .ruff_cache
 
-# The Debian package, built from a copy of the tree in build/deb (artefacts stay out of the
-# repo) with Debian's PATH so pybuild uses Debian's python3, then checked by lintian.
+# The Debian packages, one per architecture (amd64, arm64, armhf: each carries that
+# architecture's tflite_runtime wheel), each built from a copy of the tree in build/deb/src
+# (artefacts stay out of the repo) with Debian's PATH so pybuild uses Debian's python3, then
+# checked by lintian. The other architectures are cross-built: `dpkg-buildpackage -a ARCH -d`
+# (-d: their build dependencies are all arch:all or native tools; no compiler is involved, the
+# only binary is the wheel's). DEB_ARCHES=amd64 builds one.
 DEB_DIR := build/deb
-deb: $(STAMPS)/apt
-	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)/src
-	git ls-files -z --cached --others --exclude-standard \
-		| while IFS= read -r -d '' f; do [ -e "$$f" ] && printf '%s\0' "$$f"; done \
-		| tar -c --null --no-recursion -T - | tar -x -C $(DEB_DIR)/src
-	cd $(DEB_DIR)/src && env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/nonexistent \
-		LC_ALL=C.UTF-8 DEB_BUILD_OPTIONS="$$DEB_BUILD_OPTIONS" dpkg-buildpackage -us -uc -b
-	cd $(DEB_DIR) && env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 \
-		lintian --info --display-info --pedantic edgetpud_*.changes | tee lintian.log
-	@! grep -q '^E: ' $(DEB_DIR)/lintian.log
+DEB_ARCHES ?= amd64 arm64 armhf
+# PyPI's tflite_runtime wheels, downloaded once (pip download) and checked against
+# debian/tflite-runtime.sha256sums; build/ is kept between runs, so the download is too.
+WHEEL_DIR := build/wheels
+TFLITE_VERSION := 2.14.0
+TFLITE_PLATFORMS := manylinux2014_x86_64 manylinux_2_34_aarch64 manylinux_2_34_armv7l
+$(WHEEL_DIR)/.checked: debian/tflite-runtime.sha256sums | $(STAMPS)/venv
+	@mkdir -p $(WHEEL_DIR)
+	for platform in $(TFLITE_PLATFORMS); do \
+		[ -f $(WHEEL_DIR)/tflite_runtime-$(TFLITE_VERSION)-cp311-cp311-$$platform.whl ] || \
+		$(BIN)/python -m pip download -q --disable-pip-version-check --no-deps \
+			--only-binary=:all: --platform $$platform --python-version 3.11 \
+			--implementation cp --abi cp311 -d $(WHEEL_DIR) tflite-runtime==$(TFLITE_VERSION) \
+		|| exit 1; \
+	done
+	cd $(WHEEL_DIR) && sha256sum -c --strict ../../debian/tflite-runtime.sha256sums
+	@touch $@
+
+deb: $(STAMPS)/apt $(WHEEL_DIR)/.checked
+	rm -rf $(DEB_DIR) && mkdir -p $(DEB_DIR)
+	set -e; for arch in $(DEB_ARCHES); do \
+		rm -rf $(DEB_DIR)/src && mkdir -p $(DEB_DIR)/src/wheels; \
+		git ls-files -z --cached --others --exclude-standard \
+			| while IFS= read -r -d '' f; do [ -e "$$f" ] && printf '%s\0' "$$f"; done \
+			| tar -c --null --no-recursion -T - | tar -x -C $(DEB_DIR)/src; \
+		cp $(WHEEL_DIR)/*.whl $(DEB_DIR)/src/wheels/; \
+		cross=$$([ "$$arch" = "$$(dpkg --print-architecture)" ] || echo "-a $$arch -d"); \
+		(cd $(DEB_DIR)/src && env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/nonexistent \
+			LC_ALL=C.UTF-8 DEB_BUILD_OPTIONS="$$DEB_BUILD_OPTIONS" \
+			dpkg-buildpackage -us -uc -b $$cross); \
+		(cd $(DEB_DIR) && env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 \
+			lintian --info --display-info --pedantic edgetpud_*_$$arch.changes \
+			| tee lintian-$$arch.log); \
+		! grep -q '^E: ' $(DEB_DIR)/lintian-$$arch.log; \
+	done
+	rm -rf $(DEB_DIR)/src
 	@ls $(DEB_DIR)/*.deb
 
 # The benchmark suite (bench/run.py, docs/benchmarks.md): matplotlib for the plots, and

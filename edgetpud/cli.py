@@ -109,6 +109,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="refresh the table in place every SECONDS (default 2) until Ctrl-C",
     )
 
+    p = sub.add_parser(
+        "doctor",
+        help="check everything edgetpud needs, in order; OK / WARN / FAIL with the fix",
+    )
+    config_arg(p)
+    p.add_argument(
+        "--json", action="store_true", help="print the checks (schema edgetpud.doctor/1)"
+    )
+    p.add_argument(
+        "--user",
+        metavar="NAME",
+        help="the user the service runs as (default edgetpud; a drop-in may change it)",
+    )
+    p.add_argument("--open-model", metavar="SPEC", help=argparse.SUPPRESS)
+
     sub.add_parser("version", help="print the version")
     return parser
 

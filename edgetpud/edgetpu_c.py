@@ -275,3 +275,23 @@ def _describe(ref: EdgeTpuRef) -> str:
         return f"usb:{ref.name}"
     address = apex_pci_address(ref.name)
     return f"pci:{address}" if address else ref.path
+
+
+def library_version(library: str) -> str:
+    """libedgetpu's own build string from `edgetpu_version()` (edgetpu_c.h), e.g.
+    "BuildLabel(COMPILER=..., DATE=..., TIME=..., CL_NUMBER=...), RuntimeVersion(14)".
+
+    Raises LibraryMissing when the library cannot be loaded or has no edgetpu_version().
+    """
+    lib = _load(library)
+    try:
+        func = lib.edgetpu_version
+    except AttributeError:
+        raise LibraryMissing(
+            f"{library!r} has no edgetpu_version(): it is not libedgetpu, or a very old build; "
+            "install libedgetpu1-std (docs/install.md says from where)"
+        ) from None
+    func.restype = ctypes.c_char_p
+    func.argtypes = []
+    raw: bytes | None = func()
+    return raw.decode(errors="replace") if raw else ""

@@ -187,7 +187,7 @@ def render(parser: argparse.ArgumentParser | None = None) -> str:
         italic("/var/lib/edgetpud"),
         escape("State kept across restarts (ports that failed to open an Edge TPU)."),
         ".TP",
-        italic("/usr/lib/udev/rules.d/60-edgetpud.rules"),
+        italic("/lib/udev/rules.d/60-edgetpud.rules"),
         escape("Gives group plugdev the USB Accelerators and group apex the PCIe modules."),
         ".SH EXIT STATUS",
         *exit_status(),

@@ -141,7 +141,7 @@ def inspect_model(path: Path) -> ModelInfo:
     except FileNotFoundError:
         raise ModelError(
             f"model file {path} does not exist: check the path (the package ships no "
-            "models; the example config expects them in /var/lib/edgetpud/models)"
+            "models; the example config expects them in /srv/edgetpud/models)"
         ) from None
     except IsADirectoryError:
         raise ModelError(f"model path {path} is a directory: name the .tflite file in it") from None

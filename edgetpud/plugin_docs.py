@@ -29,13 +29,13 @@ that plugin. Unknown keys and bad values are reported with their full path, e.g.
 Durations take "250ms", "10s", "2m", "1h" or a number of seconds. Relative paths
 are taken from the config file's folder.
 
-Example (the package ships no models; `/var/lib/edgetpud/models/` stands for
+Example (the package ships no models; `/srv/edgetpud/models/` stands for
 wherever you put yours):
 
 ```toml
 [models.birds]
-model = "/var/lib/edgetpud/models/mobilenet_v1_0.5_160_quant_edgetpu.tflite"
-labels = "/var/lib/edgetpud/models/imagenet_labels.txt"
+model = "/srv/edgetpud/models/mobilenet_v1_0.5_160_quant_edgetpu.tflite"
+labels = "/srv/edgetpud/models/imagenet_labels.txt"
 
 [models.birds.source]
 type = "directory"

@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import importlib.metadata
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -44,9 +47,13 @@ _RUNTIME_MODULES = {
     "tflite_runtime": "tflite_runtime.interpreter",
     "ai_edge_litert": "ai_edge_litert.interpreter",
 }
+# The Debian package carries PyPI's tflite_runtime wheel unpacked here (docs/install.md,
+# "Why the package carries the runtime"); only this module puts it on sys.path.
+PRIVATE_RUNTIME_DIR = "/usr/lib/edgetpud/python"
 _INSTALL_HINT = (
-    "install one: `apt install python3-tflite-runtime` (Coral's Debian repository), "
-    "`pip install tflite-runtime` (Python 3.8-3.11, numpy<2) "
+    "the Debian package carries tflite_runtime in "
+    f"{PRIVATE_RUNTIME_DIR}: reinstall it (`apt install --reinstall edgetpud`); outside the "
+    "package, `pip install tflite-runtime==2.14.0 'numpy<2'` (Python 3.8-3.11) "
     "or `pip install ai-edge-litert` (Python 3.10 and newer)"
 )
 _PIP = {
@@ -67,7 +74,8 @@ class RuntimeMissing(DeviceError):
         self.detail = detail
         super().__init__(
             f"cannot load the Edge TPU runtime {library} ({detail}): install it with "
-            "`apt install libedgetpu1-std` (or libedgetpu1-max) from Coral's repository, "
+            "`apt install libedgetpu1-std` (or libedgetpu1-max; "
+            "/usr/share/doc/edgetpud/docs/install.md says from where), "
             f"or set {setting} to its path"
         )
 
@@ -121,6 +129,7 @@ def _import_runtime(prefer: str) -> _Runtime:
     if prefer not in ("auto", *RUNTIMES):
         raise ModelError(f"unknown TFLite runtime {prefer!r}: use auto, {', '.join(RUNTIMES)}")
     candidates = RUNTIMES if prefer == "auto" else (prefer,)
+    _add_private_runtime_dir()
     failures = []
     for name in candidates:
         if name in _loaded:
@@ -490,3 +499,35 @@ def _model_failure(model: Path, where: str, exc: BaseException) -> ModelError:
         f"{model.name} could not be loaded on {where} ({detail}): the file is probably "
         "truncated or corrupt; copy it again and compare its size or checksum"
     )
+
+
+def _add_private_runtime_dir(folder: str = PRIVATE_RUNTIME_DIR) -> None:
+    """Put the package's own runtime first on sys.path, if the package installed one.
+
+    First, so that the runtime the package was tested with wins over one a user pip-installed
+    system-wide (which may have pulled numpy 2 and crash on import).
+    """
+    if os.path.isdir(folder) and folder not in sys.path:
+        sys.path.insert(0, folder)
+
+
+def runtime_version(prefer: str = "auto") -> tuple[str, str]:
+    """(name, version) of the TFLite runtime `open_session` would use, e.g. ("tflite_runtime",
+    "2.14.0"); the version is "unknown" when the module does not say. Raises ModelError when
+    no runtime is importable, with the fix in its message."""
+    runtime = _import_runtime(prefer)
+    package = importlib.import_module(runtime.name)
+    version = getattr(package, "__version__", None)
+    if version is None:
+        try:
+            version = importlib.metadata.version(runtime.name.replace("_", "-"))
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+    return runtime.name, str(version)
+
+
+def runtime_location(name: str) -> str:
+    """The folder the named (already imported) runtime was loaded from."""
+    module = sys.modules.get(name)
+    where = getattr(module, "__file__", None)
+    return os.path.dirname(where) if where else "not imported"

@@ -40,7 +40,15 @@ pytestmark = [
 ]
 
 CONFFILE = Path("/etc/edgetpud/edgetpud.toml")
-INSTALLED_UNIT = Path("/usr/lib/systemd/system/edgetpud.service")
+# Where Debian 12's debhelper puts them (dpkg -L lists /lib/..., not /usr/lib/...).
+INSTALLED_UNIT = Path("/lib/systemd/system/edgetpud.service")
+INSTALLED_RULES = Path("/lib/udev/rules.d/60-edgetpud.rules")
+PRIVATE_RUNTIME = Path("/usr/lib/edgetpud/python")
+NATIVE_ARCH = subprocess.run(
+    ["dpkg", "--print-architecture"], capture_output=True, text=True, check=False
+).stdout.strip()
+# ELF e_machine of the tflite_runtime library each architecture's package must carry.
+ELF_MACHINE = {"amd64": 62, "arm64": 183, "armhf": 40}
 DIST = Path("/usr/lib/python3/dist-packages")
 CPU_MODEL = "mobilenet_v1_0.25_128_quant.tflite"
 TPU_MODEL = "mobilenet_v1_0.25_128_quant_edgetpu.tflite"
@@ -55,17 +63,23 @@ def _lock() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def built(_lock: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`make deb` into a private folder; returns the .deb (lintian.log lies beside it)."""
+def built_all(_lock: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """`make deb` into a private folder: {architecture: .deb} (lintian-ARCH.log beside it)."""
     for tool in ("dpkg-buildpackage", "lintian", "dh_installsysusers", "apt-get"):
         if shutil.which(tool, path=debian.DEBIAN_PATH) is None:
             pytest.fail(f"{tool} is missing: run `make test` (it installs the build packages)")
     out = tmp_path_factory.mktemp("deb")
     proc = run(["make", "--no-print-directory", "deb", f"DEB_DIR={out}"], cwd=ROOT, timeout=900)
     print(proc.stdout[-3000:])
-    debs = sorted(out.glob("edgetpud_*_all.deb"))
-    assert len(debs) == 1, f"expected one edgetpud_*_all.deb in {out}, found {debs}"
-    return debs[0]
+    debs = {arch: sorted(out.glob(f"edgetpud_*_{arch}.deb")) for arch in ELF_MACHINE}
+    assert all(len(found) == 1 for found in debs.values()), f"expected one .deb per arch: {debs}"
+    return {arch: found[0] for arch, found in debs.items()}
+
+
+@pytest.fixture(scope="module")
+def built(built_all: dict[str, Path]) -> Path:
+    """The package for this machine's architecture."""
+    return built_all[NATIVE_ARCH]
 
 
 @pytest.fixture(scope="module")
@@ -88,11 +102,33 @@ def shared_dir() -> Iterator[Path]:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_package_builds_and_lintian_is_clean(built: Path) -> None:
-    log = (built.parent / "lintian.log").read_text()
+@pytest.mark.parametrize("arch", sorted(ELF_MACHINE))
+def test_package_builds_and_lintian_is_clean(built_all: dict[str, Path], arch: str) -> None:
+    log = (built_all[arch].parent / f"lintian-{arch}.log").read_text()
     tags = [line for line in log.splitlines() if line[:3] in ("E: ", "W: ", "I: ", "P: ")]
-    print("lintian (errors, warnings, info, pedantic):", *tags or ["none"], sep="\n  ")
+    print(f"lintian {arch} (errors, warnings, info, pedantic):", *tags or ["none"], sep="\n  ")
     assert not [t for t in tags if t.startswith(("E: ", "W: "))], log
+
+
+@pytest.mark.parametrize("arch", sorted(ELF_MACHINE))
+def test_each_architectures_package_carries_its_own_tflite_runtime(
+    built_all: dict[str, Path], arch: str, tmp_path: Path
+) -> None:
+    deb = built_all[arch]
+    assert run(["dpkg-deb", "-f", str(deb), "Architecture"]).stdout.strip() == arch
+    run(["dpkg-deb", "-x", str(deb), str(tmp_path)])
+    private = tmp_path / PRIVATE_RUNTIME.relative_to("/")
+    (library,) = private.glob("tflite_runtime/_pywrap_tensorflow_interpreter_wrapper*.so")
+    header = library.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF"
+    machine = int.from_bytes(header[18:20], "little")
+    assert machine == ELF_MACHINE[arch], f"{library.name} in {deb.name} is for e_machine {machine}"
+    (info,) = private.glob("tflite_runtime-*.dist-info")
+    assert info.name == "tflite_runtime-2.14.0.dist-info"
+    # nothing else of the wheel's may shadow Debian's modules (numpy stays Debian's)
+    assert sorted(p.name for p in private.iterdir()) == sorted([info.name, "tflite_runtime"])
+    depends = run(["dpkg-deb", "-f", str(deb), "Depends"]).stdout
+    assert "python3 (<< 3.12)" in depends and "python3-numpy (<< 1:2)" in depends, depends
 
 
 def test_deb_holds_both_packages_their_entry_points_and_the_service_files(
@@ -113,8 +149,8 @@ def test_deb_holds_both_packages_their_entry_points_and_the_service_files(
     for path in (
         "usr/bin/edgetpud",
         "etc/edgetpud/edgetpud.toml",
-        "lib/systemd/system/edgetpud.service",
-        "lib/udev/rules.d/60-edgetpud.rules",
+        str(INSTALLED_UNIT).lstrip("/"),
+        str(INSTALLED_RULES).lstrip("/"),
         "usr/lib/sysusers.d/edgetpud.conf",
         "usr/share/man/man8/edgetpud.8.gz",
     ):
@@ -230,13 +266,8 @@ labels = "{shared_dir / "imagenet_labels.txt"}"
             )
             output = log_path.read_text(errors="replace")
             assert notify.saw("READY=1"), f"exited {proc.returncode} before READY=1:\n{output}"
-            has_runtime = run(
-                ["python3", "-c", "import importlib.util as u, sys; sys.exit(not "
-                 "(u.find_spec('tflite_runtime') or u.find_spec('ai_edge_litert')))"],
-                check=False,
-            ).returncode == 0  # fmt: skip
-            if not has_runtime:
-                assert "apt install python3-tflite-runtime" in output, output
+            # the package carries its TFLite runtime: nothing else was installed
+            assert "no TFLite runtime" not in output, output
         finally:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -248,6 +279,27 @@ labels = "{shared_dir / "imagenet_labels.txt"}"
             notify.close()
         print("notifications:", notify.messages)
         print(log_path.read_text(errors="replace")[-3000:])
+
+
+def test_installed_package_classifies_on_the_cpu_with_its_own_runtime(
+    installed: Path, models_dir: Path, shared_dir: Path
+) -> None:
+    """No pip, no other repository: the packaged tflite_runtime on Debian's numpy serves."""
+    for name in (CPU_MODEL, "imagenet_labels.txt", "cat.bmp"):
+        shutil.copy(models_dir / name, shared_dir / name)
+        (shared_dir / name).chmod(0o644)
+    proc = run(
+        ["runuser", "-u", "edgetpud", "--", "/usr/bin/edgetpud", "infer",
+         "--model", str(shared_dir / CPU_MODEL), "--labels", str(shared_dir / "imagenet_labels.txt"),
+         "--top-k", "1", str(shared_dir / "cat.bmp")],
+        cwd="/",
+    )  # fmt: skip
+    result = json.loads(proc.stdout.splitlines()[0])
+    print(result)
+    assert result["runtime"] == "tflite_runtime", result
+    assert result["classes"][0]["label"] == "Egyptian cat", result
+    numpy = run(["python3", "-c", "import numpy; print(numpy.__file__, numpy.__version__)"])
+    assert numpy.stdout.startswith("/usr/lib/python3/dist-packages/numpy/"), numpy.stdout
 
 
 def test_edited_conffile_survives_an_upgrade(installed: Path, tmp_path: Path) -> None:
@@ -272,7 +324,8 @@ def test_purge_removes_everything_but_the_user(installed: Path) -> None:
         DIST / "edgetpud_plugins",
         Path("/etc/edgetpud"),
         INSTALLED_UNIT,
-        Path("/usr/lib/udev/rules.d/60-edgetpud.rules"),
+        INSTALLED_RULES,
+        PRIVATE_RUNTIME.parent,
         Path("/usr/lib/sysusers.d/edgetpud.conf"),
         Path("/usr/share/doc/edgetpud"),
         Path("/var/lib/edgetpud"),

@@ -81,7 +81,8 @@ def with_version(deb: Path, version: str, out_dir: Path) -> Path:
         for line in control.read_text().splitlines()
     ]
     control.write_text("\n".join(lines) + "\n")
-    new = out_dir / f"{PACKAGE}_{version}_all.deb"
+    arch = deb.name.rsplit("_", 1)[1]  # "amd64.deb"
+    new = out_dir / f"{PACKAGE}_{version}_{arch}"
     run(["dpkg-deb", "--root-owner-group", "-b", str(tree), str(new)])
     return new
 
