@@ -23,10 +23,12 @@ APT_PACKAGES += debhelper dh-python pybuild-plugin-pyproject python3-all python3
 APT_PACKAGES += prometheus python3-prometheus-client
 # pyzmq for the Frigate endpoint (edgetpud/frigate.py); the venv takes PyPI's, the .deb Debian's
 APT_PACKAGES += python3-zmq
+# The system test (make test-system): a booted bookworm container, and piuparts.
+APT_PACKAGES += debootstrap systemd-container piuparts
 # Stripping the arm64 and armhf packages' wheel library when cross-building them (make deb).
 APT_PACKAGES += binutils-aarch64-linux-gnu binutils-arm-linux-gnueabihf
 
-.PHONY: help demo test lint typecheck pytest clean deb test-paho16
+.PHONY: help demo test lint typecheck pytest clean deb test-paho16 test-system
 
 help:
 	@echo "make demo   run the end-to-end demo (installs what it needs)"
@@ -137,6 +139,14 @@ deb: $(STAMPS)/apt $(WHEEL_DIR)/.checked
 	done
 	rm -rf $(DEB_DIR)/src
 	@ls $(DEB_DIR)/*.deb
+
+# The package under real systemd (tests/system, docs/testing.md): builds this machine's
+# .deb, boots a cached debootstrap of bookworm with systemd-nspawn, installs it there,
+# and runs piuparts. Root only.
+test-system: $(STAMPS)/venv
+	$(MAKE) --no-print-directory deb DEB_ARCHES=$$(dpkg --print-architecture) DEB_BUILD_OPTIONS=nocheck
+	EDGETPUD_SYSTEM_TESTS=1 $(BIN)/pytest -p no:cacheprovider tests/system
+	@echo "seconds per step (build/test-system-times.json):"; cat build/test-system-times.json
 
 # The benchmark suite (bench/run.py, docs/benchmarks.md): matplotlib for the plots, and
 # ai-edge-litert in its own venv (it needs numpy 2, tflite-runtime 2.14 needs numpy<2).
