@@ -299,20 +299,20 @@ class Doctor:
         )
 
     def _check_holders(self, name: str, node: str) -> None:
-        holders = holders_of(node)
-        service = [h for h in holders if h[2] == self.service_user]
-        others = [h for h in holders if h[2] != self.service_user]
+        from edgetpud.devices.access import holders
+
+        found = [(h, _user_name(_uid(f"/proc/{h.pid}"))) for h in holders(node)]
+        others = [f"{h} user {user}" for h, user in found if user != self.service_user]
         if others:
-            shown = ", ".join(f"pid {pid} ({comm}, user {user})" for pid, comm, user in others)
             self.add(
                 f"{name} holders",
                 "WARN",
-                f"held by {shown}: an Edge TPU opens in one process at a time",
+                f"held by {', '.join(others)}: an Edge TPU opens in one process at a time",
                 "stop that program, or take the device out of edgetpud's config",
             )
-        elif service:
-            pids = ", ".join(str(h[0]) for h in service)
-            self.add(f"{name} holders", "OK", f"held by edgetpud (pid {pids})")
+        elif found:
+            pids = ", ".join(str(h.pid) for h, _user in found)
+            self.add(f"{name} holders", "OK", f"held by {self.service_user} (pid {pids})")
         else:
             self.add(f"{name} holders", "OK", "no process holds it")
 
@@ -485,44 +485,6 @@ def _can_open(st: os.stat_result, user: pwd.struct_passwd) -> bool:
     if st.st_gid in gids:
         return st.st_mode & (stat.S_IRGRP | stat.S_IWGRP) == stat.S_IRGRP | stat.S_IWGRP
     return st.st_mode & (stat.S_IROTH | stat.S_IWOTH) == stat.S_IROTH | stat.S_IWOTH
-
-
-def holders_of(node: str, proc: str = "/proc") -> list[tuple[int, str, str]]:
-    """(pid, command, user) of every process with `node` open, from /proc/*/fd."""
-    try:
-        target = os.stat(node)
-    except OSError:
-        return []
-    found = []
-    for entry in os.scandir(proc):
-        if not entry.name.isdigit():
-            continue
-        fd_dir = os.path.join(entry.path, "fd")
-        try:
-            fds = os.listdir(fd_dir)
-        except OSError:
-            continue  # gone, or not ours to read (run doctor as root to see every process)
-        for fd in fds:
-            try:
-                st = os.stat(os.path.join(fd_dir, fd))
-            except OSError:
-                continue
-            if (
-                st.st_rdev == target.st_rdev
-                and stat.S_ISCHR(st.st_mode) == stat.S_ISCHR(target.st_mode)
-                and (st.st_ino, st.st_dev) == (target.st_ino, target.st_dev)
-            ):
-                found.append((int(entry.name), _comm(entry.path), _user_name(_uid(entry.path))))
-                break
-    return found
-
-
-def _comm(proc_dir: str) -> str:
-    try:
-        with open(os.path.join(proc_dir, "comm"), encoding="utf-8", errors="replace") as f:
-            return f.read().strip()
-    except OSError:
-        return "?"
 
 
 def _uid(proc_dir: str) -> int:

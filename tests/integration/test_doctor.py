@@ -147,8 +147,9 @@ def test_a_device_node_in_the_wrong_group_fails_with_the_udev_fix(
     root = umock.add_root_hub(2)
     umock.add_accelerator(root, 1)
     node = Path(umock.root) / "dev/bus/usb/002/002"
-    node.parent.mkdir(parents=True)
-    os.mknod(node, 0o600 | 0o020000, os.makedev(189, 129))
+    if not node.exists():  # the testbed may make the node itself
+        node.parent.mkdir(parents=True, exist_ok=True)
+        os.mknod(node, 0o600 | 0o020000, os.makedev(189, 129))
     node.chmod(0o660)
     os.chown(node, 0, 0)  # root:root, 0660: what udev leaves when the rules did not apply
     config = write_config(tmp_path, models_dir, None)
@@ -206,21 +207,6 @@ def test_an_edgetpu_model_without_libedgetpu_fails_in_the_child_not_in_doctor(
     assert checks["model tpu"]["status"] == "FAIL"
     assert "needs an Edge TPU" in checks["model tpu"]["detail"]
     assert checks["model cpu"]["status"] == "OK"
-
-
-def test_holders_lists_the_process_that_has_the_node_open(tmp_path: Path) -> None:
-    from edgetpud.commands.doctor import holders_of
-
-    node = tmp_path / "node"
-    node.write_text("")
-    with node.open() as held:
-        holder = subprocess.Popen(["sleep", "30"], stdin=held)
-    try:
-        found = holders_of(str(node))
-        assert (holder.pid, "sleep") in [(pid, comm) for pid, comm, _user in found], found
-    finally:
-        holder.kill()
-        holder.wait()
 
 
 @pytest.mark.parametrize(
