@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, cast
 
-from edgetpud import __version__, runtime, threadnames
+from edgetpud import __version__, runtime, threadnames, versions
 from edgetpud.config import Config, RuntimeConfig, clock_needed
 from edgetpud.daemon.events import DeviceEvents, EventQueue
 from edgetpud.daemon.intake import Intake
@@ -86,7 +86,7 @@ def components(cfg: Config, ctx: ComponentContext) -> list[Component]:
     """
     from edgetpud.metrics import MetricsComponent  # prometheus_client: only this module
 
-    return [MetricsComponent(cfg)]
+    return [MetricsComponent(cfg), versions.Versions(cfg)]
 
 
 def build(cfg: Config, *, log_level_pinned: bool = False) -> Supervisor:

@@ -27,7 +27,14 @@ from pathlib import Path
 from typing import Literal
 
 from edgetpud import config as config_mod
-from edgetpud.errors import ConfigError, ConfigUnreadableError, DeviceError, ModelError
+from edgetpud import versions
+from edgetpud.errors import (
+    ConfigError,
+    ConfigUnreadableError,
+    DeviceError,
+    EdgetpudError,
+    ModelError,
+)
 
 SCHEMA = "edgetpud.doctor/1"
 SERVICE_USER = "edgetpud"
@@ -41,10 +48,7 @@ RULES_DIRS = (
 )
 DEVICE_GROUP = {"usb": "plugdev", "pci": "apex"}
 OPEN_TIMEOUT = 60.0  # seconds for one model to open in the child process
-INSTALL_DOC = "/usr/share/doc/edgetpud/docs/install.md"
-LIBEDGETPU_PACKAGES = ("libedgetpu1-std", "libedgetpu1-max")
-# Community builds carry the TensorFlow version they were built against: "16.0tf2.17.1-1".
-_TF_IN_VERSION = re.compile(r"tf(\d+)\.(\d+)", re.IGNORECASE)
+INSTALL_DOC = versions.INSTALL_DOC
 
 Status = Literal["OK", "WARN", "FAIL"]
 
@@ -148,28 +152,26 @@ class Doctor:
         self.add("tflite runtime", "OK", f"{name} {version} ({where})")
 
     def check_libedgetpu(self) -> None:
-        from edgetpud import edgetpu_c
-
         library = self.cfg.runtime.library if self.cfg else "libedgetpu.so.1"
         needed = self._edgetpu_needed()
         try:
-            version = edgetpu_c.library_version(library)
-        except (DeviceError, OSError) as exc:
+            version = versions.libedgetpu_version(library)
+        except EdgetpudError as exc:
             self.add(
                 "libedgetpu",
                 "FAIL" if needed else "WARN",
-                f"{library} cannot be loaded ({getattr(exc, 'detail', exc)})"
+                f"{library} cannot be loaded ({exc})"
                 + ("" if needed else "; only Edge TPU models need it"),
                 f"install libedgetpu1-std (or -max) as {INSTALL_DOC} says, or set "
                 "runtime.library to its path",
             )
             return
         self.library_ok = True
-        package, package_version = _libedgetpu_package()
+        package, package_version = versions.libedgetpu_package()
         shown = f"{package} {package_version}" if package else "not from a Debian package"
         self.add("libedgetpu", "OK", f"{library}: {version or 'no version string'} ({shown})")
         if self.runtime is not None:
-            status, detail, fix = pairing(package_version, *self.runtime)
+            status, detail, fix = versions.pairing(package_version, *self.runtime)
             self.add("runtime pairing", status, detail, fix)
 
     def _edgetpu_needed(self) -> bool:
@@ -388,64 +390,6 @@ class Doctor:
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-def pairing(package_version: str, runtime: str, runtime_version: str) -> tuple[Status, str, str]:
-    """Whether this libedgetpu (its Debian version) and TFLite runtime are a pair known to work.
-
-    libedgetpu is built against one TensorFlow version. Coral's own 16.0 packages (no TF in
-    the version) broke with tflite-runtime 2.12 and newer; community builds say their TF
-    version ("16.0tf2.17.1-1"), and a build for the runtime's own TF minor version is the pair
-    to take.
-    """
-    shown = f"libedgetpu {package_version or '(version unknown)'} with {runtime} {runtime_version}"
-    fix = f"take the libedgetpu build for TensorFlow {_minor(runtime_version)} ({INSTALL_DOC})"
-    if runtime != "tflite_runtime" or not package_version:
-        return "OK", f"{shown}: no pair known not to work", ""
-    tf = _TF_IN_VERSION.search(package_version)
-    if tf is None:
-        if package_version.startswith("16.0") and _minor_tuple(runtime_version) >= (2, 12):
-            return (
-                "WARN",
-                f"{shown}: Coral's 16.0 builds are known to fail with 2.12 and newer",
-                fix,
-            )
-        return "OK", f"{shown}: no pair known not to work", ""
-    built_for = f"{tf.group(1)}.{tf.group(2)}"
-    if built_for == _minor(runtime_version):
-        return "OK", f"{shown}: built for the same TensorFlow {built_for}", ""
-    return "WARN", f"{shown}: built for TensorFlow {built_for}, a pair not known to work", fix
-
-
-def _minor(version: str) -> str:
-    return ".".join(version.split(".")[:2])
-
-
-def _minor_tuple(version: str) -> tuple[int, int]:
-    try:
-        major, minor = version.split(".")[:2]
-        return int(major), int(minor)
-    except ValueError:
-        return (0, 0)
-
-
-def _libedgetpu_package() -> tuple[str, str]:
-    """(package, version) of the installed libedgetpu1-std/-max, or ("", "")."""
-    for package in LIBEDGETPU_PACKAGES:
-        try:
-            proc = subprocess.run(
-                ["dpkg-query", "-W", "-f=${db:Status-Status} ${Version}", package],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=False,
-            )
-        except OSError:
-            return "", ""
-        status, _, version = proc.stdout.partition(" ")
-        if proc.returncode == 0 and status == "installed":
-            return package, version
-    return "", ""
 
 
 def _group_exists(name: str) -> bool:

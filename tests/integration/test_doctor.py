@@ -207,22 +207,3 @@ def test_an_edgetpu_model_without_libedgetpu_fails_in_the_child_not_in_doctor(
     assert checks["model tpu"]["status"] == "FAIL"
     assert "needs an Edge TPU" in checks["model tpu"]["detail"]
     assert checks["model cpu"]["status"] == "OK"
-
-
-@pytest.mark.parametrize(
-    ("package", "runtime", "status"),
-    [
-        ("16.0", "2.14.0", "WARN"),  # Coral's own build: known to fail with 2.12 and newer
-        ("16.0", "2.11.0", "OK"),
-        ("16.0tf2.14.0-1", "2.14.0", "OK"),
-        ("16.0tf2.17.1-1", "2.14.0", "WARN"),
-    ],
-)
-def test_pairing_warns_about_pairs_known_not_to_work(
-    package: str, runtime: str, status: str
-) -> None:
-    from edgetpud.commands.doctor import pairing
-
-    verdict, detail, fix = pairing(package, "tflite_runtime", runtime)
-    assert verdict == status, detail
-    assert bool(fix) == (status == "WARN")

@@ -216,6 +216,9 @@ def test_reload_applies_the_users_config_and_a_cpu_model_answers_over_mqtt(
     print(result)
     assert result["result"][0]["label"] == "Egyptian cat"
     assert result["device"] == "cpu"
+    health = json.loads(sub.on(f"{BASE}/health")[-1].payload)
+    assert health["runtime"]["tflite"] == {"name": "tflite_runtime", "version": "2.14.0"}
+    assert "libedgetpu1-std" in health["runtime"]["libedgetpu"]["error"]  # none installed
 
 
 def test_doctor_shows_every_check_and_a_staged_missing_runtime(
