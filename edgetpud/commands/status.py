@@ -248,7 +248,31 @@ def render(
         )
     if fleet and model_rows:
         parts.append(_fleet_table(nodes, online))
+    refused = [line for name in sorted(nodes) for line in _mqtt_refusals(name, nodes[name])]
+    if refused:
+        parts.append("\n".join(refused))
     return "\n\n".join(parts)
+
+
+def _mqtt_refusals(node: str, health: Mapping[str, Any]) -> list[str]:
+    """Lines for publishes the broker refused and response topics the node refused."""
+    mq = health.get("mqtt") or {}
+    out = []
+    denied = mq.get("publish_denied") or {}
+    if isinstance(denied, Mapping) and denied:
+        counts = ", ".join(f"{n} {kind}" for kind, n in sorted(denied.items()))
+        out.append(
+            f"{node}: the broker refused publishes ({counts}); let the daemon's MQTT user "
+            'write those topics in the broker\'s ACL (docs/mqtt.md, "Broker ACL")'
+        )
+    topics = mq.get("response_topics_refused") or {}
+    if isinstance(topics, Mapping) and topics:
+        counts = ", ".join(f"{n} {kind}" for kind, n in sorted(topics.items()))
+        out.append(
+            f"{node}: requests refused for their response topic ({counts}); see docs/mqtt.md, "
+            '"Response topics"'
+        )
+    return out
 
 
 def _host_rows(node: str, health: Mapping[str, Any]) -> list[list[str]]:

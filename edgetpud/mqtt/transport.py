@@ -590,6 +590,11 @@ def _reason_name(code: int) -> str:
         return f"reason code {code:#04x}"
 
 
+# MQTT 5 DISCONNECT reason codes a broker sends for what it refused in a publish (brokers
+# set to disconnect on an ACL denial send 0x87): counted as a denial of kind "disconnect".
+DENYING_DISCONNECTS = frozenset({0x87, 0x90, 0x95, 0x97, 0x99, 0x9A, 0x9B})
+
+
 class Denials:
     """Publishes the broker refused (MQTT 5 PUBACK reason code >= 0x80), per topic kind
     (results, replies, discovery, health, status, events, fleet, other). The first of each
@@ -600,6 +605,18 @@ class Denials:
         self.broker = broker
         self.kind_of = kind_of
         self.counts: dict[str, int] = {}
+
+    def disconnected(self, reason: str) -> None:
+        """The broker closed the link for something it refused (DENYING_DISCONNECTS)."""
+        self.counts["disconnect"] = self.counts.get("disconnect", 0) + 1
+        log.warning(
+            "MQTT: %s closed the connection refusing a publish (%s): brokers set to disconnect "
+            "on an ACL denial do this. Let the daemon's user write its topics, replies and "
+            'discovery in the broker\'s ACL (docs/mqtt.md, "Broker ACL"); counted in health '
+            "(mqtt.publish_denied.disconnect)",
+            self.broker,
+            reason,
+        )
 
     def denied(self, topic: str, code: int) -> None:
         kind = self.kind_of(topic)
@@ -929,6 +946,10 @@ class Transport:
         self._notify_connection(True)
 
     def _handle_disconnect(self, rc: Any) -> None:
+        code = rc_value(rc)
+        if code in DENYING_DISCONNECTS and hasattr(rc, "value"):  # an MQTT 5 DISCONNECT
+            with self.window.ob.lock:
+                self.window.denials.disconnected(str(rc))
         was = self.window.went_down()
         if was and not self.window.stopping:
             log.warning(

@@ -88,3 +88,51 @@ def test_oversized_bombs_and_paths_are_refused_with_reasons(
         wait_for(lambda: "after" in rig.answered("alpha"), 30, "still serving")
         assert small_png(1)  # the helper the rig sends with is a real PNG
         assert d.stop() == 0
+
+
+@pytest.mark.timeout(120)
+def test_the_configured_decode_budget_refuses_from_the_header_and_octet_stream_jpegs_run(
+    tmp_path: Path, models_dir: Path, fake_lib: Path
+) -> None:
+    """daemon.max_decode_bytes is the limit the daemon applies and quotes (not Pillow's
+    178,956,970 pixels, not a fixed 40 Mpx); a JPEG labelled application/octet-stream is
+    inferred as the image it is."""
+    import io
+
+    from PIL import Image
+
+    def encoded(size: tuple[int, int], fmt: str) -> bytes:
+        buf = io.BytesIO()
+        Image.new("RGB", size, (90, 120, 30)).save(buf, fmt)
+        return buf.getvalue()
+
+    with fault_rig(tmp_path, models_dir, fake_lib) as rig:
+        rig.tb.add_accelerator(usb_root(rig.tb), 1)
+        text = config_text(tmp_path, rig.broker.port, models_dir, fake_lib, models=ONE_MODEL)
+        text = text.replace("[mqtt]", "max_decode_bytes = 1048576\n[mqtt]", 1)
+        d = Daemon(tmp_path / "daemon", text, env=rig.control.env())
+        rig.daemons.append(d)
+        d.start().wait_ready()
+        wait_for(lambda: rig.placement("alpha"), 30, "alpha placed")
+        topic = f"{BASE}/models/alpha/infer"
+        rig.sub.publish(topic, encoded((600, 600), "PNG"), CorrelationData=b"big")
+        rig.sub.publish(topic, encoded((300, 300), "PNG"), CorrelationData=b"small")
+        rig.sub.publish(
+            topic,
+            encoded((300, 300), "JPEG"),
+            CorrelationData=b"octet",
+            ContentType="application/octet-stream",
+        )
+        got = wait_for(
+            lambda: (
+                {"big", "small", "octet"} <= set(rig.answered("alpha")) and rig.answered("alpha")
+            ),
+            60,
+            "three replies",
+        )
+        assert got["big"]["reason"] == "image_too_large", got["big"]
+        assert "600x600 RGB (360,000 pixels)" in got["big"]["message"]
+        assert "over daemon.max_decode_bytes (1 MiB" in got["big"]["message"]
+        assert "error" not in got["small"] and got["small"]["result"][0]["label"]
+        assert "error" not in got["octet"] and got["octet"]["meta"]["format"] == "JPEG"
+        assert d.stop() == 0
