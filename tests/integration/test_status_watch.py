@@ -24,18 +24,23 @@ def test_watch_redraws_the_table_with_new_health_until_interrupted(tmp_path: Pat
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
         try:
-            time.sleep(1.5)  # a few redraws of the first health
+            assert proc.stdout is not None
+            out = ""
+
+            def read_until(text: str) -> None:
+                nonlocal out
+                deadline = time.monotonic() + 60
+                while text not in out and time.monotonic() < deadline:
+                    line = proc.stdout.readline() if proc.stdout is not None else ""
+                    if not line:
+                        break
+                    out += line
+
+            read_until("41.5")  # the first health, drawn at least once
             newer = copy.deepcopy(HEALTH)
             newer["models"]["birds"]["rate"] = 97.25
             link.publish_health(newer)
-            deadline = time.monotonic() + 30
-            out = ""
-            assert proc.stdout is not None
-            while "97.2" not in out and time.monotonic() < deadline:
-                line = proc.stdout.readline()
-                if not line:
-                    break
-                out += line
+            read_until("97.2")
             proc.send_signal(signal.SIGINT)
             rest, err = proc.communicate(timeout=30)
         finally:
