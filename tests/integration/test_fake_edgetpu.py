@@ -575,3 +575,27 @@ def test_create_delegate_by_path_refuses_an_unlisted_path(
 
 def test_version_has_libedgetpus_format(fake_lib: Path) -> None:
     assert re.fullmatch(r"BuildLabel\(.+\), RuntimeVersion\(\d+\)", version(str(fake_lib)))
+
+
+def test_a_context_opened_in_firmware_download_mode_follows_the_load_once(
+    fake_lib: Path, bed: Accelerators, control: Control, models_dir: Path
+) -> None:
+    """libedgetpu loads the firmware inside the open and reopens the device when it comes
+    back (usb_driver.cc, PrepareUsbDevice); the fake lets the test's load stand for that, once:
+    a later unplug is an unplug."""
+    bed.add_usb("2-1", state="dfu")
+    control.set(mode="simulate", invoke_ms=50)
+    proc = child(control, fake_lib, models_dir / TPU_MODEL, 100000, "2-1")
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "opened"
+    assert proc.stdout.readline().strip() == "ok 2-1 1"
+
+    bed.load_firmware("2-1")  # remove, then back as 18d1:9302 on the same port
+    seen = [proc.stdout.readline().strip() for _ in range(5)]
+    assert seen[-1].startswith("ok 2-1 "), seen
+    assert proc.poll() is None
+
+    bed.remove("2-1")
+    code, _, err = finish(proc)
+    assert code == -signal.SIGABRT and "USB transfer error 5" in err
+    assert control.events() == [("unplug_abort", "2-1", proc.pid)]

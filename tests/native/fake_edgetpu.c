@@ -19,7 +19,8 @@
  *   - a device is owned by one process: the context holds the device node open and flock()ed,
  *     so another process's open returns NULL (busy), as does a node it may not open;
  *   - a USB accelerator that disappears (its sysfs node removed or replaced) while a context
- *     on it runs an invoke aborts the process with libedgetpu's LOG(FATAL) line;
+ *     on it runs an invoke aborts the process with libedgetpu's LOG(FATAL) line (a context
+ *     opened in firmware-download mode follows the test's firmware load once);
  *   - abort_invoke / wedge (below) abort the process / block an invoke until it is killed.
  *
  * Behaviour comes from a control file named by $FAKE_EDGETPU_CONTROL, re-read whenever it changes
@@ -545,6 +546,7 @@ typedef struct {
   dev_t sys_dev;            /* identity of its sysfs node at open: a replug is another device */
   ino_t sys_ino;
   bool wedged;
+  bool loading;             /* opened in firmware-download mode: the load is still to come */
   long invokes; /* invokes started on it in this process (abort_after counts these) */
 } Context;
 
@@ -587,11 +589,46 @@ static bool sysfs_identity(const Context *c, dev_t *dev, ino_t *ino) {
 
 /* Is the USB device this context opened still there, the same device? An unplug removes its
  * sysfs node; a replug (or a firmware reload) makes a new one. */
-static bool usb_present(const Context *c) {
+static bool in_dfu_mode(const char *path) {
+  char vid[16], pid[16];
+  return read_attr("/sys/bus/usb/devices", base_name(path), "idVendor", vid, sizeof vid) &&
+         read_attr("/sys/bus/usb/devices", base_name(path), "idProduct", pid, sizeof pid) &&
+         strcmp(vid, "1a6e") == 0 && strcmp(pid, "089a") == 0;
+}
+
+/* A context opened on a device in firmware-download mode follows it through its firmware load:
+ * libedgetpu's open does the load itself and reopens the device when it comes back in
+ * application mode on the same port (driver/usb/usb_driver.cc, UsbDriver::PrepareUsbDevice:
+ * DFU, USB reset, then OpenMlUsbDevice). The fake loads nothing; the test's firmware_load()
+ * (remove, then add as 18d1:9302) stands for it, once. Caller holds g_lock. */
+static bool usb_present_locked(Context *c) {
   dev_t dev;
   ino_t ino;
   if (c->type != EDGETPU_APEX_USB) return true; /* apex hot-removal is not modelled */
-  return sysfs_identity(c, &dev, &ino) && dev == c->sys_dev && ino == c->sys_ino;
+  if (!sysfs_identity(c, &dev, &ino)) return false;
+  if (dev == c->sys_dev && ino == c->sys_ino) return true;
+  if (c->loading && !in_dfu_mode(c->path)) {
+    trace("%s came back from its firmware load: the context follows it", c->path);
+    c->loading = false;
+    c->sys_dev = dev;
+    c->sys_ino = ino;
+    return true;
+  }
+  return false;
+}
+
+/* Is the device still there? For a context still `loading`, a device gone from sysfs is in
+ * its firmware load's re-enumeration: wait for it as UsbDriver::CreateRawUsbDeviceWithRetry
+ * does (kMaxNumOfRetryAfterReset = 25 tries, 1 s apart), here in 50 ms steps. */
+static bool usb_present(Context *c) {
+  for (int step = 0; step < 500; step++) {
+    pthread_mutex_lock(&g_lock);
+    bool present = usb_present_locked(c), loading = c->loading;
+    pthread_mutex_unlock(&g_lock);
+    if (present || !loading) return present;
+    sleep_ms(50);
+  }
+  return false;
 }
 
 /* driver/usb/usb_driver.cc, UsbDriver::HandleQueuedBulkIn: a bulk-in transfer that failed for
@@ -703,6 +740,7 @@ static Context *open_new_locked(enum edgetpu_device_type type, const char *path,
   snprintf(slot->path, sizeof slot->path, "%s", path);
   snprintf(slot->node, sizeof slot->node, "%s", node);
   snprintf(slot->options, sizeof slot->options, "%s", options);
+  slot->loading = type == EDGETPU_APEX_USB && in_dfu_mode(path);
   if (!sysfs_identity(slot, &slot->sys_dev, &slot->sys_ino)) {
     close(fd);
     slot->used = false;
@@ -1036,7 +1074,7 @@ __attribute__((noreturn)) static void block_forever_locked(Context *ctx, DevStat
     sleep_ms(50);
     pthread_mutex_lock(&g_lock);
     control_refresh_locked();
-    if (!g_ctl.unplug_ignore && !usb_present(ctx)) die_unplugged(ctx);
+    if (!g_ctl.unplug_ignore && !usb_present_locked(ctx)) die_unplugged(ctx);
   }
 }
 
