@@ -51,9 +51,9 @@ _RUNTIME_MODULES = {
 # "Why the package carries the runtime"); only this module puts it on sys.path.
 PRIVATE_RUNTIME_DIR = "/usr/lib/edgetpud/python"
 _INSTALL_HINT = (
-    "the Debian package carries tflite_runtime in "
-    f"{PRIVATE_RUNTIME_DIR}: reinstall it (`apt install --reinstall edgetpud`); outside the "
-    "package, `pip install tflite-runtime==2.14.0 'numpy<2'` (Python 3.8-3.11) "
+    f"the Debian package carries tflite_runtime in {PRIVATE_RUNTIME_DIR}: reinstall it "
+    "(`apt install --reinstall ./edgetpud_<version>_<arch>.deb`, the file you installed it "
+    "from); outside the package, `pip install tflite-runtime==2.14.0 'numpy<2'` (Python 3.8-3.11) "
     "or `pip install ai-edge-litert` (Python 3.10 and newer)"
 )
 _PIP = {

@@ -189,7 +189,8 @@ class Doctor:
                 "udev rules",
                 "FAIL",
                 f"{RULES_NAME} is in none of {', '.join(RULES_DIRS)}",
-                "reinstall the package (`apt install --reinstall edgetpud`), then "
+                "reinstall the package (`apt install --reinstall ./edgetpud_<version>_<arch>.deb`, "
+                "the file you installed it from), then "
                 "`udevadm control --reload-rules && udevadm trigger`",
             )
             return

@@ -136,7 +136,7 @@ def test_no_tflite_runtime_fails_with_the_fix(
     assert code == 1
     runtime = checks["tflite runtime"]
     assert runtime["status"] == "FAIL"
-    assert "apt install --reinstall edgetpud" in runtime["fix"], runtime
+    assert "apt install --reinstall ./edgetpud_<version>_<arch>.deb" in runtime["fix"], runtime
     assert "FAIL tflite runtime: not importable" in text
     assert checks["models"]["status"] == "FAIL"
 
