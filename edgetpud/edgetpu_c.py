@@ -117,7 +117,7 @@ class PathDelegate:
     """A delegate made by `edgetpu_create_delegate` on one device path.
 
     Pass it in `experimental_delegates=[...]` like `load_delegate`'s result: the TFLite
-    Interpreter (tflite_runtime and ai_edge_litert, interpreter.py) only calls
+    Interpreter (interpreter.py of tflite_runtime 2.14 and ai-edge-litert 2.3.0) only calls
     `_get_native_delegate_pointer()` on it, and keeps it alive as long as itself. Release the
     interpreter first, then `close()` this (idempotent; also on garbage collection).
     """
