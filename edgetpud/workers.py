@@ -96,7 +96,9 @@ class ModelQueue:
     def __init__(self, model: str, maxsize: int, overflow: Overflow = "block") -> None:
         self.model = model
         self._lock = threading.Lock()
-        self._not_empty = threading.Condition(self._lock)
+        self._not_empty = threading.Condition(self._lock)  # lanes of idle workers wait here
+        self._behind = threading.Condition(self._lock)  # lanes of workers running a request
+        self._idle_waiting = 0  # lanes waiting on _not_empty
         self._not_full = threading.Condition(self._lock)
         self._items: collections.deque[Request] = collections.deque()
         self._requeued: collections.deque[Request] = collections.deque()
@@ -157,7 +159,7 @@ class ModelQueue:
                 self.dropped += len(items)
                 items.clear()
             items.append(req)
-            self._not_empty.notify()
+            self._signal()
             return True
 
     def put_over_limit(self, req: Request) -> None:
@@ -166,14 +168,14 @@ class ModelQueue:
         so ordinary puts keep waiting until the queue is below maxsize again."""
         with self._lock:
             self._items.append(req)
-            self._not_empty.notify()
+            self._signal()
 
     def requeue(self, req: Request) -> None:
         """Put a request back at the very front of the queue (it is taken next): never dropped,
         ignores maxsize. To hand back several in their order, requeue them in reverse."""
         with self._lock:
             self._requeued.appendleft(req)
-            self._not_empty.notify()
+            self._signal()
 
     def retry_after_ms(self) -> int:
         """How long a refused producer should wait before trying again: the time the
@@ -192,25 +194,48 @@ class ModelQueue:
             self._gap = gap if not self._gap else 0.8 * self._gap + 0.2 * gap
         self._last_take = now
 
-    def get(self, timeout: float) -> Request | None:
-        """The next request (requeued ones first), or None after `timeout` seconds."""
+    def _signal(self) -> None:
+        """Wake a lane for a waiting request (lock held): an idle worker's if one waits."""
+        if self._idle_waiting:
+            self._not_empty.notify()
+        else:
+            self._behind.notify()
+
+    def get(self, timeout: float, *, idle: bool = True) -> Request | None:
+        """The next request (requeued ones first), or None after `timeout` seconds.
+
+        `idle=False` is for a lane whose worker already runs a request: its invoke would
+        queue on the device behind that one. It takes a request only when more wait than
+        lanes of idle workers do, so that a request goes to an idle device first (with
+        two clients and two TPUs, each TPU gets one) and the device pipeline fills only
+        when every worker is busy.
+        """
         with self._lock:
-            waited = not self._requeued and not self._items
-            if waited:
-                self._not_empty.wait(timeout)
-            if self._requeued:
+            if idle:
+                self._idle_waiting += 1
+            try:
+                waited = not self._available(idle)
+                if waited:
+                    (self._not_empty if idle else self._behind).wait(timeout)
+                if not self._available(idle):
+                    return None
                 self._took(waited)
-                return self._requeued.popleft()
-            if self._items:
-                self._took(waited)
-                req = self._items.popleft()
-                # A producer blocked on a full queue is woken once half the room is free,
-                # not for every request taken: it then refills in one go, one wake-up
-                # per maxsize/2 requests instead of one per request.
-                if len(self._items) <= self._maxsize // 2:
-                    self._not_full.notify()
-                return req
-            return None
+                req = self._requeued.popleft() if self._requeued else self._items.popleft()
+            finally:
+                if idle:
+                    self._idle_waiting -= 1
+            if self._requeued or self._items:
+                self._signal()  # pass it on: one wake-up per request, never one lost
+            # A producer blocked on a full queue is woken once half the room is free,
+            # not for every request taken: it then refills in one go, one wake-up
+            # per maxsize/2 requests instead of one per request.
+            if len(self._items) <= self._maxsize // 2:
+                self._not_full.notify()
+            return req
+
+    def _available(self, idle: bool) -> bool:
+        waiting = len(self._requeued) + len(self._items)
+        return waiting > (0 if idle else self._idle_waiting)
 
     def drain(self) -> list[Request]:
         """Take every waiting request out (requeued first), e.g. to move them or answer them."""
@@ -341,6 +366,7 @@ class Worker:
         # back; whoever removes it (under the lock) is the only one who may answer it.
         self._lock = threading.Lock()
         self._owned: dict[str, Request] = {}
+        self._idle_lane = False  # a lane waits for a request as this idle worker's
         self._jobs = [_Job() for _ in range(interpreters)]
         self._abandoned = False  # stalled, or stopped past the deadline
         self._lost_hosts: set[int] = set()  # pids of the hosts whose death was reported
@@ -621,18 +647,31 @@ class Worker:
         perf, mono = time.perf_counter, time.monotonic
         while not stop.is_set():
             self._heartbeat = mono()
-            req = get(GET_TIMEOUT)
+            # One lane at a time waits as the worker's idle lane, and only while the worker
+            # runs nothing: a request goes to an idle device before it queues behind
+            # another on a busy one (ModelQueue.get).
+            with lock:
+                idle = not owned and not self._idle_lane
+                if idle:
+                    self._idle_lane = True
+            req = get(GET_TIMEOUT, idle=idle)
             if req is None:
+                if idle:
+                    self._idle_lane = False
                 continue
             now = mono()
             queue_ms = (now - req.received_mono) * 1000.0
             if req.deadline and now > req.deadline:  # its client has given up: not run
+                if idle:
+                    self._idle_lane = False
                 self._deliver(
                     Result(req, device, error=f"{EXPIRED}: waited {queue_ms:.0f} ms, past its "
                            "client's timeout; not run", timing=Timing(queue_ms, 0.0, 0.0, 0.0))
                 )  # fmt: skip
                 continue
             with lock:
+                if idle:  # owned before it is given up: no other lane waits as idle meanwhile
+                    self._idle_lane = False
                 if stop.is_set():  # stopped while waiting: hand it back untouched
                     queue.requeue(req)
                     return

@@ -505,3 +505,37 @@ def test_put_over_limit_keeps_order_and_holds_back_ordinary_puts() -> None:
     assert q.depth == 3
     assert not q.put(req(4), timeout=0)  # still full for ordinary requests
     assert [q.get(0.1), q.get(0.1), q.get(0.1)] == [first, second, kept]
+
+
+def test_a_request_goes_to_an_idle_device_before_queueing_behind_a_busy_one() -> None:
+    """Two replicas with 4 lanes each: while one device runs a request, the next goes to
+    the other device, not to a second lane of the busy one (where it would wait for the
+    first invoke to end). Five rounds, so that a lane picked at random would miss."""
+    q = ModelQueue("m", 8)
+    sink = Collector()
+    sessions = [ScriptedSession("usb:0"), ScriptedSession("usb:1")]
+    workers = [
+        make_worker(q, sink, device=s.device, opener=lambda s=s: s, interpreters=4)
+        for s in sessions
+    ]
+    for w in workers:
+        w.start()
+    wait_until(lambda: all(w.state == "running" for w in workers), what="both running")
+    time.sleep(0.2)  # every lane waiting for work
+    for round_ in range(5):
+        q.put(req("hang"))
+        wait_until(lambda: any(s.hanging.is_set() for s in sessions), what="one device busy")
+        q.put(req("hang"))
+        wait_until(
+            lambda: all(s.hanging.is_set() for s in sessions),
+            timeout=5,
+            what=f"round {round_}: the second request on the idle device",
+        )
+        for s in sessions:
+            s.release.set()
+        wait_until(lambda r=round_: len(sink.results) == 2 * (r + 1), what="both answered")
+        for s in sessions:
+            s.hanging.clear()
+            s.release.clear()
+    for w in workers:
+        w.stop(time.monotonic() + 5)
