@@ -48,9 +48,13 @@ from typing import Any, Protocol
 import numpy as np
 import zmq
 
-from edgetpud.config import IPC_PREFIX, FrigateConfig
+from edgetpud import modelfile
+from edgetpud.config import IPC_PREFIX, Config, FrigateConfig
+from edgetpud.daemon.events import Publish
+from edgetpud.daemon.ports import ComponentContext
 from edgetpud.errors import EdgetpudError
 from edgetpud.messages import Request, Result
+from edgetpud.snapshot import ModelState, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +62,13 @@ ROWS, COLUMNS = 20, 6  # Frigate's detection array: [class_id, score, y_min, x_m
 EMPTY_REPLY = bytes(ROWS * COLUMNS * 4)  # no detections, the one-frame reply form
 MAX_CLIENTS = 64  # clients remembered for health; the longest idle is forgotten first
 BATCH = 64  # messages taken from the socket per turn before replies are sent again
-POLL_MS = 100  # how often an idle endpoint looks at its stop flag
+POLL_MS = 100  # how often an idle endpoint looks at its stop flag (replies wake it at once)
 WARN_EVERY_S = 60.0  # one log line per client and problem at most this often
-EVENT_GAP_S = 1.0  # "frigate_client" events at most this often (Frigate reconnects a lot)
+EVENT_GAP_S = 1.0
+# A model that answered a request this recently is taken to be serving whatever the port
+# says: the daemon's port reads the latest state snapshot, which can lag a worker that
+# has just opened by up to its refresh interval (0.5 s).
+RECENTLY_SERVED_S = 1.0  # "frigate_client" events at most this often (Frigate reconnects a lot)
 
 OUTCOMES = ("answered", "empty", "expired")  # what became of each request, per client
 EventSink = Callable[[str, Mapping[str, Any]], None]
@@ -169,8 +177,10 @@ class FrigateEndpoint:
         *,
         on_event: EventSink | None = None,
         context: zmq.Context[Any] | None = None,
+        poll_ms: int = POLL_MS,
     ) -> None:
         self.cfg = cfg
+        self._poll_ms = poll_ms
         self.port = port
         self._on_event = on_event
         self._context = context or zmq.Context.instance()
@@ -187,6 +197,7 @@ class FrigateEndpoint:
         self._last_event = 0.0
         self._events_held = 0
         self._unavailable = ""  # why the last request was refused for want of a device
+        self._served_at = -RECENTLY_SERVED_S  # time.monotonic() of the last detections sent
         self.state = "stopped"  # "listening", "failed", "stopped"
         self.error = ""
         self.totals = collections.Counter[str]()
@@ -287,7 +298,7 @@ class FrigateEndpoint:
         recv, again = sock.recv_multipart, zmq.Again
         while not self._stop.is_set():
             try:
-                ready = dict(poller.poll(POLL_MS))
+                ready = dict(poller.poll(self._poll_ms))
                 if self._wake_r in ready:
                     self._drain_wake()
                 if sock in ready:
@@ -310,12 +321,18 @@ class FrigateEndpoint:
                 os.write(self._wake_w, b"\0")
 
     def _drain_wake(self) -> None:
-        self._woken = False  # before the outbox is emptied: a reply queued now wakes us again
-        try:
+        """Empty the wake pipe, then clear the flag; the caller sends the outbox after.
+
+        In this order a reply is never stranded: one queued before the flag is cleared is
+        in the outbox the caller empties next; one queued after it writes a new byte.
+        (Clearing first lost replies: a byte written between the clear and the read was
+        read here, leaving the flag set with nothing in the pipe, so the next reply did
+        not wake the thread and waited for POLL_MS.)
+        """
+        with contextlib.suppress(BlockingIOError):
             while os.read(self._wake_r, 512):
                 pass
-        except BlockingIOError:
-            pass
+        self._woken = False
 
     def _send_replies(self, sock: zmq.Socket[Any]) -> None:
         outbox, send = self._outbox, sock.send_multipart
@@ -361,6 +378,8 @@ class FrigateEndpoint:
             self._empty(envelope, client, f"unreadable header ({exc})")
             return
         why = self.port.unavailable()
+        if why and received - self._served_at < RECENTLY_SERVED_S:
+            why = ""  # the port's view lags: the model answered moments ago
         if why:
             self._set_unavailable(why)
             self._empty(envelope, client, why)
@@ -505,6 +524,7 @@ class FrigateEndpoint:
             self._reply_later(pending.envelope, EMPTY_REPLY)
             return
         payload = rows(result.output, pending.width, pending.height, request.meta).tobytes()
+        self._served_at = time.monotonic()
         with self._lock:
             client.answered += 1
             self.totals["answered"] += 1
@@ -636,3 +656,108 @@ def rows(detections: Any, width: int, height: int, meta: Mapping[str, Any]) -> A
             box["xmax"] / w,
         )
     return out
+
+
+# ---- inside the daemon ------------------------------------------------------------------
+
+
+class DaemonPort(ModelPort):
+    """The port the daemon gives the endpoint: admission through the supervisor's intake
+    (`submit`, None when queued), the model's state from the latest snapshot, and the
+    model's input from its file."""
+
+    def __init__(
+        self,
+        model: str,
+        info: Any,
+        view: Callable[[], Snapshot | None],
+        submit: Callable[[Request], str | None],
+    ) -> None:
+        super().__init__(model, lambda: None)
+        self._info = info
+        self._view = view
+        self._submit = submit
+
+    def info(self) -> Any:
+        return self._info
+
+    def unavailable(self) -> str:
+        snap = self._view()
+        if snap is None:
+            return "edgetpud is starting"
+        m = snap.models.get(self.model)
+        if m is None:
+            return f"model {self.model} is not configured"
+        if m.state is ModelState.RUNNING:
+            return ""
+        if m.state is ModelState.DISABLED:
+            return f"model {self.model} is disabled: {m.reason}"
+        if m.state is ModelState.STARTING:
+            return f"model {self.model} is starting on {', '.join(m.devices)}"
+        return (
+            f"model {self.model} has no device to run on ({m.reason.removeprefix('waiting: ')}); "
+            "`edgetpud status` says more"
+        )
+
+    def submit(self, request: Request) -> str:
+        return self._submit(request) or ""
+
+
+class FrigateComponent:
+    """The endpoint as a daemon component (edgetpud/daemon/ports.py `Component`): started
+    after the models, restarted when a reload changes `[frigate]` or its model's file, its
+    snapshot the health section "frigate", its events published through the supervisor."""
+
+    name = "frigate"
+
+    def __init__(self, cfg: Config, ctx: ComponentContext) -> None:
+        self._cfg = cfg
+        self._ctx = ctx
+        self._endpoint: FrigateEndpoint | None = None
+        self._key: tuple[Any, ...] = ()
+
+    def _wanted(self, cfg: Config) -> tuple[Any, ...]:
+        f = cfg.frigate
+        if not f.endpoint:
+            return ()
+        model = cfg.models.get(f.model)
+        return (f, model.model if model is not None else None)
+
+    def start(self) -> None:
+        key = self._wanted(self._cfg)
+        self._key = key
+        if not key:
+            return
+        f = self._cfg.frigate
+        model = self._cfg.models.get(f.model)
+        try:
+            info = modelfile.inspect_model(model.model) if model is not None else None
+        except EdgetpudError as exc:
+            log.error("Frigate endpoint: model %s cannot be read: %s", f.model, exc)
+            info = None
+        port = DaemonPort(f.model, info, self._ctx.view.latest, self._ctx.submit)
+        endpoint = FrigateEndpoint(f, port, on_event=self._post)
+        self._endpoint = endpoint
+        try:
+            endpoint.start()
+        except FrigateError as exc:
+            log.error("Frigate endpoint off: %s", exc)
+            self._post("frigate_failed", {"endpoint": f.endpoint, "error": str(exc)})
+
+    def _post(self, kind: str, fields: Mapping[str, Any]) -> None:
+        self._ctx.post(Publish(kind, dict(fields)))
+
+    def apply_config(self, cfg: Config) -> None:
+        self._cfg = cfg
+        if self._wanted(cfg) == self._key:
+            return
+        self.stop(time.monotonic() + 2.0)
+        self.start()
+
+    def health(self) -> Mapping[str, Any] | None:
+        return self._endpoint.snapshot() if self._endpoint is not None else None
+
+    def stop(self, deadline: float) -> None:
+        if self._endpoint is not None:
+            self._endpoint.close(max(0.1, deadline - time.monotonic()))
+            self._endpoint = None

@@ -30,14 +30,23 @@ from edgetpud.runtime import open_session
 from edgetpud.workers import ModelQueue, Worker
 from tests.support.fakelib import Accelerators, Control, FakeLib, make_control
 from tests.support.frigate import FrigateClient, expected_rows
-from tests.support.ssd_model import write_ssd_model
+from tests.support.ssd_model import postprocess_model, ssd_edgetpu_model, zero_count_frame
 from tests.support.workers import Collector, lanes_alive, wait_until
 
 WIDTH, HEIGHT = 64, 48
-BOXES = [[0.1, 0.2, 0.5, 0.6], [0.25, 0.05, 0.75, 0.4], [0.0, 0.0, 1.0, 1.0]]
-CLASSES = [17, 0, 62]
-SCORES = [0.66, 0.91, 0.3]
+# Four anchors into TFLite's own TFLite_Detection_PostProcess (tests/support/ssd_model.py):
+# the second overlaps the first (IoU 0.9) with a lower score, so non-maximum suppression
+# removes it; the last scores under the op's 0.1; the detect plugin's threshold is 0.4.
+ANCHORS = [
+    [0.1, 0.2, 0.5, 0.6],
+    [0.12, 0.21, 0.5, 0.6],
+    [0.25, 0.05, 0.75, 0.4],
+    [0.6, 0.6, 0.9, 0.95],
+]
+CLASS_SCORES = [[0, 0.7, 0, 0], [0, 0.6, 0, 0], [0.91, 0, 0, 0], [0, 0, 0.05, 0]]
 THRESHOLD = 0.4
+# what survives, best first: (class, score, box)
+KEPT = [(0, 0.91, ANCHORS[2]), (1, 0.7, ANCHORS[0])]
 
 
 @dataclass
@@ -54,7 +63,7 @@ class Served:
 class Rig:
     """A model, its queue, workers that answer through each request's reply, an endpoint."""
 
-    def __init__(self, model: Path, endpoint: str, **frigate: Any) -> None:
+    def __init__(self, model: Path, endpoint: str, *, poll_ms: int = 100, **frigate: Any) -> None:
         info = inspect_model(model)
         self.model = model
         self.served = Served("doorcam", ModelQueue("doorcam", 32), info)
@@ -66,6 +75,7 @@ class Rig:
             self.cfg,
             ModelPort("doorcam", lambda: self.served),
             on_event=lambda kind, fields: self.events.append((kind, dict(fields))),
+            poll_ms=poll_ms,
         )
 
     def on_result(self, result: Result) -> None:
@@ -103,13 +113,9 @@ class Rig:
 
 @pytest.fixture
 def ssd(tmp_path: Path) -> Path:
-    return write_ssd_model(
-        tmp_path / "ssd.tflite",
-        boxes=np.array(BOXES),
-        classes=CLASSES,
-        scores=SCORES,
-        size=(WIDTH, HEIGHT),
-    )
+    path = tmp_path / "ssd.tflite"
+    path.write_bytes(postprocess_model(ANCHORS, CLASS_SCORES, size=(WIDTH, HEIGHT)))
+    return path
 
 
 @pytest.fixture
@@ -123,7 +129,7 @@ def frame(value: int = 0, shape: tuple[int, ...] = (1, HEIGHT, WIDTH, 3)) -> np.
     return np.full(shape, value, np.uint8)
 
 
-EXPECTED = expected_rows(BOXES, CLASSES, SCORES, THRESHOLD)
+EXPECTED = expected_rows([k[2] for k in KEPT], [k[0] for k in KEPT], [k[1] for k in KEPT], 0.0)
 
 
 def assert_detections(rows: np.ndarray) -> None:
@@ -141,7 +147,7 @@ def test_frigate_gets_the_models_detections_as_its_20x6_rows(rig: Rig) -> None:
         reply = client.detect(frame(7))
         assert reply.form in ("one-frame", "two-frame")
         assert_detections(reply.rows)
-        assert reply.rows[2:].sum() == 0  # one box under the threshold, the rest unused
+        assert reply.rows[2:].sum() == 0  # suppressed, under the thresholds, or unused
     finally:
         client.close()
     health = rig.endpoint.snapshot()
@@ -307,19 +313,32 @@ def control(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Control:
     return make_control(tmp_path, monkeypatch, mode="simulate", invoke_ms=5)
 
 
+@pytest.fixture
+def tpu_rig(tmp_path: Path) -> Iterator[Rig]:
+    """The rig with an Edge TPU build of an SSD (tests/support/ssd_model.py): what the
+    simulated Edge TPUs run; its frames come from zero_count_frame (no detections)."""
+    model = tmp_path / "ssd_edgetpu.tflite"
+    model.write_bytes(ssd_edgetpu_model(size=(WIDTH, HEIGHT)))
+    rig = Rig(model, f"ipc://{tmp_path}/frigate.sock", request_timeout=0.1)
+    yield rig
+    rig.close()
+
+
 def test_requests_spread_over_every_replica(
-    rig: Rig, bed: Accelerators, lib: FakeLib, control: Control
+    tpu_rig: Rig, bed: Accelerators, lib: FakeLib, control: Control
 ) -> None:
+    rig = tpu_rig
     bed.add_usb("2-1")
     bed.add_usb("2-2")
     for device in ("usb:2-1", "usb:2-2"):
         rig.add_worker(device, library=str(lib.path), lanes=2)
     rig.endpoint.start()
     clients = [FrigateClient(rig.cfg.endpoint, timeout_ms=2000) for _ in range(4)]
+    blank = zero_count_frame((1, HEIGHT, WIDTH, 3))
 
     def run(client: FrigateClient) -> None:
         for _ in range(20):
-            client.detect(frame())
+            assert client.detect(blank).form == "one-frame"
 
     threads = [threading.Thread(target=run, args=(c,)) for c in clients]
     for t in threads:
@@ -333,32 +352,67 @@ def test_requests_spread_over_every_replica(
     assert min(lib.invokes("2-1"), lib.invokes("2-2")) >= 10  # both devices took a share
 
 
-def test_a_request_whose_client_gave_up_is_dropped_not_served_late(
-    ssd: Path, tmp_path: Path, bed: Accelerators, lib: FakeLib, control: Control
+def test_every_reply_wakes_the_endpoint(
+    tmp_path: Path, bed: Accelerators, lib: FakeLib, control: Control
 ) -> None:
-    bed.add_usb("2-1")
-    control.set(invoke_ms=150)
-    rig = Rig(ssd, f"ipc://{tmp_path}/frigate.sock", request_timeout=0.1)
+    """Replies come from worker threads while the endpoint's thread waits in poll(); each
+    must wake it. With its idle poll stretched to 60 s, a reply that did not would leave
+    its client waiting past its timeout (this found a lost wake-up: about one reply in
+    four waited for the idle poll with one lane per device and two clients)."""
+    model = tmp_path / "ssd_edgetpu.tflite"
+    model.write_bytes(ssd_edgetpu_model(size=(WIDTH, HEIGHT)))
+    rig = Rig(model, f"ipc://{tmp_path}/frigate.sock", poll_ms=60_000)
     try:
-        rig.add_worker("usb:2-1", library=str(lib.path))
+        bed.add_usb("2-1")
+        bed.add_usb("2-2")
+        for device in ("usb:2-1", "usb:2-2"):
+            rig.add_worker(device, library=str(lib.path), lanes=1)
         rig.endpoint.start()
-        # three clients at once: one invoke runs 150 ms, so two requests wait past 100 ms
-        clients = [FrigateClient(rig.cfg.endpoint, timeout_ms=100) for _ in range(3)]
-        threads = [threading.Thread(target=c.detect, args=(frame(),)) for c in clients]
+        clients = [FrigateClient(rig.cfg.endpoint, timeout_ms=2000) for _ in range(2)]
+        blank = zero_count_frame((1, HEIGHT, WIDTH, 3))
+
+        def run(client: FrigateClient) -> None:
+            for _ in range(150):
+                if client.detect(blank).form == "timeout":
+                    return
+
+        threads = [threading.Thread(target=run, args=(c,)) for c in clients]
         for t in threads:
             t.start()
         for t in threads:
-            t.join(30)
-        wait_until(lambda: len(rig.sink.results) == 3, what="all three requests to be settled")
+            t.join(600)
         for client in clients:
             client.close()
-        expired = [r for r in rig.sink.results if r.expired]
-        assert len(expired) >= 1  # taken by the worker after the deadline: never run
-        assert lib.invokes("2-1") == 3 - len(expired)
-        health = rig.endpoint.snapshot()
-        assert health["expired"] == 3 - health["answered"]
+        assert [c.timeouts for c in clients] == [0, 0]
+        assert [len(c.replies) for c in clients] == [150, 150]
     finally:
         rig.close()
+
+
+def test_a_request_whose_client_gave_up_is_dropped_not_served_late(
+    tpu_rig: Rig, bed: Accelerators, lib: FakeLib, control: Control
+) -> None:
+    rig = tpu_rig
+    bed.add_usb("2-1")
+    control.set(invoke_ms=150)
+    blank = zero_count_frame((1, HEIGHT, WIDTH, 3))
+    rig.add_worker("usb:2-1", library=str(lib.path))
+    rig.endpoint.start()
+    # three clients at once: one invoke runs 150 ms, so two requests wait past 100 ms
+    clients = [FrigateClient(rig.cfg.endpoint, timeout_ms=100) for _ in range(3)]
+    threads = [threading.Thread(target=c.detect, args=(blank,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    wait_until(lambda: len(rig.sink.results) == 3, what="all three requests to be settled")
+    for client in clients:
+        client.close()
+    expired = [r for r in rig.sink.results if r.expired]
+    assert len(expired) >= 1  # taken by the worker after the deadline: never run
+    assert lib.invokes("2-1") == 3 - len(expired)
+    health = rig.endpoint.snapshot()
+    assert health["expired"] == 3 - health["answered"]
 
 
 def test_reply_forms_of_the_protocol_client(rig: Rig) -> None:

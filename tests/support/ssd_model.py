@@ -17,6 +17,7 @@ from typing import Any
 import flatbuffers
 import numpy as np
 import tflite as T
+from flatbuffers import flexbuffers
 
 _TYPES = {np.dtype(np.float32): 0, np.dtype(np.uint8): 3}
 
@@ -164,3 +165,141 @@ def zero_count_frame(shape: Sequence[int]) -> np.ndarray:
     frame = np.zeros(shape, np.uint8)
     frame.flat[0] = 253
     return frame
+
+
+def postprocess_model(
+    boxes: Sequence[Sequence[float]],
+    class_scores: Sequence[Sequence[float]],
+    *,
+    size: tuple[int, int] = (64, 48),
+    max_detections: int = 20,
+    score_threshold: float = 0.1,
+    iou_threshold: float = 0.5,
+) -> bytes:
+    """An SSD tail that ends in TFLite's own `TFLite_Detection_PostProcess` custom op.
+
+    One anchor per box in `boxes` (normalised ymin, xmin, ymax, xmax) with all-zero box
+    encodings, so each anchor decodes to exactly its box; `class_scores[i]` are anchor
+    i's scores for classes 0..K-1 (a background column is put in front, which the op
+    skips). The op itself then picks the best class per anchor, drops scores under
+    `score_threshold`, runs non-maximum suppression at `iou_threshold` and sorts: a test
+    checks what it kept, not what the model was given. Input: uint8 [1, height, width, 3]
+    (unused by the graph, as in ssd_model).
+    """
+    n = len(boxes)
+    scores = np.asarray(class_scores, np.float32).reshape(n, -1)
+    k = scores.shape[1]
+    b_ = np.asarray(boxes, np.float32).reshape(n, 4)
+    anchors = np.stack(
+        [
+            (b_[:, 0] + b_[:, 2]) / 2,
+            (b_[:, 1] + b_[:, 3]) / 2,
+            b_[:, 2] - b_[:, 0],
+            b_[:, 3] - b_[:, 1],
+        ],
+        axis=1,
+    ).astype(np.float32)
+    width, height = size
+    consts = {
+        "box_encodings": np.zeros((1, n, 4), np.float32),
+        "class_predictions": np.concatenate([np.zeros((n, 1), np.float32), scores], 1).reshape(
+            1, n, k + 1
+        ),
+        "anchors": anchors,
+    }
+    tensors: list[tuple[str, list[int], np.dtype[Any], np.ndarray | None]] = [
+        ("image", [1, height, width, 3], np.dtype(np.uint8), None),
+        *((name, list(v.shape), np.dtype(np.float32), v) for name, v in consts.items()),
+        ("boxes", [1, max_detections, 4], np.dtype(np.float32), None),
+        ("classes", [1, max_detections], np.dtype(np.float32), None),
+        ("scores", [1, max_detections], np.dtype(np.float32), None),
+        ("count", [1], np.dtype(np.float32), None),
+    ]
+    fbb = flexbuffers.Builder()
+    with fbb.Map():
+        for key, value in (
+            ("max_detections", max_detections),
+            ("max_classes_per_detection", 1),
+            ("detections_per_class", 100),
+            ("num_classes", k),
+        ):
+            fbb.Key(key)
+            fbb.Int(value)
+        fbb.Key("use_regular_nms")
+        fbb.Bool(False)
+        for key, fvalue in (
+            ("nms_score_threshold", score_threshold),
+            ("nms_iou_threshold", iou_threshold),
+            ("y_scale", 10.0),
+            ("x_scale", 10.0),
+            ("h_scale", 5.0),
+            ("w_scale", 5.0),
+        ):
+            fbb.Key(key)
+            fbb.Float(fvalue)
+    options = bytes(fbb.Finish())
+
+    b = flatbuffers.Builder(4096)
+    buffers = []
+    for data in [None] + [t[3] for t in tensors]:
+        dv = None
+        if data is not None:
+            raw = np.ascontiguousarray(data).tobytes()
+            b.StartVector(1, len(raw), 16)
+            b.head -= len(raw)
+            b.Bytes[b.head : b.head + len(raw)] = raw
+            dv = b.EndVector()
+        T.BufferStart(b)
+        if dv is not None:
+            T.BufferAddData(b, dv)
+        buffers.append(T.BufferEnd(b))
+    tensor_offs = []
+    for i, (name, shape, dtype, _) in enumerate(tensors):
+        name_off = b.CreateString(name)
+        shape_off = _vec(b, T.TensorStartShapeVector, shape, b.PrependInt32)
+        T.TensorStart(b)
+        T.TensorAddShape(b, shape_off)
+        T.TensorAddType(b, _TYPES[dtype])
+        T.TensorAddBuffer(b, i + 1)
+        T.TensorAddName(b, name_off)
+        tensor_offs.append(T.TensorEnd(b))
+    opts = _vec(b, T.OperatorStartCustomOptionsVector, list(options), b.PrependUint8)
+    iv = _vec(b, T.OperatorStartInputsVector, [1, 2, 3], b.PrependInt32)
+    ov = _vec(b, T.OperatorStartOutputsVector, [4, 5, 6, 7], b.PrependInt32)
+    T.OperatorStart(b)
+    T.OperatorAddOpcodeIndex(b, 0)
+    T.OperatorAddInputs(b, iv)
+    T.OperatorAddOutputs(b, ov)
+    T.OperatorAddCustomOptions(b, opts)
+    op = T.OperatorEnd(b)
+    sg_name = b.CreateString("main")
+    tv = _vec(b, T.SubGraphStartTensorsVector, tensor_offs, b.PrependUOffsetTRelative)
+    iv = _vec(b, T.SubGraphStartInputsVector, [0], b.PrependInt32)
+    ov = _vec(b, T.SubGraphStartOutputsVector, [4, 5, 6, 7], b.PrependInt32)
+    opv = _vec(b, T.SubGraphStartOperatorsVector, [op], b.PrependUOffsetTRelative)
+    T.SubGraphStart(b)
+    T.SubGraphAddTensors(b, tv)
+    T.SubGraphAddInputs(b, iv)
+    T.SubGraphAddOutputs(b, ov)
+    T.SubGraphAddOperators(b, opv)
+    T.SubGraphAddName(b, sg_name)
+    sg = T.SubGraphEnd(b)
+    custom_code = b.CreateString("TFLite_Detection_PostProcess")
+    T.OperatorCodeStart(b)
+    T.OperatorCodeAddDeprecatedBuiltinCode(b, T.BuiltinOperator.CUSTOM)
+    T.OperatorCodeAddBuiltinCode(b, T.BuiltinOperator.CUSTOM)
+    T.OperatorCodeAddCustomCode(b, custom_code)
+    T.OperatorCodeAddVersion(b, 1)
+    code = T.OperatorCodeEnd(b)
+    ocv = _vec(b, T.ModelStartOperatorCodesVector, [code], b.PrependUOffsetTRelative)
+    sgv = _vec(b, T.ModelStartSubgraphsVector, [sg], b.PrependUOffsetTRelative)
+    bv = _vec(b, T.ModelStartBuffersVector, buffers, b.PrependUOffsetTRelative)
+    desc = b.CreateString("edgetpud test SSD with TFLite_Detection_PostProcess")
+    T.ModelStart(b)
+    T.ModelAddVersion(b, 3)
+    T.ModelAddOperatorCodes(b, ocv)
+    T.ModelAddSubgraphs(b, sgv)
+    T.ModelAddDescription(b, desc)
+    T.ModelAddBuffers(b, bv)
+    b.Finish(T.ModelEnd(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
