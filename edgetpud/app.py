@@ -23,6 +23,7 @@ from edgetpud.daemon.ports import Component, ComponentContext, ObservesResults, 
 from edgetpud.daemon.state import Board
 from edgetpud.daemon.supervisor import Parts, Supervisor
 from edgetpud.devices import DeviceWatcher
+from edgetpud.frigate import FrigateComponent
 from edgetpud.hosts import HostPool
 from edgetpud.hosts.component import HostsComponent
 from edgetpud.mqtt import MqttLink
@@ -86,7 +87,8 @@ def components(cfg: Config, ctx: ComponentContext) -> list[Component]:
     """
     from edgetpud.metrics import MetricsComponent  # prometheus_client: only this module
 
-    return [MetricsComponent(cfg), versions.Versions(cfg)]
+    # the Frigate endpoint last: it starts taking requests once the rest runs, and stops first
+    return [MetricsComponent(cfg), versions.Versions(cfg), FrigateComponent(cfg, ctx)]
 
 
 def build(cfg: Config, *, log_level_pinned: bool = False) -> Supervisor:

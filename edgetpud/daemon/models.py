@@ -314,10 +314,22 @@ class Models:
         """Called from worker threads: publish (waits up to 1 s, and only while a connected
         broker lags behind), then tell the source."""
         with rt.lock:
-            if result.error:
-                rt.errors += 1
-            else:
+            if not result.error:
                 rt.results += 1
+            elif not result.expired:  # not run: its client (Frigate) had given up
+                rt.errors += 1
+        reply = result.request.reply
+        if reply is not None:  # the Frigate endpoint's request: answered there, not on MQTT
+            try:
+                reply(result)
+            except Exception:
+                log.exception("the reply to request %s of %s failed", result.request.id, rt.name)
+            for observe in self._observers:
+                try:
+                    observe(result)
+                except Exception:
+                    log.exception("a result observer failed on a result of %s", rt.name)
+            return
         link = self.link
         if link is not None:
             link.publish_result(result)
