@@ -272,7 +272,7 @@ def test_an_unplug_the_loss_of_every_tpu_and_a_reload_keep_frigate_served(
     site: Site, tb: Testbed, cpu_ssd: Path, fake_lib: Path
 ) -> None:
     control = Control(site.tmp / "fake-edgetpu.control")
-    control.set(mode="simulate", invoke_ms=4, unplug="ignore")  # the runtime runs in-process
+    control.set(mode="simulate", invoke_ms=4)
     tpu_ssd = site.tmp / "ssd_edgetpu.tflite"
     tpu_ssd.write_bytes(ssd_edgetpu_model(size=(WIDTH, HEIGHT)))
     root = tb.add_root_hub(2, 5000, maxchild=4)
@@ -299,7 +299,10 @@ threshold = {threshold}
     stream = Stream(site.endpoint).start()
     try:
         # on the simulated TPUs this frame's outputs hold no detections
-        wait_for(lambda: len(stream.since(0)) >= 40, 60, "frames served by the TPUs")
+        def answered() -> int:
+            return int(site.health().get("frigate", {}).get("answered", 0))
+
+        wait_for(lambda: answered() >= 40, 60, "40 frames answered by the TPUs")
         on_tpus = stream.since(0)
         assert all(r.form == "one-frame" and not r.rows.any() for r in on_tpus)
 
@@ -356,7 +359,7 @@ def test_with_no_device_and_no_cpu_model_frigate_gets_no_detections_at_once(
     site: Site, tb: Testbed, fake_lib: Path
 ) -> None:
     control = Control(site.tmp / "fake-edgetpu.control")
-    control.set(mode="simulate", invoke_ms=4, unplug="ignore")  # the runtime runs in-process
+    control.set(mode="simulate", invoke_ms=4)
     tpu_ssd = site.tmp / "ssd_edgetpu.tflite"
     tpu_ssd.write_bytes(ssd_edgetpu_model(size=(WIDTH, HEIGHT)))
     table = f"""
