@@ -64,11 +64,12 @@ MAX_CLIENTS = 64  # clients remembered for health; the longest idle is forgotten
 BATCH = 64  # messages taken from the socket per turn before replies are sent again
 POLL_MS = 100  # how often an idle endpoint looks at its stop flag (replies wake it at once)
 WARN_EVERY_S = 60.0  # one log line per client and problem at most this often
-EVENT_GAP_S = 1.0
+EVENT_GAP_S = 1.0  # "frigate_client" events at most this often (Frigate reconnects a lot)
 # A model that answered a request this recently is taken to be serving whatever the port
 # says: the daemon's port reads the latest state snapshot, which can lag a worker that
-# has just opened by up to its refresh interval (0.5 s).
-RECENTLY_SERVED_S = 1.0  # "frigate_client" events at most this often (Frigate reconnects a lot)
+# has just opened by up to its refresh interval (0.5 s); longer would keep taking
+# requests for a model that has just stopped, which then time out in Frigate.
+RECENTLY_SERVED_S = 0.5
 
 OUTCOMES = ("answered", "empty", "expired")  # what became of each request, per client
 EventSink = Callable[[str, Mapping[str, Any]], None]

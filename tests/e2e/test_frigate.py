@@ -340,9 +340,11 @@ threshold = {threshold}
         # the restarted worker opens; until the latest snapshot shows it running, frames
         # get no detections at once (docs/frigate.md); from then on the new threshold
         wait_for(lambda: len(served_again()) >= 20, 60, "20 frames under the new threshold")
+        # while the model restarts, a frame taken before the state shows it stopped may
+        # wait past its timeout: at most a second's worth (5 per client at 200 ms)
         lost = [r for r in stream.since(t_reload) if r.form == "timeout"]
-        assert len(lost) <= 4, f"{len(lost)} frames timed out across the reload"
-        for reply in served_again():
+        assert len(lost) <= 10, f"{len(lost)} frames timed out across the reload"
+        for reply in served_again():  # and from the first new answer on, every one
             assert reply.form == "one-frame"
             assert_detections(reply.rows, only_best)
     finally:
