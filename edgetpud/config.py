@@ -490,6 +490,13 @@ class ModelConfig:
     replicas: int = option(
         "How many devices should serve this model at once.", 1, minimum=1, maximum=16
     )
+    segments: tuple[Path, ...] = option(
+        "A model split by Coral's partitioner: its segment files in order, "
+        "…_segment_0_of_N first (model names segment 0); it runs as a pipeline, each "
+        "segment on an Edge TPU of its own (docs/pipelines.md).",
+        (),
+        kind="file",
+    )
     performance: Literal["", "std", "max"] = option(
         "Clock for this model's Edge TPU; empty uses devices.performance.", ""
     )
@@ -885,6 +892,22 @@ def _model_header_problem(file: Path) -> str | None:
 
 
 def _check_model(model: ModelConfig, path: str, ctx: Context) -> None:
+    if model.segments:
+        for i, segment in enumerate(model.segments):
+            if problem := _model_header_problem(segment):
+                ctx.error(f"{join(path, 'segments')}[{i}]", problem)
+        if model.segments[0] != model.model:
+            ctx.error(
+                join(path, "model"),
+                f"with segments, model must be the first segment ({model.segments[0].name}), "
+                f"got {model.model.name}",
+            )
+        if model.replicas != 1:
+            ctx.error(
+                join(path, "replicas"),
+                "a pipelined model (segments) runs one pipeline; its segments take the "
+                "devices: leave replicas at 1",
+            )
     for key in ("model", "cpu_model"):
         file = getattr(model, key)
         problem = _model_header_problem(file) if file is not None else None

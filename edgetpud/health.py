@@ -131,6 +131,7 @@ def _model(m: ModelView, meter: RateMeter, now: float) -> dict[str, Any]:
         "results": m.results,
         "errors": m.errors,
         "processed_by_current_workers": m.processed_by_current_workers,
+        **({"stages": [dict(s) for s in m.stages]} if m.stages else {}),
     }
 
 

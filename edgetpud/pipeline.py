@@ -35,6 +35,8 @@ from edgetpud.errors import ModelError
 
 log = logging.getLogger(__name__)
 
+TARGET_SEPARATOR = "+"  # a pipeline's worker runs on "usb:2-1+usb:2-2": its stages' devices
+
 _WINDOW = 256  # latencies kept per stage for its percentiles
 
 
@@ -298,3 +300,55 @@ def open_pipeline(
             except Exception:
                 log.exception("closing a pipeline segment's session failed")
         raise
+
+
+class SharedPipeline:
+    """One pipeline for all the lanes of a worker: each lane's `open()` gets a handle to
+    it (opening it on the first call); closing the last handle closes the pipeline, so
+    the next `open()` (a worker reopening) builds a new one."""
+
+    def __init__(self, make: Callable[[], PipelineSession]) -> None:
+        self._make = make
+        self._lock = threading.Lock()
+        self._pipe: PipelineSession | None = None
+        self._handles = 0
+
+    def open(self) -> _Handle:
+        with self._lock:
+            if self._pipe is None:
+                self._pipe = self._make()
+            self._handles += 1
+            return _Handle(self, self._pipe)
+
+    def stats(self) -> list[StageStats]:
+        with self._lock:
+            pipe = self._pipe
+        return pipe.stats() if pipe is not None else []
+
+    def _release(self, pipe: PipelineSession) -> None:
+        with self._lock:
+            if pipe is not self._pipe:
+                return
+            self._handles -= 1
+            if self._handles:
+                return
+            self._pipe = None
+        pipe.close()
+
+
+class _Handle:
+    """A lane's view of a shared pipeline: a Session."""
+
+    def __init__(self, owner: SharedPipeline, pipe: PipelineSession) -> None:
+        self._owner, self._pipe = owner, pipe
+        self.info = pipe.info
+        self.device = pipe.device
+        self._closed = False
+
+    def invoke(self, inputs: Sequence[Any]) -> list[Any]:
+        return self._pipe.invoke(inputs)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._owner._release(self._pipe)

@@ -65,6 +65,7 @@ class ModelSpec:
     enabled: bool = True
     disabled_reason: str = ""  # why it cannot run at all (e.g. the model file is broken)
     io_bytes: int = 0  # input + output bytes per inference: what crosses a USB bus
+    segments: int = 1  # a pipelined model: its stages take `replicas` (= segments) devices
 
 
 @dataclass(frozen=True)
@@ -145,10 +146,12 @@ def spec_from_config(
     token = info.caching_tokens[0] if info is not None and info.caching_tokens else None
     edgetpu = info.edgetpu if info is not None else model.model.name.endswith("_edgetpu.tflite")
     has_cpu = model.cpu_model is not None
+    segments = max(len(model.segments), 1)
     return ModelSpec(
         name=name,
         priority=model.priority,
-        replicas=model.replicas,
+        replicas=segments if segments > 1 else model.replicas,
+        segments=segments,
         device=model.device,
         performance=model.performance or cfg.devices.performance,
         edgetpu=edgetpu,
@@ -773,7 +776,9 @@ def _tpu_placement(spec: ModelSpec, st: _State) -> Placement:
     if st.prev and set(targets) != set(st.prev.get(spec.name, ())):
         # why it moved, less any device it gave up and got back later in the run
         parts.extend(text for lost, text in st.notes.get(spec.name, ()) if lost not in targets)
-    if spec.replicas > len(targets) and not _is_pin(spec.device):
+    if spec.segments > 1:
+        parts.append(_pipeline_why(spec, targets))
+    elif spec.replicas > len(targets) and not _is_pin(spec.device):
         parts.append(
             f"{len(targets)} of {spec.replicas} replicas: no other free Edge TPU "
             "(add a device or lower replicas)"
@@ -809,6 +814,18 @@ def _cached_together(st: _State, dev: str) -> bool:
         return True
     tokens = {st.specs[n].caching_token for n in names}
     return len(tokens) == 1 and None not in tokens and st.params[dev] <= ON_CHIP_BYTES
+
+
+def _pipeline_why(spec: ModelSpec, targets: tuple[str, ...]) -> str:
+    n = spec.segments
+    if len(targets) >= n:
+        return f"a pipeline of {n} segments, each on an Edge TPU of its own"
+    return (
+        f"a pipeline of {n} segments on {len(targets)} Edge TPU(s): no other free Edge TPU, "
+        "so segments take turns on one (no reload if they were compiled together and fit "
+        "the 8 MiB together, else each turn reloads parameters); add an Edge TPU to give "
+        "each its own"
+    )
 
 
 def _bus_why(st: _State, dev: str) -> str:

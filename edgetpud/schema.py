@@ -178,6 +178,17 @@ def convert(hint: Any, md: Mapping[str, Any], value: Any, path: str, ctx: Contex
         hint = inner
     kind = md.get("kind", "")
     result: Any
+    if typing.get_origin(hint) is tuple and kind in ("path", "file", "dir"):
+        if not isinstance(value, list):
+            ctx.error(path, f"must be an array of paths, got {show(value)}")
+            return _INVALID
+        paths = []
+        for i, item in enumerate(value):
+            converted = convert(str, {"kind": kind}, item, f"{path}[{i}]", ctx)
+            if converted is _INVALID:
+                return _INVALID
+            paths.append(converted)
+        return _checked(tuple(paths), md, path, ctx)
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         result = load_table(hint, value, path, ctx)
         return _INVALID if result is None else result
@@ -319,7 +330,7 @@ def describe(cls: type[Any]) -> list[OptionDoc]:
         if kind == "duration":
             type_name = "duration"
         elif kind in ("path", "file", "dir"):
-            type_name = "path"
+            type_name = "array of paths" if typing.get_origin(inner) is tuple else "path"
         elif typing.get_origin(inner) is Literal:
             type_name = " | ".join(show(c) for c in typing.get_args(inner))
         elif typing.get_origin(inner) is tuple:

@@ -61,6 +61,7 @@ class ModelView:
     p50_ms: float
     p99_ms: float
     io_bytes: int = 0  # input + output tensor bytes per inference (what crosses a USB bus)
+    stages: tuple[Mapping[str, Any], ...] = ()  # a pipelined model: each segment's stage
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from edgetpud import modelfile, placement, plugins, preprocess
+from edgetpud import modelfile, pipeline, placement, plugins, preprocess
 from edgetpud.config import Config, ModelConfig
 from edgetpud.daemon.intake import Entry, Intake
 from edgetpud.daemon.ports import Link, Runtime
@@ -75,6 +75,10 @@ class Models:
             return
         try:
             rt.info = modelfile.inspect_model(mcfg.model)
+            if mcfg.segments:  # a pipeline: segment 0's inputs, the last segment's outputs
+                last = [modelfile.inspect_model(s) for s in mcfg.segments[1:]][-1:]
+                if last:
+                    rt.info = dataclasses.replace(rt.info, outputs=last[0].outputs)
             if mcfg.cpu_model:  # a broken CPU build disables the model now, not at fallback
                 modelfile.inspect_model(mcfg.cpu_model)
         except EdgetpudError as exc:
@@ -205,6 +209,10 @@ class Models:
         for name, rt in self.by_name.items():
             p = plan.placements.get(name)
             wanted = set(p.targets) if p is not None and not rt.disabled else set()
+            if rt.cfg.segments and wanted and "cpu" not in wanted:
+                # a pipeline: one worker over all its stages' devices, in stage order
+                assert p is not None
+                wanted = {pipeline.TARGET_SEPARATOR.join(p.targets)}
             for target in list(rt.workers):
                 if target not in wanted:
                     self.stop_worker(rt, target, deadline, requeue=True)
@@ -232,6 +240,9 @@ class Models:
             for target in p.targets:
                 if wanted == "max" or target not in clocks:
                     clocks[target] = wanted
+        for target in list(clocks):
+            for part in target.split(pipeline.TARGET_SEPARATOR)[1:]:
+                clocks.setdefault(part, clocks[target])
         return clocks
 
     def start_worker(self, rt: ModelRuntime, target: str) -> None:
@@ -245,6 +256,19 @@ class Models:
 
         def open_session() -> Session:
             return runtime.open(model_path, target, rcfg, performance)
+
+        if pipeline.TARGET_SEPARATOR in target or (mcfg.segments and not on_cpu):
+            clocks = self.clocks
+
+            def open_segment(path: Any, device: str) -> Session:
+                return runtime.open(path, device, rcfg, clocks.get(device, own))
+
+            devices = target.split(pipeline.TARGET_SEPARATOR)
+            shared = pipeline.SharedPipeline(
+                lambda: pipeline.open_pipeline(list(mcfg.segments), devices, open_segment)
+            )
+            rt.pipelines[target] = shared
+            open_session = shared.open
 
         postprocessor = rt.postprocessor
         source = rt.source
@@ -274,6 +298,7 @@ class Models:
         log.info("model %s: worker started on %s", rt.name, target)
 
     def stop_worker(self, rt: ModelRuntime, target: str, deadline: float, *, requeue: bool) -> None:
+        rt.pipelines.pop(target, None)
         worker = rt.workers.pop(target, None)
         if worker is None:
             return

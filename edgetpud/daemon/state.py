@@ -54,6 +54,7 @@ class ModelRuntime:
     postprocessor: Any = None  # plugins.Postprocessor
     preprocess: Callable[..., Any] | None = None
     workers: dict[str, Worker] = field(default_factory=dict)  # target → worker
+    pipelines: dict[str, Any] = field(default_factory=dict)  # target → pipeline.SharedPipeline
     disabled: str = ""  # why it cannot run at all
     waiting_since: float = 0.0  # monotonic time it last lost its last worker (0: it has one)
     no_device: str = ""  # set once it waited waiting_timeout: MQTT requests are refused with it
@@ -99,6 +100,12 @@ class ModelRuntime:
             p50_ms=max((s.p50_ms for s in stats), default=0.0),
             p99_ms=max((s.p99_ms for s in stats), default=0.0),
             io_bytes=_io_bytes(self.info),
+            stages=tuple(
+                s.to_json()
+                for t in self.workers
+                if t in self.pipelines
+                for s in self.pipelines[t].stats()
+            ),
         )
 
 

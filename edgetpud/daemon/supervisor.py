@@ -22,7 +22,7 @@ from dataclasses import replace as dataclass_replace
 from types import FrameType
 from typing import Any
 
-from edgetpud import config, health, placement, plugins
+from edgetpud import config, health, pipeline, placement, plugins
 from edgetpud.config import Config
 from edgetpud.daemon import events as ev
 from edgetpud.daemon.fleet import FleetBackpressure
@@ -399,9 +399,13 @@ class Supervisor:
     def _on_worker_report(self, report: WorkerReport) -> None:
         rt = self.models.by_name.get(report.model)
         device = report.device
+        # a pipelined model's worker runs on all its stages' devices ("usb:2-1+usb:2-2"):
+        # what happens to it happens to each of them
+        parts = device.split(pipeline.TARGET_SEPARATOR)
         if report.kind == "opened":
             if device != "cpu" and self.watcher is not None:
-                self.watcher.forget_bad_port(device)
+                for part in parts:
+                    self.watcher.forget_bad_port(part)
             self._health_dirty = True
         elif report.kind == "open_failed":
             log.error("model %s could not open on %s: %s", report.model, device, report.error)
@@ -415,21 +419,23 @@ class Supervisor:
                     rt.disabled = report.error
             else:
                 fault = self.parts.runtime.is_device_fault(report.exc)
-                if fault and self.watcher is not None:
+                if fault and self.watcher is not None and len(parts) == 1:
                     self.watcher.learn_bad_port(device, report.error)
-                self._quarantine(device, f"could not open an Edge TPU context: {report.error}")
+                for part in parts:
+                    self._quarantine(part, f"could not open an Edge TPU context: {report.error}")
             self._replan(f"open failed on {device}")
         elif report.kind == "invoke_error":
             limit = self.cfg.devices.quarantine_after
-            dh = self.device_health.get(device)
+            dh = self.device_health.get(parts[0])
             # errors reported after the quarantine began (the worker is still stopping)
             # must not quarantine it again: that would double the backoff at once
             already = dh is not None and dh.blocked(time.monotonic())
             if device != "cpu" and report.consecutive_errors >= limit and not already:
-                self._quarantine(
-                    device,
-                    f"{report.consecutive_errors} consecutive inference errors: {report.error}",
-                )
+                for part in parts:
+                    self._quarantine(
+                        part,
+                        f"{report.consecutive_errors} consecutive inference errors: {report.error}",
+                    )
                 self._replan(f"{device} quarantined")
         elif report.kind == "host_lost":
             # the worker hands its requests back and reopens in a restarted host by itself
@@ -458,21 +464,25 @@ class Supervisor:
         # Its device host is killed and the device reset (edgetpud/hosts); it is quarantined
         # meanwhile, so the model is served elsewhere, and opened again when the quarantine
         # ends: no replug. Only a device whose host could not be reached (none running) is
-        # treated as hung until it is replugged.
-        if target != "cpu" and self.parts.runtime.recover(target, stalled):
+        # treated as hung until it is replugged. A pipelined model's worker runs on each of
+        # its stages' devices (usb:2-1+usb:2-2): each is recovered.
+        parts = target.split(pipeline.TARGET_SEPARATOR)
+        recovered = [self.parts.runtime.recover(part, stalled) for part in parts]
+        if target != "cpu" and all(recovered):
             reason = f"{stalled}; its host was killed and the device is being reset"
             log.error("worker %s stalled: %s", worker.name, reason)
-            self._quarantine(target, f"wedged: {reason}")
+            for part in parts:
+                self._quarantine(part, f"wedged: {reason}")
         elif target == "cpu":
-            self.parts.runtime.recover(target, stalled)
             reason = f"{stalled}; the CPU host was killed and is restarted"
             log.error("worker %s stalled: %s", worker.name, reason)
         else:
             reason = f"{stalled}; the device is treated as hung until it is replugged"
             log.error("worker %s stalled: %s", worker.name, reason)
-            dh = self.device_health.setdefault(target, DeviceHealth())
-            dh.hung = True
-            dh.reason = f"hung: {reason}"
+            for part in parts:
+                dh = self.device_health.setdefault(part, DeviceHealth())
+                dh.hung = True
+                dh.reason = f"hung: {reason}"
         self._publish_event("worker_stalled", model=rt.name, device=target, reason=reason)
 
     # ---- placement -------------------------------------------------------------------

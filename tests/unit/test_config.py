@@ -90,6 +90,23 @@ def test_max_batch_wait_is_a_duration_per_model(files: Path) -> None:
         config.load(write(files, model + 'max_batch_wait = "forever"\n'))
 
 
+def test_segments_name_a_pipelined_model_and_model_is_segment_0(files: Path) -> None:
+    seg = [files / f"m_segment_{k}_of_2_edgetpu.tflite" for k in (0, 1)]
+    for path in seg:
+        path.write_bytes(b"TFL3")
+    listed = f'segments = ["{seg[0]}", "{seg[1]}"]\n'
+    cfg = config.load(write(files, f'[models.a]\nmodel = "{seg[0]}"\n' + listed))
+    assert cfg.models["a"].segments == tuple(seg)
+    with pytest.raises(ConfigError, match=r"models\.a\.model: with segments, model must be"):
+        config.load(write(files, f'[models.a]\nmodel = "{seg[1]}"\n' + listed))
+    with pytest.raises(ConfigError, match=r"models\.a\.replicas: a pipelined model"):
+        config.load(write(files, f'[models.a]\nmodel = "{seg[0]}"\nreplicas = 2\n' + listed))
+    with pytest.raises(ConfigError, match=r"models\.a\.segments\[1\]: .* does not exist"):
+        config.load(
+            write(files, f'[models.a]\nmodel = "{seg[0]}"\nsegments = ["{seg[0]}", "x.tflite"]\n')
+        )
+
+
 # (config text, dotted path, words the message must contain). Each is one mistake an
 # admin could make; check-config must exit 1 and name the exact key.
 BROKEN = [

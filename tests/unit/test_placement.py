@@ -259,3 +259,17 @@ def test_plan_says_which_bus_an_accelerator_is_on() -> None:
     assert "294 KiB per inference" in reasons["c"]
     only = plan(devices, models[:1]).placements["a"].reason
     assert "usb:1-1: the only busy accelerator on bus 1" in only
+
+
+def test_a_pipelined_model_takes_a_device_per_segment_and_says_so() -> None:
+    pipe = ModelSpec("ssd", 50, replicas=2, segments=2)
+    two = plan([dev(U3), dev("usb:3-1")], [pipe]).placements["ssd"]
+    assert two.tier == "dedicated" and set(two.targets) == {U3, "usb:3-1"}
+    assert "a pipeline of 2 segments, each on an Edge TPU of its own" in two.reason
+    one = plan([dev(U3)], [pipe]).placements["ssd"]
+    assert one.targets == (U3,)
+    assert "segments take turns on one" in one.reason and "add an Edge TPU" in one.reason
+    # its second stage is an extra device: a higher-priority model's first one comes first
+    other = ModelSpec("doorbell", 90)
+    both = plan([dev(U3), dev("usb:3-1")], [pipe, other]).placements
+    assert len(both["ssd"].targets) == 1 and len(both["doorbell"].targets) == 1
