@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edgetpud.errors import ModelError
+from edgetpud.hosts.session import HostLost
 
 log = logging.getLogger(__name__)
 
@@ -304,20 +305,22 @@ def open_pipeline(
 
 class SharedPipeline:
     """One pipeline for all the lanes of a worker: each lane's `open()` gets a handle to
-    it (opening it on the first call); closing the last handle closes the pipeline, so
-    the next `open()` (a worker reopening) builds a new one."""
+    it (opening it on the first call). When an invoke finds a stage's device host gone
+    (HostLost), the pipeline is stale: the lanes' reopens get a new one, and the old one
+    closes with its last handle."""
 
     def __init__(self, make: Callable[[], PipelineSession]) -> None:
         self._make = make
         self._lock = threading.Lock()
         self._pipe: PipelineSession | None = None
-        self._handles = 0
+        self._handles: dict[int, int] = {}  # id(pipeline) -> open handles
 
     def open(self) -> _Handle:
         with self._lock:
             if self._pipe is None:
                 self._pipe = self._make()
-            self._handles += 1
+                self._handles[id(self._pipe)] = 0
+            self._handles[id(self._pipe)] += 1
             return _Handle(self, self._pipe)
 
     def stats(self) -> list[StageStats]:
@@ -325,14 +328,21 @@ class SharedPipeline:
             pipe = self._pipe
         return pipe.stats() if pipe is not None else []
 
-    def _release(self, pipe: PipelineSession) -> None:
+    def _stale(self, pipe: PipelineSession) -> None:
         with self._lock:
-            if pipe is not self._pipe:
+            if pipe is self._pipe:
+                self._pipe = None
+
+    def _release(self, pipe: PipelineSession) -> None:
+        """A lane closed its handle: the pipeline closes with its last one (the worker
+        stopped, or every lane moved on to a new pipeline)."""
+        with self._lock:
+            self._handles[id(pipe)] -= 1
+            if self._handles[id(pipe)]:
                 return
-            self._handles -= 1
-            if self._handles:
-                return
-            self._pipe = None
+            del self._handles[id(pipe)]
+            if pipe is self._pipe:
+                self._pipe = None
         pipe.close()
 
 
@@ -346,7 +356,11 @@ class _Handle:
         self._closed = False
 
     def invoke(self, inputs: Sequence[Any]) -> list[Any]:
-        return self._pipe.invoke(inputs)
+        try:
+            return self._pipe.invoke(inputs)
+        except HostLost:
+            self._owner._stale(self._pipe)
+            raise
 
     def close(self) -> None:
         if not self._closed:

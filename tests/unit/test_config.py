@@ -93,7 +93,7 @@ def test_max_batch_wait_is_a_duration_per_model(files: Path) -> None:
 def test_segments_name_a_pipelined_model_and_model_is_segment_0(files: Path) -> None:
     seg = [files / f"m_segment_{k}_of_2_edgetpu.tflite" for k in (0, 1)]
     for path in seg:
-        path.write_bytes(b"TFL3")
+        path.write_bytes(b"\x1c\x00\x00\x00TFL3")
     listed = f'segments = ["{seg[0]}", "{seg[1]}"]\n'
     cfg = config.load(write(files, f'[models.a]\nmodel = "{seg[0]}"\n' + listed))
     assert cfg.models["a"].segments == tuple(seg)

@@ -103,3 +103,37 @@ def test_closed_pipeline_refuses_requests() -> None:
     pipe.close()
     with pytest.raises(ModelError, match="closed"):
         pipe.invoke([1])
+
+
+def test_lanes_share_one_pipeline_and_a_lost_host_makes_them_build_a_new_one() -> None:
+    from edgetpud.hosts.session import HostLost
+    from edgetpud.pipeline import SharedPipeline
+
+    built: list[PipelineSession] = []
+    lose = threading.Event()
+
+    class Fragile(Segment):
+        def invoke(self, inputs: list[int]) -> list[int]:
+            if lose.is_set():
+                raise HostLost("usb:2-1", 1, "the device host died", sent=True)
+            return super().invoke(inputs)
+
+    def make() -> PipelineSession:
+        built.append(PipelineSession([Fragile("in", "out", 1)]))
+        return built[-1]
+
+    shared = SharedPipeline(make)
+    lanes = [shared.open() for _ in range(3)]
+    assert len(built) == 1 and lanes[0].invoke([1]) == [2]
+    lose.set()
+    with pytest.raises(HostLost):
+        lanes[0].invoke([1])
+    lose.clear()
+    lanes[0].close()  # the lane reopens, as a worker's lane does after HostLost
+    lanes[0] = shared.open()
+    assert len(built) == 2 and lanes[0].invoke([5]) == [6]
+    for lane in lanes[1:]:
+        lane.close()
+    assert built[0].sessions[0].closed
+    lanes[0].close()
+    assert built[1].sessions[0].closed
