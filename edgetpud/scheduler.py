@@ -27,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -185,6 +185,22 @@ class Gates:
 
 
 GATES = Gates()  # the daemon's gates: every worker on an Edge TPU uses its device's
+
+
+class GatedSession:
+    """A session whose invokes go through its device's gate: for sessions that no worker
+    gates itself (a pipeline's segments, which run on devices other models may share)."""
+
+    def __init__(self, session: Any, gate: DeviceGate, key: Hashable, budget: float) -> None:
+        self._session, self._gate, self._key, self._budget = session, gate, key, budget
+        self.info = session.info
+        self.device = session.device
+
+    def invoke(self, inputs: Any) -> Any:
+        return self._gate.run(self._key, self._budget, self._session.invoke, inputs)
+
+    def close(self) -> None:
+        self._session.close()
 
 
 def key_for(info: object, model: str) -> Hashable:

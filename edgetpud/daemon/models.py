@@ -12,9 +12,10 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
-from edgetpud import modelfile, pipeline, placement, plugins, preprocess
+from edgetpud import modelfile, pipeline, placement, plugins, preprocess, scheduler
 from edgetpud.config import Config, ModelConfig
 from edgetpud.daemon.intake import Entry, Intake
 from edgetpud.daemon.ports import Link, Runtime
@@ -261,7 +262,11 @@ class Models:
             clocks = self.clocks
 
             def open_segment(path: Any, device: str) -> Session:
-                return runtime.open(path, device, rcfg, clocks.get(device, own))
+                session = runtime.open(path, device, rcfg, clocks.get(device, own))
+                # a stage's device may be shared with other models: its turn by token
+                key = scheduler.key_for(session.info, f"{rt.name}/{Path(path).name}")
+                gate = scheduler.GATES.get(device)
+                return scheduler.GatedSession(session, gate, key, mcfg.max_batch_wait)
 
             devices = target.split(pipeline.TARGET_SEPARATOR)
             shared = pipeline.SharedPipeline(

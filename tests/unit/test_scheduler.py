@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from edgetpud.scheduler import DeviceGate, key_for
+from edgetpud.scheduler import DeviceGate, GatedSession, key_for
 from tests.support.workers import wait_until
 
 
@@ -83,3 +83,24 @@ def test_models_compiled_together_share_a_key() -> None:
 
     assert key_for(Info((7,)), "birds") == key_for(Info((7,)), "garden")
     assert key_for(Info(()), "birds") != key_for(Info(()), "garden")
+
+
+def test_a_gated_session_invokes_in_its_turn_on_its_device() -> None:
+    class Session:
+        info = object()
+        device = "usb:2-1"
+        closed = False
+
+        def invoke(self, inputs: list[int]) -> list[int]:
+            return [x + 1 for x in inputs]
+
+        def close(self) -> None:
+            self.closed = True
+
+    gate = DeviceGate("usb:2-1", Clock())
+    inner = Session()
+    gated = GatedSession(inner, gate, ("token", 7), 0.05)
+    assert gated.invoke([1, 2]) == [2, 3]
+    assert gate.stats().invokes == 1 and gate.stats().current == ("token", 7)
+    gated.close()
+    assert inner.closed
