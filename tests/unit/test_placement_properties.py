@@ -69,8 +69,21 @@ SELECTORS = ["any"] * 6 + ["pci", "usb", "cpu", "usb:1-1", "pci:0000:00:00.0", "
 SIZES = [0, 3 * MIB, 6 * MIB, MIB // 2]
 
 
+IO_BYTES = [0, 150_528, 600_000, 1_000]  # per model index: what crosses a USB bus
+
+
 def _model(i: int, code: int) -> ModelSpec:
+    """Model `i` from `code`: the fields below MODEL_CODES as they always were (kept
+    examples decode the same), and beyond it whether it is a pipeline of 2 segments."""
+    spec = _plain_model(i, code % MODEL_CODES)
+    if (code // MODEL_CODES) % 4 == 3 and spec.edgetpu:
+        spec = replace(spec, segments=2, replicas=2)
+    return spec
+
+
+def _plain_model(i: int, code: int) -> ModelSpec:
     return ModelSpec(
+        io_bytes=IO_BYTES[i % len(IO_BYTES)],
         name=f"m{i}",
         priority=_pick(code, 1, [50, 10, 90, 100, 50]),
         replicas=_pick(code, 5, [1, 1, 1, 2, 3]),
@@ -91,7 +104,7 @@ def models_from(data: bytes) -> list[ModelSpec]:
     """The first byte says how many models (0-7), then three bytes per model."""
     count = data[0] % 8
     codes = [int.from_bytes(data[1 + 3 * i : 4 + 3 * i], "big") for i in range(count)]
-    return [_model(i, c % MODEL_CODES) for i, c in enumerate(codes)]
+    return [_model(i, c) for i, c in enumerate(codes)]
 
 
 DEVICE_BYTES, MODEL_BYTES = 13, 22
