@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""The two ends bench/frigate.py runs as processes of their own.
+
+`client ENDPOINT SECONDS`: a Frigate zmq detector as Frigate's zmq_ipc.py is written
+(tests/support/frigate.py: REQ socket, request_timeout_ms, a JSON header and a
+1x300x300x3 uint8 tensor per frame), sending frames back to back for SECONDS after a
+start time given on stdin; prints one JSON object: each round trip in ms, the reply
+forms, timeouts.
+
+`echo ENDPOINT`: the floor: a REP socket that answers every two-frame request at once
+with a 480-byte frame (no inference, no queue, no thread hand-off), until stdin closes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import zmq
+
+from tests.support.frigate import FrigateClient
+from tests.support.ssd_model import zero_count_frame
+
+SHAPE = (1, 300, 300, 3)
+REPLY = bytes(480)
+HANDSHAKE = json.dumps({"model_available": True, "model_loaded": True}).encode()
+
+
+def client(endpoint: str, seconds: float, timeout_ms: int) -> None:
+    frame = zero_count_frame(SHAPE)
+    peer = FrigateClient(endpoint, timeout_ms=timeout_ms)
+    peer.handshake()
+    for _ in range(20):  # warm up: connection, first allocations
+        peer.detect(frame)
+    start = float(sys.stdin.readline())  # the same instant for every client
+    time.sleep(max(0.0, start - time.time()))
+    peer.replies.clear()
+    peer.timeouts = 0
+    sent: list[float] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        sent.append(time.time())
+        peer.detect(frame)
+    peer.close()
+    out = {
+        "rtt_ms": [round(r.seconds * 1000.0, 4) for r in peer.replies],
+        "sent": sent,
+        "forms": sorted({r.form for r in peer.replies}),
+        "timeouts": peer.timeouts,
+        "seconds": seconds,
+    }
+    sys.stdout.write(json.dumps(out) + "\n")
+
+
+def echo(endpoint: str) -> None:
+    sock = zmq.Context.instance().socket(zmq.REP)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(endpoint)
+    done = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True).start()
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    while not done.is_set():
+        if sock.poll(100):
+            frames = sock.recv_multipart(copy=False)
+            sock.send(REPLY if len(frames) > 1 else HANDSHAKE)
+    sock.close(0)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "client":
+        client(sys.argv[2], float(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else 200)
+    else:
+        echo(sys.argv[2])
