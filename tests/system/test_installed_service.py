@@ -249,6 +249,32 @@ def test_doctor_shows_every_check_and_a_staged_missing_runtime(
     assert box.run(["edgetpud", "doctor"], check=False).returncode == 0
 
 
+def test_doctor_fails_a_wrong_broker_password_with_its_fix(
+    box: ct.Container, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The broker wants a password; the config's password file holds another one."""
+    with Broker(tmp_path_factory.mktemp("auth"), users={"edgetpud": "right-password"}) as auth:
+        box.write("/root/mqtt-password", "wrong-password\n", 0o600)
+        config = config_text(auth).replace(
+            f"port = {auth.port}\n",
+            f'port = {auth.port}\nusername = "edgetpud"\npassword_file = "/root/mqtt-password"\n',
+        )
+        box.write("/root/wrong-password.toml", config)
+        proc = box.run(["edgetpud", "doctor", "--config", "/root/wrong-password.toml"], check=False)
+        print(proc.stdout)
+        assert proc.returncode == 1
+        (line,) = [i for i, text in enumerate(proc.stdout.splitlines()) if "broker:" in text]
+        lines = proc.stdout.splitlines()
+        assert lines[line].startswith(f"FAIL broker: 127.0.0.1:{auth.port} as edgetpud: "), lines
+        assert "mqtt.password_file" in lines[line + 1] and lines[line + 1].startswith("     fix:")
+
+        box.write("/root/mqtt-password", "right-password\n", 0o600)
+        fixed = box.run(
+            ["edgetpud", "doctor", "--config", "/root/wrong-password.toml"], check=False
+        )
+        assert f"OK   broker: connected to 127.0.0.1:{auth.port} as edgetpud" in fixed.stdout
+
+
 def test_a_bad_config_on_reload_keeps_the_old_one(
     box: ct.Container, broker: Broker, sub: Subscriber, models_dir: Path
 ) -> None:
