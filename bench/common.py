@@ -303,9 +303,8 @@ def rig(invoke_ms: float = INVOKE_MS, swap_ms: float = 0.0) -> Iterator[Rig]:
     tmp = Path(tempfile.mkdtemp(prefix="edgetpud-bench."))
     (tmp / "state").mkdir()
     control = Control(tmp / "fake_edgetpu.control")
-    control.set(
-        mode="simulate", invoke_ms=invoke_ms, swap_ms=swap_ms, unplug="ignore"
-    )  # the daemon's own process runs the runtime until device hosts (#21): docs/testing.md
+    # unplug aborts the device host holding the device, as libedgetpu does (#21)
+    control.set(mode="simulate", invoke_ms=invoke_ms, swap_ms=swap_ms)
     try:
         # the broker writes each message at once (no Nagle), as docs/mqtt.md advises;
         # BENCH_NODELAY=0 measures mosquitto's default instead

@@ -22,7 +22,8 @@ from edgetpud.daemon.intake import Intake
 from edgetpud.daemon.ports import Component, ComponentContext, ObservesResults, ReadsHealth
 from edgetpud.daemon.state import Board
 from edgetpud.daemon.supervisor import Parts, Supervisor
-from edgetpud.devices import DeviceWatcher
+from edgetpud.devices import DeviceWatcher, access
+from edgetpud.devices.reset import reset_usb_device
 from edgetpud.frigate import FrigateComponent
 from edgetpud.hosts import HostPool
 from edgetpud.hosts.component import HostsComponent
@@ -76,6 +77,22 @@ class RuntimeAdapter:
         return isinstance(exc, runtime.DeviceUnavailable)
 
 
+def reset_device(identity: str) -> str:
+    """Reset a wedged Edge TPU once its host is gone (HostPool's `reset`): USBDEVFS_RESET
+    on a USB Accelerator's /dev/bus/usb node, which re-enumerates it on the same port
+    (it comes back in firmware-download mode and is loaded again at the next open).
+    A PCIe module has no such reset: "" (it is closed and opened again). Raises
+    ResetFailed with what to do when the reset cannot be done."""
+    kind, _, name = identity.partition(":")
+    if kind != "usb":
+        return ""
+    node = access.device_node("usb", name)
+    if not node:
+        return f"no reset: {identity} has no device node now (unplugged?)"
+    reset_usb_device(node)
+    return f"reset {identity} (USBDEVFS_RESET on {node})"
+
+
 def components(cfg: Config, ctx: ComponentContext) -> list[Component]:
     """The optional parts the supervisor starts after the devices and models, stops
     before them, and hands each accepted reload to (ports.Component).
@@ -96,7 +113,9 @@ def build(cfg: Config, *, log_level_pinned: bool = False) -> Supervisor:
     events: EventQueue = queue.Queue()
     board = Board()
     intake = Intake()
-    pool = HostPool(runtime=cfg.runtime.runtime, log_level=cfg.daemon.log_level.upper())
+    pool = HostPool(
+        reset=reset_device, runtime=cfg.runtime.runtime, log_level=cfg.daemon.log_level.upper()
+    )
     # The hosts' component comes first, so it stops last: after the other components.
     parts_built: list[Component] = [
         HostsComponent(pool),

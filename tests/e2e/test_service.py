@@ -147,9 +147,8 @@ def rig(tmp_path: Path, models_dir: Path, fake_lib: Path) -> Iterator[Rig]:
         pytest.skip("needs umockdev: run under umockdev-wrapper (make test does)")
     (tmp_path / "state").mkdir(exist_ok=True)
     control = Control(tmp_path / "fake-edgetpu.control")
-    control.set(
-        mode="simulate", invoke_ms=4, unplug="ignore"
-    )  # the daemon's own process runs the runtime until device hosts (#21): docs/testing.md
+    # unplug aborts the device host holding the device, as libedgetpu does (#21)
+    control.set(mode="simulate", invoke_ms=4)
     with umock_testbed() as tb, Broker(tmp_path, max_queued_messages=0) as broker:
         sub = Subscriber(broker, [f"{PREFIX}/#"]).start()
         r = Rig(tmp_path, tb, broker, control, models_dir, fake_lib, sub)

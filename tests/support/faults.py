@@ -57,9 +57,8 @@ def fault_rig(
     """
     (tmp / "state").mkdir(exist_ok=True)
     control = Control(tmp / "fake-edgetpu.control")
-    control.set(
-        mode="simulate", invoke_ms=invoke_ms, unplug="ignore"
-    )  # the daemon's own process runs the runtime until device hosts (#21): docs/testing.md
+    # unplug aborts the device host holding the device, as libedgetpu does (#21)
+    control.set(mode="simulate", invoke_ms=invoke_ms)
     broker = Broker(tmp, max_queued_messages=0, persistence=survive_broker_kill)
     with testbed() as tb, broker:
         sub = Subscriber(

@@ -114,9 +114,8 @@ class Fleet:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "state").mkdir(exist_ok=True)
         control = Control(workdir / "fake-edgetpu.control")
-        control.set(
-            mode="simulate", invoke_ms=invoke_ms, unplug="ignore"
-        )  # the daemon's own process runs the runtime until device hosts (#21): docs/testing.md
+        # unplug aborts the device host holding the device, as libedgetpu does (#21)
+        control.set(mode="simulate", invoke_ms=invoke_ms)
         text = node_config(
             workdir,
             name,
