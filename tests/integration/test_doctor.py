@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from tests.support.broker import Broker
+from tests.support.fakelib import held_elsewhere, make_control
 from tests.support.umock import Testbed, umock
 
 __all__ = ["umock"]  # the fixture
@@ -207,3 +208,59 @@ def test_an_edgetpu_model_without_libedgetpu_fails_in_the_child_not_in_doctor(
     assert checks["model tpu"]["status"] == "FAIL"
     assert "needs an Edge TPU" in checks["model tpu"]["detail"]
     assert checks["model cpu"]["status"] == "OK"
+
+
+def tpu_config(folder: Path, models: Path, fake_lib: Path) -> Path:
+    config = write_config(folder, models, None)
+    config.write_text(
+        config.read_text()
+        + f'\n[models.tpu]\nmodel = "{models / TPU_MODEL}"\ndevice = "usb"\n'
+        + f'\n[runtime]\nlibrary = "{fake_lib}"\n'
+    )
+    return config
+
+
+def test_an_edgetpu_model_opens_on_its_accelerator_in_the_child(
+    umock: Testbed,
+    tmp_path: Path,
+    models_dir: Path,
+    fake_lib: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root = umock.add_root_hub(2)
+    umock.add_accelerator(root, 1)
+    make_control(tmp_path, monkeypatch, mode="simulate")  # the test library claims the TPU op
+    _code, checks, _text = doctor(tpu_config(tmp_path, models_dir, fake_lib))
+    assert checks["libedgetpu"]["status"] == "OK", checks["libedgetpu"]
+    assert "BuildLabel(fake_edgetpu), RuntimeVersion(14)" in checks["libedgetpu"]["detail"]
+    assert checks["runtime pairing"]["status"] == "OK"
+    assert checks["device usb:2-1 holders"] == {
+        "check": "device usb:2-1 holders",
+        "status": "OK",
+        "detail": "no process holds it",
+        "fix": "",
+    }
+    assert checks["model tpu"]["status"] == "OK", checks["model tpu"]
+    assert checks["model tpu"]["detail"] == f"{TPU_MODEL} opens on usb:2-1"
+
+
+def test_an_accelerator_held_by_another_process_is_named(
+    umock: Testbed,
+    tmp_path: Path,
+    models_dir: Path,
+    fake_lib: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root = umock.add_root_hub(2)
+    umock.add_accelerator(root, 1)
+    make_control(tmp_path, monkeypatch, mode="simulate")
+    with held_elsewhere(fake_lib, "2-1") as holder:
+        code, checks, _text = doctor(tpu_config(tmp_path, models_dir, fake_lib))
+    assert code == 1
+    held = checks["device usb:2-1 holders"]
+    assert held["status"] == "WARN", held
+    assert f"pid {holder.pid} (python" in held["detail"], held
+    assert "stop that program" in held["fix"]
+    model = checks["model tpu"]
+    assert model["status"] == "FAIL", model
+    assert "usb:2-1" in model["detail"]
