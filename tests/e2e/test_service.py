@@ -296,8 +296,12 @@ def test_hung_device_is_detected_its_host_killed_and_its_model_moves(rig: Rig) -
     assert devices[hung_device]["health"]["state"] == "quarantined"
     assert "wedged" in devices[hung_device]["health"]["reason"]
     assert "stall_timeout" in devices[hung_device]["health"]["reason"]
-    host = rig.health()["hosts"][hung_device]
-    assert "killed by edgetpud" in host["last_exit"] and "stall_timeout" in host["last_exit"]
+    last_exit = wait_for(
+        lambda: rig.health().get("hosts", {}).get(hung_device, {}).get("last_exit"),
+        30,
+        "health saying how the wedged device's host ended",
+    )
+    assert "killed by edgetpud" in last_exit and "stall_timeout" in last_exit
     # still READY, still alive for systemd's watchdog
     assert d.proc is not None and d.proc.poll() is None
     dogs = len(d.said("WATCHDOG=1"))

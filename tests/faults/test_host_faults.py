@@ -198,8 +198,12 @@ def test_an_abort_during_an_invoke_costs_a_host_restart_only(
         # the reason names the host, how it ended and libedgetpu's last words
         assert event["reason"].startswith(f"host for {device} aborted: ")
         assert "usb_driver.cc" in event["reason"] and "transfer in failed" in event["reason"]
-        assert hosts(rig)[device]["restarts"] >= 1
-        assert hosts(rig)[device]["last_exit"].startswith("aborted: ")
+        restarted = wait_for(
+            lambda: (h := hosts(rig).get(device, {})).get("restarts", 0) >= 1 and h,
+            30,
+            "health showing the host restarted",
+        )
+        assert restarted["last_exit"].startswith("aborted: ")
         serves_again(rig, "beta", device, at, "abort")
 
     run_fault(tmp_path, models_dir, fake_lib, fault, check)
@@ -236,7 +240,10 @@ def test_a_wedged_invoke_kills_the_host_and_the_device_serves_again_without_a_re
         (stalled,) = rig.events("worker_stalled")
         assert (stalled["device"], stalled["model"]) == (device, "beta")
         assert "its host was killed" in stalled["reason"]
-        assert "killed by edgetpud" in hosts(rig)[device]["last_exit"]
+        last_exit = wait_for(
+            lambda: hosts(rig).get(device, {}).get("last_exit"), 30, "the host's exit in health"
+        )
+        assert "killed by edgetpud" in last_exit
         serves_again(rig, "beta", device, at, "wedge")
 
     run_fault(tmp_path, models_dir, fake_lib, fault, check)
