@@ -712,8 +712,13 @@ def load(
     *,
     registry: plugins.Registry | None = None,
     lenient_plugins: bool = False,
+    check_files: bool = False,
 ) -> Config:
-    """Read and validate a config file; raises ConfigError or ConfigUnreadableError."""
+    """Read and validate a config file; raises ConfigError or ConfigUnreadableError.
+
+    `check_files` (check-config) also reads the model and label files a model names: a
+    model without the TFLite header or a label file that is not labels is an error. The
+    daemon does not: such a model is disabled with the same sentence, the others run."""
     path = Path(path)
     data = read_toml(path)
     _check_not_writable_by_others(path)
@@ -723,6 +728,7 @@ def load(
         source=str(path),
         registry=registry,
         lenient_plugins=lenient_plugins,
+        check_files=check_files,
     )
 
 
@@ -733,6 +739,7 @@ def parse(
     source: str = "",
     registry: plugins.Registry | None = None,
     lenient_plugins: bool = False,
+    check_files: bool = False,
 ) -> Config:
     """Validate already-parsed TOML data; relative paths are taken from `base_dir`."""
     ctx = Context(base_dir=base_dir or Path.cwd())
@@ -744,7 +751,7 @@ def parse(
         elif key != "models":
             where = key or '""'  # TOML allows [""]; the issue still needs a path to point at
             ctx.error(where, "unknown section" + did_you_mean(key, [*SECTIONS, "models"]))
-    models = _load_models(data.get("models", {}), ctx, reg, lenient_plugins)
+    models = _load_models(data.get("models", {}), ctx, reg, lenient_plugins, check_files)
     for name, cls in SECTIONS.items():
         sections.setdefault(name, cls())
     mqtt: MqttConfig | None = sections["mqtt"]
@@ -787,7 +794,11 @@ def default_node_id() -> str:
 
 
 def _load_models(
-    data: Any, ctx: Context, reg: plugins.Registry, lenient_plugins: bool = False
+    data: Any,
+    ctx: Context,
+    reg: plugins.Registry,
+    lenient_plugins: bool = False,
+    check_files: bool = False,
 ) -> dict[str, ModelConfig]:
     if not isinstance(data, dict):
         ctx.error("models", f"must be a table of [models.<name>] tables, got {show(data)}")
@@ -821,7 +832,7 @@ def _load_models(
         model = load_table(ModelConfig, table, path, ctx, extra=extra)
         if model is None:
             continue
-        _check_model(model, path, ctx)
+        _check_model(model, path, ctx, check_files)
         models[name] = model
     return models
 
@@ -891,7 +902,7 @@ def _model_header_problem(file: Path) -> str | None:
     )
 
 
-def _check_model(model: ModelConfig, path: str, ctx: Context) -> None:
+def _check_model(model: ModelConfig, path: str, ctx: Context, check_files: bool) -> None:
     if model.segments:
         for i, segment in enumerate(model.segments):
             if problem := _model_header_problem(segment):
@@ -908,6 +919,12 @@ def _check_model(model: ModelConfig, path: str, ctx: Context) -> None:
                 "a pipelined model (segments) runs one pipeline; its segments take the "
                 "devices: leave replicas at 1",
             )
+    if check_files:
+        _check_model_files(model, path, ctx)
+    _check_builds(model, path, ctx)
+
+
+def _check_model_files(model: ModelConfig, path: str, ctx: Context) -> None:
     for key in ("model", "cpu_model"):
         file = getattr(model, key)
         problem = _model_header_problem(file) if file is not None else None
@@ -919,6 +936,9 @@ def _check_model(model: ModelConfig, path: str, ctx: Context) -> None:
         except ModelError as exc:
             if "cannot be read" not in str(exc):  # readable only by the service's user
                 ctx.error(join(path, "labels"), str(exc))
+
+
+def _check_builds(model: ModelConfig, path: str, ctx: Context) -> None:
     if model.cpu_model is not None and model.cpu_model.name.endswith("_edgetpu.tflite"):
         ctx.error(
             join(path, "cpu_model"),

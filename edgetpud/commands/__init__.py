@@ -22,7 +22,7 @@ def load_config(
     the user to check-config.
     """
     try:
-        return config.load(path, lenient_plugins=lenient_plugins)
+        return config.load(path, lenient_plugins=lenient_plugins, check_files=checking)
     except ConfigUnreadableError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_UNREADABLE

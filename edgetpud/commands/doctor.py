@@ -113,7 +113,7 @@ class Doctor:
 
     def check_config(self) -> None:
         try:
-            cfg = config_mod.load(self.path)
+            cfg = config_mod.load(self.path, check_files=True)
         except ConfigUnreadableError as exc:
             self.add(
                 "config",
@@ -370,8 +370,9 @@ class Doctor:
         where = f"{m.host}:{m.port}" + (" (TLS)" if m.tls else "")
         who = f" as {m.username}" if m.username else ""
         topic = f"{m.topic_prefix}/{self.cfg.node_id}/status"
+        health_topic = f"{m.topic_prefix}/{self.cfg.node_id}/health"
         try:
-            retained = mqtt.read_retained(m, topic, timeout=5.0)
+            retained = mqtt.read_retained(m, f"{m.topic_prefix}/{self.cfg.node_id}/+", timeout=5.0)
         except ConfigUnreadableError as exc:
             self.add("broker", "FAIL", str(exc), "run edgetpud doctor as root (sudo)")
             return
@@ -388,6 +389,36 @@ class Doctor:
             return
         state = retained.get(topic, b"").decode(errors="replace") or "no status yet"
         self.add("broker", "OK", f"connected to {where}{who}; {topic}: {state}")
+        self._check_refusals(retained.get(health_topic, b""), where)
+
+    def _check_refusals(self, health: bytes, where: str) -> None:
+        """What the daemon's retained health says the broker refused (its ACL), and the
+        requests it refused for their response topics (docs/mqtt.md)."""
+        try:
+            mq = json.loads(health).get("mqtt") or {} if health else {}
+        except (ValueError, AttributeError):
+            return
+        denied = mq.get("publish_denied") or {}
+        if isinstance(denied, dict) and denied:
+            counts = ", ".join(f"{n} {kind}" for kind, n in sorted(denied.items()))
+            self.add(
+                "broker ACL",
+                "FAIL",
+                f"{where} refused the daemon's publishes ({counts}); those messages were lost",
+                "let the daemon's MQTT user write its topics, the response topics "
+                "(mqtt.response_topics) and the discovery prefix in the broker's ACL "
+                '(docs/mqtt.md, "Broker ACL"), then restart the broker',
+            )
+        topics = mq.get("response_topics_refused") or {}
+        if isinstance(topics, dict) and topics:
+            counts = ", ".join(f"{n} {kind}" for kind, n in sorted(topics.items()))
+            self.add(
+                "response topics",
+                "WARN",
+                f"requests refused for their MQTT 5 response topic ({counts})",
+                "a client names a topic edgetpud will not publish to; see docs/mqtt.md, "
+                '"Response topics" (and mqtt.response_topics)',
+            )
 
 
 # --- helpers ------------------------------------------------------------------------------

@@ -78,6 +78,9 @@ def test_a_file_that_is_not_tflite_fails_check_config(
     (folder / "cpu.tflite").write_bytes(b"")
     err = problems(model_config(folder, 'cpu_model = "cpu.tflite"\n'), capsys)
     assert "models.cat.model: " in err and "lacks the TFL3 marker" in err
+    # the daemon (and plan) do not fail the whole config: that model is disabled, the
+    # others run (inspect_model says the same sentence)
+    assert "cat" in config.load(model_config(folder, 'cpu_model = "cpu.tflite"\n')).models
     assert (
         f"models.cat.cpu_model: {folder / 'cpu.tflite'} is not a TensorFlow Lite model (it is empty)"
         in err
