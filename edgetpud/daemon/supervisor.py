@@ -555,6 +555,7 @@ class Supervisor:
             new.mqtt != old.mqtt
             or new.fleet != old.fleet
             or new.daemon.node_id != old.daemon.node_id
+            or new.daemon.max_decode_bytes != old.daemon.max_decode_bytes  # the link checks it
         ):
             # before anything changes: unusable files refuse the reload; the new link takes
             # over the old one's backlog, and what workers publish while the old one stops
@@ -584,6 +585,7 @@ class Supervisor:
             elif (
                 mcfg != rt_old.cfg
                 or new.runtime != old.runtime
+                or new.daemon.max_decode_bytes != old.daemon.max_decode_bytes  # preprocess
                 # the clock its Edge TPU delegate was opened with
                 or (not mcfg.performance and new.devices.performance != old.devices.performance)
             ):

@@ -135,4 +135,11 @@ def test_the_configured_decode_budget_refuses_from_the_header_and_octet_stream_j
         assert "over daemon.max_decode_bytes (1 MiB" in got["big"]["message"]
         assert "error" not in got["small"] and got["small"]["result"][0]["label"]
         assert "error" not in got["octet"] and got["octet"]["meta"]["format"] == "JPEG"
+        # a reload that raises the budget applies to the link and the workers
+        d.reload(d.config.read_text().replace("max_decode_bytes = 1048576\n", ""))
+        wait_for(lambda: rig.events("reload_ok"), 30, "reload_ok")
+        wait_for(lambda: rig.placement("alpha"), 30, "alpha placed again")
+        rig.sub.publish(topic, encoded((600, 600), "PNG"), CorrelationData=b"big-after")
+        after = wait_for(lambda: rig.answered("alpha").get("big-after"), 60, "big-after")
+        assert "error" not in after and "reason" not in after, after
         assert d.stop() == 0
