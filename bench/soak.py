@@ -8,7 +8,11 @@ sender publishes requests for three models at a steady rate; every `--broker-eve
 seconds the broker is SIGKILLed and restarted (requests pause while it is away, results
 keep coming into the daemon's backlog); every `--replug-every` seconds a random
 accelerator is unplugged and replugged (every third time in firmware-download mode,
-then loaded). At the end every request must be answered.
+then loaded); every `--abort-every` seconds libedgetpu's abort on a failed USB transfer
+hits a random accelerator's device host during an invoke, and every `--wedge-every`
+seconds an invoke on one wedges for ever (its host is killed, the device reset and
+quarantined, then reopened). At the end every request must be answered, and once the
+daemon has stopped no device host may be left running.
 
     make soak                      # 10 minutes
     make soak SOAK_SECONDS=120     # or: umockdev-wrapper .venv/bin/python bench/soak.py --seconds 120
@@ -52,6 +56,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=30.0, help="requests per second (all models)")
     ap.add_argument("--broker-every", type=float, default=90.0)
     ap.add_argument("--replug-every", type=float, default=35.0)
+    ap.add_argument("--abort-every", type=float, default=45.0)
+    ap.add_argument("--wedge-every", type=float, default=100.0)
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "soak.json")
     args = ap.parse_args()
@@ -68,7 +74,22 @@ def main() -> int:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     print(f"wrote {args.out}")
-    return 0 if report["lost"] == 0 else 1
+    return 0 if report["lost"] == 0 and not report["host_processes_left_after_stop"] else 1
+
+
+def daemon_children(pid: int) -> list[int]:
+    """Processes still running whose parent was the daemon (device hosts left behind)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            out.append(int(entry))
+    return out
 
 
 def soak(rig: Rig, args: argparse.Namespace) -> dict[str, Any]:
@@ -116,7 +137,9 @@ def soak(rig: Rig, args: argparse.Namespace) -> dict[str, Any]:
     deadline = began + args.seconds
     next_broker = began + args.broker_every
     next_replug = began + args.replug_every
-    restarts = replugs = 0
+    next_abort = began + args.abort_every
+    next_wedge = began + args.wedge_every
+    restarts = replugs = armed_aborts = armed_wedges = 0
     samples: list[tuple[int, int]] = []  # (seconds, RSS KiB): a step or a slope?
     next_sample = began
     while time.monotonic() < deadline:
@@ -136,6 +159,23 @@ def soak(rig: Rig, args: argparse.Namespace) -> dict[str, Any]:
             restarts += 1
             next_broker = time.monotonic() + args.broker_every
             print(f"{now - began:6.0f} s: broker restart {restarts} survived", flush=True)
+        elif now >= next_abort or now >= next_wedge:
+            # one fault armed at a time: rearm() lets a once-only fault fire again, so the
+            # other key is cleared first (it fires at most once per arming)
+            wedge = now >= next_wedge
+            port = f"2-{rng.choice([1, 2])}"
+            rig.control.set(abort_invoke=None, wedge=None)
+            rig.control.rearm()
+            if wedge:
+                rig.control.set(wedge=port, once=1)
+                armed_wedges += 1
+                next_wedge = time.monotonic() + args.wedge_every
+            else:
+                rig.control.set(abort_invoke=port, once=1)
+                armed_aborts += 1
+                next_abort = time.monotonic() + args.abort_every
+            what = "wedge" if wedge else "abort"
+            print(f"{now - began:6.0f} s: {what} armed on usb:{port}", flush=True)
         elif now >= next_replug:
             port = rng.choice([1, 2])
             rig.tb.unplug(ports[port])
@@ -166,7 +206,9 @@ def soak(rig: Rig, args: argparse.Namespace) -> dict[str, Any]:
         lost += len(set(sent[m]) - set(answered))
         errors += sum(1 for r in answered.values() if "error" in r)
     health = rig.health()
+    fired = [key for key, _, _ in rig.control.events()]
     exit_code = d.stop(60)
+    hosts_left = daemon_children(pid)
     return {
         "seconds": round(time.monotonic() - began, 1),
         "rate_per_s": args.rate,
@@ -178,6 +220,13 @@ def soak(rig: Rig, args: argparse.Namespace) -> dict[str, Any]:
         "error_results": errors,
         "broker_restarts_survived": restarts,
         "replug_cycles": replugs,
+        "host_aborts_armed": armed_aborts,
+        "host_aborts_fired": fired.count("abort_invoke"),
+        "unplug_aborts_fired": fired.count("unplug_abort"),
+        "wedges_armed": armed_wedges,
+        "wedges_fired": fired.count("wedge"),
+        "host_restarts": {d: h.get("restarts", 0) for d, h in health.get("hosts", {}).items()},
+        "host_processes_left_after_stop": hosts_left,
         "rss_kb_start": start["rss_kb"],
         "rss_kb_end": end["rss_kb"],
         "rss_growth_pct": round(100 * (end["rss_kb"] - start["rss_kb"]) / start["rss_kb"], 2),

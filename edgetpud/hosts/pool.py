@@ -44,6 +44,9 @@ MAX_DEATHS = 3
 DEATH_WINDOW_S = 60.0
 RESTART_BACKOFF_S = 0.5  # before the 2nd restart within the window; doubles, at most 8 s
 RESTART_BACKOFF_MAX_S = 8.0
+# After giving up, every open for this long raises HostFailed (all the lanes that were
+# waiting to reopen, not just the first); the next open after it starts a fresh host.
+FAILED_HOLD_S = 2.0
 
 Reset = Callable[[str], str]  # device identity -> what was done ("" when nothing could be)
 
@@ -61,6 +64,7 @@ class _Slot:
     deaths: collections.deque[float] = field(default_factory=collections.deque)
     not_before: float = 0.0
     failed: str = ""
+    failed_until: float = 0.0
     reset_pending: str = ""  # why: set by recover(), the reset runs once the host is gone
     resetting: bool = False
     restarts: int = 0
@@ -179,8 +183,9 @@ class HostPool:
                 if self._closed:
                     raise DeviceError("edgetpud is stopping: no new sessions")
                 if slot.failed:
-                    reason, slot.failed = slot.failed, ""
-                    raise HostFailed(reason)
+                    if time.monotonic() < slot.failed_until:
+                        raise HostFailed(slot.failed)
+                    slot.failed = ""
                 if slot.host is not None and slot.host.alive:
                     return slot.host
                 wait = slot.not_before - time.monotonic()
@@ -265,6 +270,7 @@ class HostPool:
                     )
                 deaths.clear()
                 slot.not_before = 0.0
+                slot.failed_until = now + FAILED_HOLD_S
             elif len(deaths) > 1:
                 backoff = min(RESTART_BACKOFF_S * 2 ** (len(deaths) - 2), RESTART_BACKOFF_MAX_S)
                 slot.not_before = now + backoff

@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 
 from edgetpud.errors import ModelError
 from edgetpud.hosts import HostFailed, HostLost, HostPool
+from edgetpud.hosts.pool import FAILED_HOLD_S
 from edgetpud.messages import Request
 from edgetpud.runtime import DeviceUnavailable, InvokeError, open_session
 from edgetpud.workers import ModelQueue, Worker
@@ -138,7 +139,11 @@ def test_a_host_that_keeps_dying_is_given_up_with_the_reason(
             session.close()
     assert len(pids) == 3
     assert str(failed.value).startswith("host for cpu died 3 times in 60 s, the last: was killed")
+    # every lane that was waiting to reopen is told, not only the first one to ask
+    with pytest.raises(HostFailed):
+        pool.open_session("cpu", models_dir / CPU_MODEL, cpu_threads=1)
     # the device is tried afresh afterwards (the service's quarantine decides when)
+    time.sleep(FAILED_HOLD_S)
     session = pool.open_session("cpu", models_dir / CPU_MODEL, cpu_threads=1)
     assert session.pid not in pids
     session.close()
