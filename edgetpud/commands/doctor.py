@@ -12,6 +12,7 @@ the configured credentials and TLS. Exit 0 when nothing FAILs, 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import glob
 import grp
 import json
 import os
@@ -47,6 +48,7 @@ RULES_DIRS = (
     "/usr/lib/udev/rules.d",
 )
 DEVICE_GROUP = {"usb": "plugdev", "pci": "apex"}
+APEX_NODES = "/dev/apex_*"
 OPEN_TIMEOUT = 60.0  # seconds for one model to open in the child process
 INSTALL_DOC = versions.INSTALL_DOC
 
@@ -105,6 +107,7 @@ class Doctor:
         self.check_udev_rules()
         self.check_service_user()
         self.check_devices()
+        self.check_apex_after_start()
         self.check_models()
         self.check_broker()
         return self.checks
@@ -319,6 +322,32 @@ class Doctor:
         else:
             self.add(f"{name} holders", "OK", "no process holds it")
 
+    def check_apex_after_start(self) -> None:
+        """PCIe modules whose node appeared after the service started (a driver loaded late).
+
+        systemd resolves the unit's DeviceAllow=char-apex against /proc/devices only when it
+        applies the unit's device policy; the package's udev rule applies it again when an
+        apex device appears. Say so, so that a module the service cannot open is explained.
+        """
+        nodes = sorted(glob.glob(APEX_NODES))
+        started = _service_started() if nodes else None
+        if started is None:
+            return
+        late = [n for n in nodes if _ctime(n) > started]
+        if not late:
+            self.add("pcie access", "OK", f"{', '.join(nodes)} existed when edgetpud started")
+            return
+        allowed = _unit_property("DeviceAllow") or "none"
+        self.add(
+            "pcie access",
+            "WARN",
+            f"{', '.join(late)} appeared after edgetpud started; systemd resolves "
+            "DeviceAllow=char-apex only when it applies the unit's device policy, and the "
+            "package's udev rule applies it again when an apex device appears (DeviceAllow "
+            f"now: {allowed})",
+            "if a model on this module does not open, `systemctl restart edgetpud`",
+        )
+
     # --- models ---------------------------------------------------------------------------
 
     def check_models(self) -> None:
@@ -422,6 +451,38 @@ class Doctor:
 
 
 # --- helpers ------------------------------------------------------------------------------
+
+
+def _unit_property(name: str) -> str:
+    """One property of the running edgetpud unit (`systemctl show`), or "" without systemd."""
+    try:
+        proc = subprocess.run(
+            ["systemctl", "show", "edgetpud.service", f"--property={name}", "--value",
+             "--timestamp=unix"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    # a list property (DeviceAllow) comes one value per line
+    return ", ".join(proc.stdout.split("\n")).strip(", ") if proc.returncode == 0 else ""
+
+
+def _service_started() -> float | None:
+    """When the running service's main process started (Unix time), or None if not running."""
+    if _unit_property("ActiveState") != "active":
+        return None
+    stamp = _unit_property("ExecMainStartTimestamp")  # "@1796450673" with --timestamp=unix
+    try:
+        return float(stamp.lstrip("@"))
+    except ValueError:
+        return None
+
+
+def _ctime(path: str) -> float:
+    try:
+        return os.stat(path).st_ctime
+    except OSError:
+        return 0.0
 
 
 def _group_exists(name: str) -> bool:

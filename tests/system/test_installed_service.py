@@ -319,6 +319,29 @@ def test_a_pcie_driver_loaded_after_start_gets_its_device_access_without_a_resta
     assert show(box, "MainPID", "ActiveState") == {"MainPID": pid, "ActiveState": "active"}
 
 
+def test_doctor_says_when_a_pcie_node_appeared_after_the_service_started(
+    box: ct.Container,
+) -> None:
+    """A stand-in /dev/apex_0 made now, as a driver loaded after start would make it (no apex
+    driver can be loaded here: the node is a plain file, which is all this check looks at)."""
+    box.run(["touch", "/dev/apex_0"])
+    try:
+        proc = box.run(["edgetpud", "doctor"], check=False)
+        print(proc.stdout)
+        lines = proc.stdout.splitlines()
+        (i,) = [n for n, text in enumerate(lines) if text[5:].startswith("pcie access:")]
+        assert lines[i].startswith("WARN pcie access: /dev/apex_0 appeared after edgetpud started")
+        assert "DeviceAllow now: " in lines[i] and "char-apex rw" in lines[i]
+        assert lines[i + 1] == (
+            "     fix: if a model on this module does not open, `systemctl restart edgetpud`"
+        )
+        box.run(["systemctl", "restart", "edgetpud"])
+        after = box.run(["edgetpud", "doctor"], check=False).stdout
+        assert "OK   pcie access: /dev/apex_0 existed when edgetpud started" in after, after
+    finally:
+        box.run(["rm", "-f", "/dev/apex_0"])
+
+
 def test_stop_publishes_offline(box: ct.Container, sub: Subscriber) -> None:
     started = time.monotonic()
     box.run(["systemctl", "stop", "edgetpud"])
