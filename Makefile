@@ -34,6 +34,7 @@ help:
 	@echo "make demo   run the end-to-end demo (installs what it needs)"
 	@echo "make test   ruff check, ruff format --check, mypy --strict, pytest (installs what it needs)"
 	@echo "make bench  the benchmark suite (< 15 min); make bench-quick: its 60-second subset"
+	@echo "make deb    the Debian packages (amd64, arm64, armhf); make test-system: one in a booted container (root)"
 
 $(STAMPS)/apt: Makefile
 	@missing=$$(for p in $(APT_PACKAGES); do \
@@ -142,11 +143,11 @@ deb: $(STAMPS)/apt $(WHEEL_DIR)/.checked
 
 # The package under real systemd (tests/system, docs/testing.md): builds this machine's
 # .deb, boots a cached debootstrap of bookworm with systemd-nspawn, installs it there,
-# and runs piuparts. Root only.
+# and runs piuparts. Root only. Seconds per step: build/test-system-times.json (not printed,
+# so that pytest's summary stays the last line CI reads).
 test-system: $(STAMPS)/venv
 	$(MAKE) --no-print-directory deb DEB_ARCHES=$$(dpkg --print-architecture) DEB_BUILD_OPTIONS=nocheck
 	EDGETPUD_SYSTEM_TESTS=1 $(BIN)/pytest -p no:cacheprovider tests/system
-	@echo "seconds per step (build/test-system-times.json):"; cat build/test-system-times.json
 
 # The benchmark suite (bench/run.py, docs/benchmarks.md): matplotlib for the plots, and
 # ai-edge-litert in its own venv (it needs numpy 2, tflite-runtime 2.14 needs numpy<2).
