@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
 from pathlib import Path
 
 
@@ -80,7 +81,14 @@ def read_bounded(path: Path, limit: int) -> bytes:
             raise NotARegularFile("is not a regular file")
         if st.st_size > limit:
             raise TooLarge(st.st_size)
-        data = f.read(limit + 1)
+        # One byte past what it holds shows a file that grew since the stat. Never ask
+        # read() for limit + 1 itself: past sys.maxsize (2**31 - 1 on armhf) it raises
+        # OverflowError, and a model's limit is 2**31 - 1.
+        data = f.read(min(st.st_size + 1, sys.maxsize))
+        while 0 < len(data) <= limit and (
+            more := f.read(min(1 << 20, limit + 1 - len(data), sys.maxsize))
+        ):
+            data += more
     if len(data) > limit:
         raise TooLarge(len(data))
     return data
