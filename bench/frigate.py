@@ -195,6 +195,10 @@ def run(quick: bool = False) -> dict[str, Any]:
         "endpoint_counts": {
             k: frigate_health.get(k) for k in ("requests", "answered", "empty", "expired")
         },
+        "endpoint_queue_p50_ms": frigate_health.get("queue_p50_ms"),
+        "endpoint_reply_p50_ms": frigate_health.get("reply_p50_ms"),
+        "endpoint_in_daemon_p50_ms": frigate_health.get("in_daemon_p50_ms"),
+        "outside_daemon_p50_ms": round(p50 - float(frigate_health.get("in_daemon_p50_ms") or 0), 3),
         "echo_floor_p50_ms": round(percentile(floor, 0.5), 3),
         "echo_floor_p99_ms": round(percentile(floor, 0.99), 3),
         "steal_pct": common.steal_pct(steal_from),

@@ -63,6 +63,7 @@ EMPTY_REPLY = bytes(ROWS * COLUMNS * 4)  # no detections, the one-frame reply fo
 MAX_CLIENTS = 64  # clients remembered for health; the longest idle is forgotten first
 BATCH = 64  # messages taken from the socket per turn before replies are sent again
 POLL_MS = 100  # how often an idle endpoint looks at its stop flag (replies wake it at once)
+LATENCY_WINDOW = 256  # answered requests whose hand-off times health reports
 WARN_EVERY_S = 60.0  # one log line per client and problem at most this often
 EVENT_GAP_S = 1.0  # "frigate_client" events at most this often (Frigate reconnects a lot)
 # A model that answered a request this recently is taken to be serving whatever the port
@@ -191,7 +192,15 @@ class FrigateEndpoint:
         self._lock = threading.Lock()  # guards the counters below and the clients
         self._clients: collections.OrderedDict[str, ClientStats] = collections.OrderedDict()
         self._peers: collections.OrderedDict[bytes, ClientStats] = collections.OrderedDict()
-        self._outbox: collections.deque[tuple[tuple[Any, ...], bytes]] = collections.deque()
+        # (routing envelope, reply, when the request arrived, when its result came), monotonic
+        self._outbox: collections.deque[tuple[tuple[Any, ...], bytes, float, float]] = (
+            collections.deque()
+        )
+        # per answered request, ms, the latest LATENCY_WINDOW for health: arrival -> a
+        # worker took it; result -> reply sent; arrival -> reply sent
+        self._queue_ms: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
+        self._reply_ms: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
+        self._total_ms: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self._woken = False
         self._wake_r, self._wake_w = -1, -1
         self._warned: dict[tuple[str, str], float] = {}
@@ -338,13 +347,21 @@ class FrigateEndpoint:
     def _send_replies(self, sock: zmq.Socket[Any]) -> None:
         outbox, send = self._outbox, sock.send_multipart
         while outbox:
-            envelope, payload = outbox.popleft()
+            envelope, payload, arrived, done = outbox.popleft()
             with contextlib.suppress(zmq.Again):
                 send([*envelope, payload], zmq.NOBLOCK, copy=False)
+            if arrived:  # an answered request (not an empty answer)
+                now = time.monotonic()
+                self._reply_ms.append((now - done) * 1000.0)
+                self._total_ms.append((now - arrived) * 1000.0)
 
-    def _reply_later(self, envelope: tuple[Any, ...], payload: bytes) -> None:
+    def _reply_later(
+        self, envelope: tuple[Any, ...], payload: bytes, arrived: float = 0.0, queue_ms: float = 0.0
+    ) -> None:
         """From any thread: queue a reply for the endpoint's thread to send."""
-        self._outbox.append((envelope, payload))
+        self._outbox.append((envelope, payload, arrived, time.monotonic()))
+        if arrived:
+            self._queue_ms.append(queue_ms)
         if not self._woken:
             self._woken = True
             self._wake()
@@ -529,7 +546,10 @@ class FrigateEndpoint:
         with self._lock:
             client.answered += 1
             self.totals["answered"] += 1
-        self._reply_later(pending.envelope, payload)
+        timing = result.timing
+        self._reply_later(
+            pending.envelope, payload, request.received_mono, timing.queue_ms if timing else 0.0
+        )
 
     # ---- clients, logs, events --------------------------------------------------------
 
@@ -615,8 +635,18 @@ class FrigateEndpoint:
             "request_timeout_ms": round(self.cfg.request_timeout * 1000, 3),
             "unavailable": self._unavailable,
             **totals,
+            # p50 over the last LATENCY_WINDOW answered requests, ms: from arrival until a
+            # worker took it; from the result until the reply left; arrival to reply
+            "queue_p50_ms": _p50(self._queue_ms),
+            "reply_p50_ms": _p50(self._reply_ms),
+            "in_daemon_p50_ms": _p50(self._total_ms),
             "clients": by_client,
         }
+
+
+def _p50(values: collections.deque[float]) -> float:
+    ordered = sorted(values)  # a copy first: other threads append meanwhile
+    return round(ordered[len(ordered) // 2], 3) if ordered else 0.0
 
 
 def _peer(routing: zmq.Frame) -> str:

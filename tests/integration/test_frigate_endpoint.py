@@ -152,6 +152,8 @@ def test_frigate_gets_the_models_detections_as_its_20x6_rows(rig: Rig) -> None:
         client.close()
     health = rig.endpoint.snapshot()
     assert (health["state"], health["requests"], health["answered"]) == ("listening", 1, 1)
+    # where its time went: waiting for a worker, and from the result to the reply
+    assert 0 < health["queue_p50_ms"] + health["reply_p50_ms"] < health["in_daemon_p50_ms"]
     [seen] = health["clients"].values()
     assert seen["detector_model"] == "ssd.tflite"
     assert seen["answered"] == 1
