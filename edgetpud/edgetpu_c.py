@@ -71,9 +71,9 @@ def _load(library: str) -> ctypes.CDLL:
         lib = ctypes.CDLL(library)
     except OSError as exc:
         raise LibraryMissing(
-            f"cannot load the Edge TPU runtime {library!r} ({exc}): install libedgetpu1-std "
-            "(or libedgetpu1-max) from Coral's apt repository, or set runtime.library to the "
-            "path of libedgetpu.so.1",
+            f"cannot load the Edge TPU runtime {library!r} ({exc}): install it with "
+            "`apt install libedgetpu1-std` (or libedgetpu1-max) from Coral's repository, or "
+            "set runtime.library to the path of libedgetpu.so.1",
             str(exc),
         ) from None
     try:
