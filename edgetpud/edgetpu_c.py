@@ -107,12 +107,6 @@ def _load(library: str) -> ctypes.CDLL:
     return lib
 
 
-def version(library: str) -> str:
-    """The runtime's build string: "BuildLabel(...), RuntimeVersion(N)" (edgetpu_version())."""
-    raw: bytes | None = _load(library).edgetpu_version()
-    return raw.decode(errors="replace") if raw else ""
-
-
 class PathDelegate:
     """A delegate made by `edgetpu_create_delegate` on one device path.
 

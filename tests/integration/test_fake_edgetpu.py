@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgetpud.edgetpu_c import EdgeTpuRef, create_delegate, list_devices, version
+from edgetpud.edgetpu_c import EdgeTpuRef, create_delegate, library_version, list_devices
 from tests.support.fakelib import (
     Accelerators,
     Control,
@@ -574,7 +574,7 @@ def test_create_delegate_by_path_refuses_an_unlisted_path(
 
 
 def test_version_has_libedgetpus_format(fake_lib: Path) -> None:
-    assert re.fullmatch(r"BuildLabel\(.+\), RuntimeVersion\(\d+\)", version(str(fake_lib)))
+    assert re.fullmatch(r"BuildLabel\(.+\), RuntimeVersion\(\d+\)", library_version(str(fake_lib)))
 
 
 def test_a_context_opened_in_firmware_download_mode_follows_the_load_once(
