@@ -63,6 +63,7 @@ EMPTY_REPLY = bytes(ROWS * COLUMNS * 4)  # no detections, the one-frame reply fo
 MAX_CLIENTS = 64  # clients remembered for health; the longest idle is forgotten first
 BATCH = 64  # messages taken from the socket per turn before replies are sent again
 POLL_MS = 100  # how often an idle endpoint looks at its stop flag (replies wake it at once)
+MAX_MESSAGE_BYTES = 64 << 20  # a 2160x3840x3 frame is 25 MB, Frigate's inputs ~0.3-5 MB
 LATENCY_WINDOW = 256  # answered requests whose hand-off times health reports
 WARN_EVERY_S = 60.0  # one log line per client and problem at most this often
 EVENT_GAP_S = 1.0  # "frigate_client" events at most this often (Frigate reconnects a lot)
@@ -218,6 +219,9 @@ class FrigateEndpoint:
         """Bind and start serving; FrigateError (logged by the caller) if it cannot bind."""
         sock = self._context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
+        # a bigger message drops its connection (its client times out): no frame Frigate
+        # sends comes near it, and it keeps one client from making the daemon allocate GBs
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         try:
             self._bind(sock)
         except FrigateError as exc:
@@ -392,6 +396,10 @@ class FrigateEndpoint:
             header = json.loads(body[0].bytes)
             shape = [int(d) for d in header["shape"]]
             dtype = np.dtype(str(header["dtype"]))
+            if not shape or len(shape) > 8 or any(d < 1 for d in shape):
+                raise ValueError(f"shape {shape} is not a tensor's")
+            if dtype.kind not in "uif":
+                raise ValueError(f"dtype {dtype.name} is not a number type")
         except (ValueError, KeyError, TypeError) as exc:
             self._empty(envelope, client, f"unreadable header ({exc})")
             return

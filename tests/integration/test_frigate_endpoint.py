@@ -213,6 +213,80 @@ def test_a_frame_of_the_wrong_shape_gets_no_detections_at_once_and_a_log_line(
     assert rig.sink.results and len(rig.sink.results) == 1  # the bad frame never reached a worker
 
 
+HOSTILE = [
+    ({"shape": [1, -48, -64, 3], "dtype": "uint8"}, 48 * 64 * 3),  # negative dims, right size
+    ({"shape": [], "dtype": "uint8"}, 1),
+    ({"shape": [1, HEIGHT, WIDTH, 3], "dtype": "object"}, HEIGHT * WIDTH * 3 * 8),
+    ({"shape": [1, HEIGHT, WIDTH, 3], "dtype": "no-such-type"}, HEIGHT * WIDTH * 3),
+    ({"shape": "1x48x64x3", "dtype": "uint8"}, HEIGHT * WIDTH * 3),
+    ({"dtype": "uint8"}, HEIGHT * WIDTH * 3),
+    ({"shape": [1, HEIGHT, WIDTH, 3], "dtype": "uint8"}, 5),  # fewer bytes than it says
+    (["not", "a", "header"], 10),
+]
+
+
+@pytest.mark.parametrize(("header", "size"), HOSTILE, ids=[str(h)[:40] for h, _ in HOSTILE])
+def test_a_hostile_request_gets_no_detections_at_once_and_the_next_is_served(
+    rig: Rig, header: Any, size: int
+) -> None:
+    import zmq
+
+    rig.add_worker("cpu")
+    rig.endpoint.start()
+    sock = zmq.Context.instance().socket(zmq.REQ)
+    sock.setsockopt(zmq.RCVTIMEO, 2000)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(rig.cfg.endpoint)
+    try:
+        sock.send_multipart([json.dumps(header).encode(), bytes(size)])
+        assert sock.recv_multipart() == [bytes(480)]
+    finally:
+        sock.close(0)
+    client = FrigateClient(rig.cfg.endpoint, timeout_ms=2000)
+    try:
+        assert_detections(client.detect(frame()).rows)
+    finally:
+        client.close()
+    assert rig.endpoint.snapshot()["empty"] == 1
+
+
+def test_negative_dimensions_get_no_detections_in_resize_mode_too(
+    ssd: Path, tmp_path: Path
+) -> None:
+    import zmq
+
+    rig = Rig(ssd, f"ipc://{tmp_path}/frigate.sock", on_mismatch="resize")
+    try:
+        rig.add_worker("cpu")
+        rig.endpoint.start()
+        sock = zmq.Context.instance().socket(zmq.REQ)
+        sock.setsockopt(zmq.RCVTIMEO, 2000)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(rig.cfg.endpoint)
+        header = {"shape": [1, -30, -20, 3], "dtype": "uint8"}
+        sock.send_multipart([json.dumps(header).encode(), bytes(30 * 20 * 3)])
+        assert sock.recv_multipart() == [bytes(480)]
+        sock.close(0)
+    finally:
+        rig.close()
+
+
+def test_a_message_over_the_size_limit_drops_only_its_own_connection(rig: Rig) -> None:
+    from edgetpud.frigate import MAX_MESSAGE_BYTES
+
+    rig.add_worker("cpu")
+    rig.endpoint.start()
+    big = FrigateClient(rig.cfg.endpoint, timeout_ms=1000)
+    client = FrigateClient(rig.cfg.endpoint, timeout_ms=2000)
+    try:
+        huge = np.zeros(MAX_MESSAGE_BYTES + 1, np.uint8)
+        assert big.detect(huge).form == "timeout"  # its connection was dropped
+        assert_detections(client.detect(frame()).rows)
+    finally:
+        big.close()
+        client.close()
+
+
 def test_resize_mode_stretches_a_frame_of_another_size_and_keeps_boxes_normalised(
     ssd: Path, tmp_path: Path
 ) -> None:
