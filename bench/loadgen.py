@@ -33,7 +33,7 @@ class LoadGen:
 
     def __init__(self, host: str, port: int, base: str, name: str = "loadgen") -> None:
         self.base = base
-        self.reply_topic = f"bench/replies/{name}"
+        self.reply_topic = f"replies/{name}"  # not under the daemon's prefix (refused there)
         self.sent: dict[str, float] = {}
         self.replies: dict[str, Reply] = {}
         self.duplicates = 0
