@@ -36,8 +36,9 @@ help:
 	@echo "make bench  the benchmark suite (< 15 min); make bench-quick: its 60-second subset"
 	@echo "make deb    the Debian packages (amd64, arm64, armhf); make test-system: one in a booted container (root)"
 
-$(STAMPS)/apt: Makefile
-	@missing=$$(for p in $(APT_PACKAGES); do \
+# $(call apt-install,PACKAGES): install those of the Debian packages that are missing.
+define apt-install
+	@missing=$$(for p in $(1); do \
 		dpkg-query -W -f='$${db:Status-Status}\n' $$p 2>/dev/null | grep -qx installed || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
@@ -45,6 +46,10 @@ $(STAMPS)/apt: Makefile
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends $$missing; \
 	fi
 	@mkdir -p $(STAMPS) && touch $@
+endef
+
+$(STAMPS)/apt: Makefile
+	$(call apt-install,$(APT_PACKAGES))
 
 $(STAMPS)/venv: pyproject.toml | $(STAMPS)/apt
 	@[ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV)
@@ -165,3 +170,17 @@ bench: $(STAMPS)/bench $(FAKE_LIB)
 
 bench-quick: $(STAMPS)/bench $(FAKE_LIB)
 	umockdev-wrapper $(BIN)/python bench/run.py --quick
+
+# The arm64 and armhf packages installed and serving in emulated bookworm systems
+# (tests/arm, docs/testing.md): qemu-user runs the other architectures' binaries, debootstrap
+# makes their userland once (cached under /var/cache/edgetpud-arm). Needs root.
+# ARM_ARCHES="arm64" tests one. Takes minutes per architecture (figures in docs/testing.md).
+ARM_ARCHES ?= arm64 armhf
+$(STAMPS)/apt-arm: Makefile | $(STAMPS)/apt
+	$(call apt-install,qemu-user-static binfmt-support debootstrap)
+
+.PHONY: test-arm
+test-arm: $(STAMPS)/venv $(STAMPS)/apt-arm
+	$(MAKE) deb DEB_ARCHES="$(ARM_ARCHES)"
+	EDGETPUD_ARM=1 EDGETPUD_ARM_ARCHES="$(ARM_ARCHES)" $(BIN)/pytest -p no:cacheprovider \
+		-o addopts="-ra" -v -s tests/arm
