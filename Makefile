@@ -181,6 +181,6 @@ $(STAMPS)/apt-arm: Makefile | $(STAMPS)/apt
 
 .PHONY: test-arm
 test-arm: $(STAMPS)/venv $(STAMPS)/apt-arm
-	$(MAKE) deb DEB_ARCHES="$(ARM_ARCHES)"
+	$(MAKE) --no-print-directory deb DEB_ARCHES="$(ARM_ARCHES)" DEB_BUILD_OPTIONS=nocheck
 	EDGETPUD_ARM=1 EDGETPUD_ARM_ARCHES="$(ARM_ARCHES)" $(BIN)/pytest -p no:cacheprovider \
 		-o addopts="-ra" -v -s tests/arm

@@ -95,7 +95,8 @@ top_k = 3
         assert checks["model cat"]["status"] == "OK", checks["model cat"]
 
         results = f"edgetpud/pi-{arch}/models/cat/results"
-        with Subscriber(broker, [results, f"edgetpud/pi-{arch}/status"]) as sub:
+        health = f"edgetpud/pi-{arch}/health"
+        with Subscriber(broker, [results, f"edgetpud/pi-{arch}/status", health]) as sub:
             log = tmp_path / f"daemon-{arch}.log"
             mark = time.monotonic()
             proc = box.popen(
@@ -108,7 +109,13 @@ top_k = 3
                         raise AssertionError(f"daemon exited {proc.returncode}:\n{log.read_text()}")
                     return any(m.payload == b"online" for m in sub.messages)
 
+                def serving() -> bool:
+                    docs = [json.loads(m.payload) for m in sub.on(health)]
+                    return bool(docs) and docs[-1]["models"]["cat"]["state"] == "running"
+
                 wait_for(online, 600, f"the {arch} daemon online\n{log.read_text()[-2000:]}")
+                # as a client would: send once the retained health says the model runs
+                wait_for(serving, 600, f"cat running on {arch}\n{log.read_text()[-2000:]}")
                 timings["start to online"] = time.monotonic() - mark
                 mark = time.monotonic()
                 sub.publish(
