@@ -151,7 +151,8 @@ class FleetClient:
 
         self._paho = paho
         self.topic = f"{PREFIX}/fleet/models/{model}/infer"
-        self.reply_topic = f"{PREFIX}/replies/{name}"
+        # outside the daemons' own prefix, which they refuse as a response topic (docs/mqtt.md)
+        self.reply_topic = f"replies/{PREFIX}/{name}"
         self.payload = bytes(range(256)) * (INPUT_BYTES // 256)
         self.answers: dict[str, list[dict[str, Any]]] = {}
         self.sent_at: dict[str, float] = {}  # last send
