@@ -14,6 +14,7 @@ from collections.abc import Iterable
 
 from edgetpud.daemon.ports import Link
 from edgetpud.daemon.state import ModelRuntime
+from edgetpud.policy import admission
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,10 @@ class FleetBackpressure:
                 if rt.no_device
                 else f"queue full ({depth} waiting, queue_size {limit})"
             )
-            if not paused and (depth >= limit or rt.no_device):
+            step = admission.fleet_step(
+                depth=depth, limit=limit, no_device=bool(rt.no_device), paused=paused
+            )
+            if step == "pause":
                 if link.pause_fleet(name):
                     self._held.discard(name)
                     log.info("model %s: %s; pausing fleet requests", name, why)
@@ -50,7 +54,7 @@ class FleetBackpressure:
                         name,
                         why,
                     )
-            elif paused and not rt.no_device and depth <= limit // 2:
+            elif step == "resume":
                 link.resume_fleet(name)
                 log.info(
                     "model %s: can take requests (%d queued); taking fleet requests again",

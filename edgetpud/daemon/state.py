@@ -16,30 +16,20 @@ from edgetpud import __version__
 from edgetpud.config import Config, ModelConfig
 from edgetpud.devices.model import DeviceInfo
 from edgetpud.placement import Plan
+from edgetpud.policy.trust import Trust
 from edgetpud.snapshot import DeviceTrust, ModelState, ModelView, Snapshot
 from edgetpud.workers import ModelQueue, Worker
 
-__all__ = ["Board", "DeviceHealth", "ModelRuntime", "ModelState", "take_snapshot"]
+__all__ = ["Board", "ModelRuntime", "ModelState", "take_snapshot", "trust_view"]
 
 
-@dataclass
-class DeviceHealth:
-    """What the supervisor has learned about one device while using it."""
-
-    quarantined_until: float = 0.0
-    quarantines: int = 0
-    hung: bool = False
-    reason: str = ""
-
-    def blocked(self, now: float) -> bool:
-        return self.hung or now < self.quarantined_until
-
-    def view(self, now: float) -> DeviceTrust:
-        if self.hung:
-            return DeviceTrust("hung", self.reason)
-        if self.quarantined_until > now:
-            return DeviceTrust("quarantined", self.reason, round(self.quarantined_until - now, 1))
-        return DeviceTrust()
+def trust_view(t: Trust, now: float) -> DeviceTrust:
+    """What health shows of one device's trust."""
+    if t.hung:
+        return DeviceTrust("hung", t.reason)
+    if t.quarantined_until > now:
+        return DeviceTrust("quarantined", t.reason, round(t.quarantined_until - now, 1))
+    return DeviceTrust()
 
 
 @dataclass
@@ -123,7 +113,7 @@ def take_snapshot(
     last_reload_error: str,
     runtime_error: str,
     devices: Mapping[str, DeviceInfo],
-    device_health: Mapping[str, DeviceHealth],
+    device_health: Mapping[str, Trust],
     models: Mapping[str, ModelRuntime],
     plan: Plan | None,
     mqtt: Mapping[str, Any] | None,
@@ -142,7 +132,7 @@ def take_snapshot(
         last_reload_error=last_reload_error,
         runtime_error=runtime_error,
         devices=tuple(sorted(devices.values(), key=lambda d: d.identity)),
-        trust={i: dh.view(now) for i, dh in device_health.items()},
+        trust={i: trust_view(t, now) for i, t in device_health.items()},
         device_models=plan.device_models() if plan is not None else {},
         models={name: rt.view(plan) for name, rt in sorted(models.items())},
         mqtt=mqtt,

@@ -55,3 +55,61 @@ def busy(model: str, door: Door, retry_after_ms: int | None = None) -> str:
     estimate, it says when to retry (the MQTT reply also carries it as retry_after_ms)."""
     when = f"retry in {retry_after_ms} ms" if retry_after_ms is not None else "retry later"
     return f"busy: the queue of model {model} is full ({door.queue_size} waiting); {when}"
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A model's wait for a device, after one supervisor turn."""
+
+    since: float  # time.monotonic() it lost its last worker; 0.0 = not waiting
+    no_device: str  # the refusal once it waited too long ("" = still taking requests)
+    change: Literal["", "runs_again", "gave_up"] = ""  # what to log and answer now
+
+
+def waiting(
+    model: str,
+    *,
+    has_workers: bool,
+    disabled: bool,
+    mqtt_fed: bool,
+    since: float,
+    no_device: str,
+    now: float,
+    limit: float,
+    why: str,
+) -> Waiting:
+    """MQTT clients of a model with no device get an answer after `limit` seconds
+    (daemon.waiting_timeout; 0 = wait for ever).
+
+    Until then requests queue, so an accelerator replugged within the timeout serves
+    them; after it, queued MQTT requests are answered `no_device` and new ones refused
+    at once. Other sources hold back by themselves and keep waiting. `why` is the
+    placement's reason for not placing it.
+    """
+    if has_workers or disabled or not mqtt_fed:
+        return Waiting(0.0, "", "runs_again" if no_device else "")
+    since = since or now
+    if not limit or no_device or now - since < limit:
+        return Waiting(since, no_device)
+    refusal = (
+        f"no_device: model {model} has had no device to run on for {limit:g} s "
+        f"({why.removeprefix('waiting: ')}); retry when the node's health topic "
+        "shows it running"
+    )
+    return Waiting(since, refusal, "gave_up")
+
+
+def fleet_step(
+    *, depth: int, limit: int, no_device: bool, paused: bool
+) -> Literal["", "pause", "resume"]:
+    """Whether this node stops or starts taking a model's fleet requests.
+
+    A full model (`depth` ≥ queue_size `limit`), or one without a device, pauses its
+    shared subscription so the broker hands requests to nodes with room; it resumes
+    once the queue is down to half.
+    """
+    if not paused and (depth >= limit or no_device):
+        return "pause"
+    if paused and not no_device and depth <= limit // 2:
+        return "resume"
+    return ""

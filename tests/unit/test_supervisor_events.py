@@ -45,6 +45,7 @@ class RecordingLink:
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.published: list[Mapping[str, Any]] = []
+        self.outbox = None
 
     def start(self) -> None: ...
     def stop(self, timeout: float = 5.0) -> None: ...
@@ -72,7 +73,7 @@ class FixedWatcher:
     def start(self) -> list[DeviceInfo]:
         return list(self.devices)
 
-    def set_policy(self, policy: DevicesConfig) -> list[DeviceInfo]:
+    def set_policy(self, policy: DevicesConfig, performance: str | None = None) -> list[DeviceInfo]:
         return list(self.devices)
 
     def learn_bad_port(self, identity: str, reason: str) -> None: ...
@@ -88,6 +89,9 @@ class NoRuntime:
         raise AssertionError("no model is configured: nothing is opened")
 
     def is_device_fault(self, exc: BaseException | None) -> bool:
+        return False
+
+    def recover(self, device: str, why: str) -> bool:
         return False
 
 
@@ -138,7 +142,7 @@ def test_a_device_change_event_changes_the_devices(tmp_path: Path) -> None:
     gone = dev(USB)
     sup, link = started(tmp_path, [gone])
     sup.dispatch(events.DeviceChanged("removed", gone))
-    assert USB not in sup.devices
+    assert USB not in sup.placer.devices
     assert [e["event"] for e in link.published] == ["device_removed"]
 
 
@@ -149,7 +153,7 @@ def test_an_object_that_only_looks_like_a_device_event_changes_nothing(
     sup, link = started(tmp_path, [present])
     with caplog.at_level(logging.WARNING):
         sup.dispatch(HostRestarted("removed", present))  # type: ignore[arg-type]
-    assert USB in sup.devices, "an object with action/device was taken for a udev removal"
+    assert USB in sup.placer.devices, "an object with action/device was taken for a udev removal"
     assert link.published == []
     assert "unknown event" in caplog.text and "HostRestarted" in caplog.text
 
