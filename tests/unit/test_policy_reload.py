@@ -48,7 +48,7 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("a new broker host relinks", {"mqtt.host": "broker.lan"}, {"relink": True}),
     ("a new node id relinks", {"daemon.node_id": "n2"}, {"relink": True}),
     ("joining a fleet relinks", {"fleet.group": "yard"}, {"relink": True}),
-    ("a new decode budget relinks and restarts every model", {"daemon.max_decode_bytes": 1_000_000}, {"relink": True, "restarted": ("a", "b")}),
+    ("a new decode budget relinks and restarts every model", {"daemon.max_decode_bytes": 2_000_000}, {"relink": True, "restarted": ("a", "b")}),
     ("a log level is applied", {"daemon.log_level": "debug"}, {"log_level": "debug"}),
     ("a model removed", {"models.b": None}, {"removed": ("b",)}),
     ("a model added", {"models.c": {"model": "{m}/mobilenet_v1_0.25_128_quant_edgetpu.tflite", "postprocess": {"type": "raw"}}}, {"added": ("c",)}),
