@@ -23,6 +23,8 @@ APT_PACKAGES += debhelper dh-python pybuild-plugin-pyproject python3-all python3
 APT_PACKAGES += prometheus python3-prometheus-client
 # pyzmq for the Frigate endpoint (edgetpud/frigate.py); the venv takes PyPI's, the .deb Debian's
 APT_PACKAGES += python3-zmq
+# sd_notify for edgetpud/notify.py; the venv takes PyPI's, the .deb Debian's
+APT_PACKAGES += python3-sdnotify
 # The system test (make test-system): a booted bookworm container, and piuparts.
 APT_PACKAGES += debootstrap systemd-container piuparts
 # Stripping the arm64 and armhf packages' wheel library when cross-building them (make deb).
@@ -64,6 +66,7 @@ $(FAKE_LIB): tests/native/fake_edgetpu.c | $(STAMPS)/apt
 lint: $(STAMPS)/venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports  # module boundaries: [tool.importlinter] in pyproject.toml
 
 typecheck: $(STAMPS)/venv
 	$(BIN)/mypy --strict edgetpud plugins/edgetpud_plugins

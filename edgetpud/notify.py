@@ -1,18 +1,20 @@
-"""systemd notification (sd_notify) without depending on libsystemd.
+"""systemd notification (sd_notify) through the `sdnotify` package: the only importer of it.
 
-Speaks the datagram protocol directly: `NOTIFY_SOCKET` names a Unix socket
-(a path, or an abstract name starting with "@"). Outside systemd it is a no-op.
-Written here rather than taken from the `sdnotify` package: that one connects
-once at start-up and swallows every error silently, where a failed notification
-should at least reach the debug log.
+`sdnotify.SystemdNotifier` is created with `debug=True`, so its errors (no socket,
+systemd gone, a full queue) reach us instead of vanishing: each is logged at debug
+level, and a notifier whose socket broke (systemd re-executed itself and bound the
+socket anew) is created again before the next message. Outside systemd
+(`NOTIFY_SOCKET` unset) nothing is sent. Never fatal: a lost notification costs
+at most a STATUS line or a watchdog ping.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
+
+import sdnotify
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +23,8 @@ class Notifier:
     """Send READY/RELOADING/STOPPING/STATUS/WATCHDOG to systemd, if it is listening."""
 
     def __init__(self, address: str | None = None) -> None:
-        address = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
-        self._address = "\0" + address[1:] if address.startswith("@") else address
-        self._sock: socket.socket | None = None
-        if self._address:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        self._address = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
+        self._sd: sdnotify.SystemdNotifier | None = None
         usec = os.environ.get("WATCHDOG_USEC", "")
         pid = os.environ.get("WATCHDOG_PID", "")
         mine = not pid or pid == str(os.getpid())
@@ -33,15 +32,39 @@ class Notifier:
 
     @property
     def enabled(self) -> bool:
-        return self._sock is not None
+        return bool(self._address)
+
+    def _connect(self) -> sdnotify.SystemdNotifier | None:
+        # sdnotify reads the address from the environment when it connects
+        saved = os.environ.get("NOTIFY_SOCKET")
+        os.environ["NOTIFY_SOCKET"] = self._address
+        try:
+            return sdnotify.SystemdNotifier(debug=True)
+        except Exception as exc:  # no such socket, or not a datagram socket
+            log.debug("sd_notify: cannot reach %s: %s", self._address, exc)
+            return None
+        finally:
+            if saved is None:
+                del os.environ["NOTIFY_SOCKET"]
+            else:
+                os.environ["NOTIFY_SOCKET"] = saved
 
     def send(self, *fields: str) -> None:
-        if self._sock is None:
+        if not self._address:
             return
-        try:
-            self._sock.sendto("\n".join(fields).encode(), self._address)
-        except OSError as exc:  # systemd gone or socket full: never fatal
-            log.debug("sd_notify failed: %s", exc)
+        # sdnotify encodes as Latin-1; this hands it the UTF-8 bytes systemd expects
+        state = "\n".join(fields).encode().decode("latin-1")
+        for attempt in (1, 2):  # a broken socket is reconnected once
+            if self._sd is None:
+                self._sd = self._connect()
+                if self._sd is None:
+                    return
+            try:
+                self._sd.notify(state)
+                return
+            except OSError as exc:  # systemd gone or re-executed, or its queue full
+                log.debug("sd_notify failed (attempt %d): %s", attempt, exc)
+                self.close()
 
     def ready(self, status: str = "") -> None:
         self.send("READY=1", *([f"STATUS={status}"] if status else []))
@@ -63,6 +86,6 @@ class Notifier:
         self.send("WATCHDOG=1")
 
     def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        if self._sd is not None and self._sd.socket is not None:
+            self._sd.socket.close()
+        self._sd = None
