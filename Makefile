@@ -86,12 +86,12 @@ $(STAMPS)/paho16: pyproject.toml | $(STAMPS)/apt
 	$(PAHO16)/bin/python -m pip install -q -e . 'paho-mqtt==1.6.1' pytest pytest-timeout
 	@mkdir -p $(STAMPS) && touch $@
 
-# The soak run (bench/soak.py): the daemon under load through broker kills and replugs.
+# The soak run (python -m bench.soak): the daemon under load through broker kills and replugs.
 # Not part of make test. SOAK_SECONDS=120 shortens it; writes bench/results/soak.json.
 SOAK_SECONDS ?= 600
 .PHONY: soak
 soak: $(STAMPS)/venv $(FAKE_LIB)
-	umockdev-wrapper $(BIN)/python bench/soak.py --seconds $(SOAK_SECONDS)
+	umockdev-wrapper $(BIN)/python -m bench.soak --seconds $(SOAK_SECONDS)
 
 test-paho16: $(STAMPS)/paho16
 	$(PAHO16)/bin/python -m pytest -p no:cacheprovider $(MQTT_TESTS)
@@ -157,8 +157,8 @@ test-system: $(STAMPS)/venv
 	$(MAKE) --no-print-directory deb DEB_ARCHES=$$(dpkg --print-architecture) DEB_BUILD_OPTIONS=nocheck
 	EDGETPUD_SYSTEM_TESTS=1 $(BIN)/pytest -p no:cacheprovider tests/system
 
-# The benchmark suite (bench/run.py, docs/benchmarks.md): matplotlib for the plots, and
-# ai-edge-litert in its own venv (it needs numpy 2, tflite-runtime 2.14 needs numpy<2).
+# The benchmark suite (`python -m bench`, bench/__main__.py; docs/benchmarks.md): matplotlib for
+# the plots, and ai-edge-litert in its own venv (it needs numpy 2, tflite-runtime 2.14 needs numpy<2).
 .PHONY: bench bench-quick
 LITERT := .venv-litert
 $(STAMPS)/bench: pyproject.toml $(STAMPS)/venv
@@ -169,10 +169,10 @@ $(STAMPS)/bench: pyproject.toml $(STAMPS)/venv
 	@touch $@
 
 bench: $(STAMPS)/bench $(FAKE_LIB)
-	umockdev-wrapper $(BIN)/python bench/run.py
+	umockdev-wrapper $(BIN)/python -m bench
 
 bench-quick: $(STAMPS)/bench $(FAKE_LIB)
-	umockdev-wrapper $(BIN)/python bench/run.py --quick
+	umockdev-wrapper $(BIN)/python -m bench --quick
 
 # The arm64 and armhf packages installed and serving in emulated bookworm systems
 # (tests/arm, docs/testing.md): qemu-user runs the other architectures' binaries, debootstrap

@@ -11,7 +11,7 @@ for 1 and 2 nodes. Throughput = answered requests / seconds from first send to l
 answer. The target is 2 nodes >= 1.8 x 1 node.
 
     make build/libfake_edgetpu.so
-    umockdev-wrapper .venv/bin/python bench/bench_fleet.py [--quick]
+    umockdev-wrapper .venv/bin/python -m bench.bench_fleet [--quick]
 
 Writes bench/results/fleet.json. Every node runs on this one machine (2 cores here),
 so at a high per-node rate the nodes compete for CPU, which a real fleet of boxes
@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 MODELS = Path(os.environ.get("EDGETPUD_SHARED_MODELS", ROOT.parent / "shared" / "models"))
 FAKE_LIB = ROOT / "build" / "libfake_edgetpu.so"

@@ -1,11 +1,11 @@
 """MQTT benchmarks against a real mosquitto (run from the repository root).
 
-.venv/bin/python bench/bench_mqtt.py cpu [--count 10000] [--qos 0]
+.venv/bin/python -m bench.bench_mqtt cpu [--count 10000] [--qos 0]
     CPU time of this process (all threads: caller, sender, paho's network thread)
     to publish COUNT results until paho has written them all. Target: < 1 s for
     10,000 results at QoS 0. A mosquitto_sub in another process counts deliveries.
 
-.venv/bin/python bench/bench_mqtt.py outage [--seconds 20] [--count 5000]
+.venv/bin/python -m bench.bench_mqtt outage [--seconds 20] [--count 5000]
     Kill the broker, produce COUNT results spread over SECONDS, restart it, and count
     what a persistent subscriber receives: lost, out of order, time to drain.
 """
@@ -22,8 +22,6 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from edgetpud.config import MqttConfig
 from edgetpud.messages import Request, Result, Timing

@@ -1,16 +1,12 @@
 """Benchmark: plan 64 models over 16 devices (target: median under 10 ms).
 
-Run: .venv/bin/python bench/bench_placement.py
+Run: .venv/bin/python -m bench.bench_placement
 """
 
 from __future__ import annotations
 
 import statistics
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edgetpud.placement import ModelSpec, plan
 from tests.support.placement import dev

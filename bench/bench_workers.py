@@ -11,7 +11,7 @@ encoded as JSON (edgetpud.payloads). A feeder thread builds requests as a source
 would and keeps the queue full.
 
     make build/libfake_edgetpu.so
-    .venv/bin/python bench/bench_workers.py [--runs 5] [--seconds 5]
+    .venv/bin/python -m bench.bench_workers [--runs 5] [--seconds 5]
 
 It re-runs itself under `umockdev-wrapper` when needed, prints a table and
 writes bench/results/workers.json. The target is 90 % of N x 1000/invoke_ms.
@@ -33,10 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from edgetpud.config import RuntimeConfig
 
-from edgetpud.config import RuntimeConfig  # noqa: E402 - after the path set-up
+ROOT = Path(__file__).resolve().parent.parent
 
 MODEL = "mobilenet_v1_0.25_128_quant_edgetpu.tflite"
 TARGET_SHARE = 0.90

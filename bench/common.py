@@ -31,8 +31,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "bench" / "results"
 MODELS = Path(os.environ.get("EDGETPUD_MODELS", ROOT.parent / "shared" / "models"))
@@ -54,7 +52,22 @@ def ensure_umockdev() -> None:
         sys.exit(
             "umockdev-wrapper not found: install the Debian package umockdev (make bench does)"
         )
-    os.execv(wrapper, [wrapper, sys.executable, *sys.argv])
+    os.execv(wrapper, [wrapper, *this_command()])
+
+
+def this_command() -> list[str]:
+    """The command line that started this process: `python -m bench.<name> ...` again."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    if spec is None:  # run as a file, not as a module
+        return [sys.executable, *sys.argv]
+    name = spec.name.removesuffix(".__main__")
+    return [sys.executable, "-m", name, *sys.argv[1:]]
+
+
+def module(name: str) -> list[str]:
+    """The command that runs bench module `name` (e.g. "bench.plain_script") in a new
+    process; run it with cwd=ROOT (or ROOT on PYTHONPATH) so that `bench` is found."""
+    return [sys.executable, "-m", name]
 
 
 def check_inputs() -> None:

@@ -7,8 +7,8 @@ and through ai-edge-litert (in .venv-litert: it needs numpy 2, which tflite-runt
 2.14 cannot use), with 1 and 2 interpreter threads. Each measurement is a fresh
 process running invoke in a loop on a fixed 160x160x3 input; figure: inferences/s.
 
-    .venv/bin/python bench/cpu_fallback.py [--quick]
-    .venv/bin/python bench/cpu_fallback.py --child tflite_runtime --threads 2 --seconds 3
+    .venv/bin/python -m bench.cpu_fallback [--quick]
+    .venv/bin/python -m bench.cpu_fallback --child tflite_runtime --threads 2 --seconds 3
 """
 
 from __future__ import annotations
@@ -21,12 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+ROOT = Path(__file__).resolve().parents[1]
 
 NAME = "cpu_fallback"
 MODEL = "mobilenet_v1_0.5_160_quant.tflite"
-LITERT_PYTHON = HERE.parent / ".venv-litert" / "bin" / "python"
+LITERT_PYTHON = ROOT / ".venv-litert" / "bin" / "python"
 
 
 def child(runtime: str, model: Path, threads: int, seconds: float) -> dict[str, Any]:
@@ -69,7 +68,7 @@ def child(runtime: str, model: Path, threads: int, seconds: float) -> dict[str, 
 
 
 def run(quick: bool = False) -> dict[str, Any]:
-    import common
+    from bench import common
 
     seconds = 1.0 if quick else 5.0
     model = common.MODELS / MODEL
@@ -89,9 +88,9 @@ def run(quick: bool = False) -> dict[str, Any]:
             continue
         for threads in (1, 2):
             proc = subprocess.run(
-                [python, str(Path(__file__).resolve()), "--child", runtime,
+                [python, "-m", "bench.cpu_fallback", "--child", runtime,
                  "--threads", str(threads), "--seconds", str(seconds), "--model", str(model)],
-                capture_output=True, text=True, timeout=120, check=False,
+                capture_output=True, text=True, timeout=120, check=False, cwd=ROOT,
             )  # fmt: skip
             if proc.returncode != 0:
                 note = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed"

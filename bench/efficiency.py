@@ -17,7 +17,7 @@ hosts over the measuring window (/proc), divided by the results counted.
 For context, the same K simulated TPUs driven by bare invoke loops (no Python work, no
 MQTT) in the same run: what the machine could do at that moment ("÷ bare").
 
-    umockdev-wrapper .venv/bin/python bench/efficiency.py [--quick]
+    umockdev-wrapper .venv/bin/python -m bench.efficiency [--quick]
 """
 
 from __future__ import annotations
@@ -27,14 +27,10 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import common
 
-import common
-
-HERE = Path(__file__).resolve().parent
 NAME = "efficiency"
 FRAME = 128  # the model's input size; the synthetic source's width/height 0 means that
 TARGET = 0.97  # at K = 4, QoS 0
@@ -97,11 +93,11 @@ def bare_rate(r: common.Rig, k: int, seconds: float, warmup: float) -> float:
     (bench/plain_script.py --bare): what this machine can do right now. A simulated invoke
     is a sleep, and on a busy machine a sleep overshoots."""
     proc = subprocess.run(
-        [sys.executable, str(HERE / "plain_script.py"), "--bare", "--devices", str(k),
+        [*common.module("bench.plain_script"), "--bare", "--devices", str(k),
          "--model", str(common.MODELS / common.MODEL_128),
          "--labels", str(common.MODELS / common.LABELS), "--library", str(common.FAKE_LIB),
          "--seconds", str(seconds + warmup), "--warmup", str(warmup)],
-        env={**os.environ, **r.control.env()},
+        env={**os.environ, **r.control.env()}, cwd=common.ROOT,
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     rate: float = json.loads(proc.stdout)["per_s"]

@@ -11,7 +11,7 @@ device, and requests lost (sent but never answered; must be 0). The removal of a
 ready (18d1:9302) accelerator acts at once; `devices.firmware_debounce` only holds back
 the removal of one in firmware-download mode (1a6e:089a), which is not the case here.
 
-    umockdev-wrapper .venv/bin/python bench/failover.py [--quick]
+    umockdev-wrapper .venv/bin/python -m bench.failover [--quick]
 """
 
 from __future__ import annotations
@@ -19,15 +19,12 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common
-from loadgen import LoadGen
+from bench import common
+from bench.loadgen import LoadGen
 
 NAME = "failover"
 TARGET_MS = 500.0

@@ -8,7 +8,7 @@ accelerator. RSS is VmRSS from /proc/<pid>/status once health shows every model
 running and two health ticks have passed. Figure: idle RSS and the RSS added per model
 worker (least-squares slope over 1, 2, 4 models). Target: idle <= 80 MB.
 
-    umockdev-wrapper .venv/bin/python bench/footprint.py [--quick]
+    umockdev-wrapper .venv/bin/python -m bench.footprint [--quick]
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common
+from bench import common
 
 NAME = "footprint"
 TARGET_IDLE_MB = 80.0

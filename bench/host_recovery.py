@@ -11,7 +11,7 @@ it (from its restarted host on the same accelerator), requests lost (sent, never
 answered: must be 0), answered twice (must be 0), and whether the other model went on
 (its longest gap between results around the abort).
 
-    umockdev-wrapper .venv/bin/python bench/host_recovery.py [--quick]
+    umockdev-wrapper .venv/bin/python -m bench.host_recovery [--quick]
 """
 
 from __future__ import annotations
@@ -26,10 +26,8 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common
-from loadgen import LoadGen
+from bench import common
+from bench.loadgen import LoadGen
 
 NAME = "host_recovery"
 TARGET_MS = 1000.0

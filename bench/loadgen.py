@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from rawmqtt import CONTENT_TYPE, CORRELATION_DATA, RESPONSE_TOPIC, Message, RawClient
+from bench.rawmqtt import CONTENT_TYPE, CORRELATION_DATA, RESPONSE_TOPIC, Message, RawClient
 
 
 @dataclass

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Does scraping /metrics slow the request path? (docs/metrics.md, issue: "measure")
 
-    .venv/bin/python bench/metrics_scrape.py [--seconds 3]
+    .venv/bin/python -m bench.metrics_scrape [--seconds 3]
 
 Worker threads call `Metrics.observe(result)` as fast as they can (what every
 answered request costs on its lane), first alone, then while a scraper renders the

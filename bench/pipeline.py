@@ -14,7 +14,7 @@ Each layout is run in turns, A B A B (three pairs; one in --quick). Figure: resu
 pipelined ÷ results/s on one TPU, median of the pairs. Target >= 1.8 (2.0 is the
 ceiling: two devices instead of one).
 
-    umockdev-wrapper .venv/bin/python bench/pipeline.py [--quick]
+    umockdev-wrapper .venv/bin/python -m bench.pipeline [--quick]
 """
 
 from __future__ import annotations
@@ -24,13 +24,11 @@ import statistics
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common
 import numpy as np
+
+from bench import common
 
 NAME = "pipeline"
 TARGET = 1.8

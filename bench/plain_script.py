@@ -9,9 +9,9 @@ when its size differs; at the model's size it is just copied into the input tens
 `load_delegate(library, {"device": "usb:N"})`, top-3 with labels, a JSON payload
 published with paho to `<prefix>/<node>/models/m<N>/results`.
 
-    .venv/bin/python bench/plain_script.py --devices 4 --model M --labels L --library F \
+    .venv/bin/python -m bench.plain_script --devices 4 --model M --labels L --library F \
         --port 1883 --seconds 10
-    .venv/bin/python bench/plain_script.py --assign A.tflite@0 --assign B.tflite@0 ...
+    .venv/bin/python -m bench.plain_script --assign A.tflite@0 --assign B.tflite@0 ...
 
 With `--assign MODEL@N` (repeatable) each thread runs its own model on usb:N, and two
 threads may share a TPU, as a hand-made round-robin spread of models over TPUs does.

@@ -12,19 +12,16 @@ timestamps each reply the moment it has read it.
   (reply received - request sent - simulated invoke time), i.e. what edgetpud, paho and
   mosquitto add around the device. Also given: the same minus the invoke time the daemon
   measured for that request (the simulated device's own timer overshoot taken out).
-- baselines: the same paced requests answered at once, with no inference, by
-  bench/echo_responder.py: with a bare paho client (what any paho-based responder costs
-  here), and with a plain-socket client answering from its reading thread (the floor of
-  the broker, loopback TCP and this VM's wake-ups; no responder can beat it), and the
-  same plain-socket client handing each request to a worker thread that answers it (the
-  least a responder pays that, like edgetpud, runs each model in a thread of its own),
-  and that worker first sleeping 2.6 ms as the simulated invoke does (its added latency:
-  the least any such responder with this device adds here, doing no work at all). Each
-  listens on its own topic base; the five paths take turns of 200 requests, so that
-  all five see the same moments of this machine's load.
+- baseline: the same paced requests answered at once, with no inference, by
+  bench/echo_responder.py, a bare paho client (what any paho-based responder costs here);
+  it listens on its own topic base and the two paths take turns of 200 requests, so that
+  both see the same moments of this machine's load. The figure edgetpud is judged by
+  beside it: added p50 minus the echo's p50 (edgetpud's own share).
+  bench/investigations/latency_floor.py runs this benchmark with the plain-socket
+  responders that found the floor below the paho echo.
 - throughput phase: a closed loop keeping `window` requests outstanding; replies/s.
 
-    umockdev-wrapper .venv/bin/python bench/request_path.py [--quick]
+    umockdev-wrapper .venv/bin/python -m bench.request_path [--quick]
 """
 
 from __future__ import annotations
@@ -34,27 +31,18 @@ import subprocess
 import sys
 import time
 from contextlib import ExitStack
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import common
+from bench.loadgen import LoadGen
 
-import common
-from loadgen import LoadGen
-
-HERE = Path(__file__).resolve().parent
 NAME = "request_path"
 TARGET_P50_MS = 1.0
 MODEL = "req"
-# the echo baselines: name -> bench/echo_responder.py options
-ECHO_CLIENTS = {
-    "paho": ["--client", "paho"],
-    "raw": ["--client", "raw"],
-    "rawthread": ["--client", "rawthread"],
-    "rawwait": ["--client", "rawthread", "--wait-ms", str(common.INVOKE_MS)],
-}
+# the echo baselines: name -> the module that answers and its options
+ECHO_CLIENTS = {"paho": ["bench.echo_responder"]}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -80,15 +68,14 @@ def paced(gen: LoadGen, prefix: str, payload: bytes, rate: float, count: int) ->
 
 
 def start_echo(
-    r: common.Rig, client: str, payload: bytes
+    r: common.Rig, client: str, argv: list[str], payload: bytes
 ) -> tuple[subprocess.Popen[bytes], LoadGen]:
-    """bench/echo_responder.py as ECHO_CLIENTS[client] on its own topic base, and a load
-    generator for it."""
+    """The echo responder `argv` (a module and its options) on its own topic base, and a
+    load generator for it."""
     base = f"bench/echo-{client}"
     echo = subprocess.Popen(
-        [sys.executable, str(HERE / "echo_responder.py"), "--port", str(r.broker.port),
-         "--base", base, *ECHO_CLIENTS[client]],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [*common.module(argv[0]), *argv[1:], "--port", str(r.broker.port), "--base", base],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=common.ROOT,
     )  # fmt: skip
     gen = LoadGen(r.broker.host, r.broker.port, base, f"echo-{client}")
 
@@ -101,12 +88,17 @@ def start_echo(
     return echo, gen
 
 
-def run(quick: bool = False) -> dict[str, Any]:
+def run(
+    quick: bool = False, echoes: dict[str, list[str]] | None = None, name: str = NAME
+) -> dict[str, Any]:
+    """The benchmark, with the echo responders `echoes` (ECHO_CLIENTS by default) taking
+    turns with edgetpud; writes bench/results/<name>.json."""
+    echoes = echoes or ECHO_CLIENTS
     rate, count = (100.0, 200) if quick else (100.0, 2000)
     blocks = 1 if quick else 10
     window, seconds = 16, (2.0 if quick else 8.0)
     record = common.new_record(
-        NAME,
+        name,
         quick,
         {
             "simulated_invoke_ms": common.INVOKE_MS,
@@ -121,8 +113,8 @@ def run(quick: bool = False) -> dict[str, Any]:
     with common.rig(common.INVOKE_MS) as r, ExitStack() as stack:
         (device,) = r.add_accelerators(1)
         gens: dict[str, LoadGen] = {}
-        for kind in ECHO_CLIENTS:
-            proc, gens[kind] = start_echo(r, kind, payload)
+        for kind, argv in echoes.items():
+            proc, gens[kind] = start_echo(r, kind, argv, payload)
             stack.callback(proc.wait, 30)
             stack.callback(proc.terminate)
             stack.callback(gens[kind].stop)
@@ -135,7 +127,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         for i in range(20):  # warm up: the first requests open the path end to end
             gen.send(MODEL, f"w{i}", payload)
         common.wait_for(lambda: gen.answered() >= 20, 60, "warm-up replies")
-        # the five paths in turns of count/blocks requests, so each sees the same moments
+        # the paths in turns of count/blocks requests, so each sees the same moments
         rtts: dict[str, list[float]] = {kind: [] for kind in gens}
         ids: list[str] = []
         order = list(gens)
@@ -145,7 +137,7 @@ def run(quick: bool = False) -> dict[str, Any]:
                 prefix = f"l{block}-" if kind == "edgetpud" else f"e{block}-"
                 rtts[kind] += paced(gens[kind], prefix, payload, rate, count // blocks)
             ids += [f"l{block}-{i}" for i in range(count // blocks)]
-        echo = {kind: rtts[kind] for kind in ECHO_CLIENTS}
+        echo = {kind: rtts[kind] for kind in echoes}
         rtt = rtts["edgetpud"]
         lat = [gen.replies[i] for i in ids]
         added = [x - common.INVOKE_MS for x in rtt]
@@ -195,14 +187,13 @@ def run(quick: bool = False) -> dict[str, Any]:
         "duplicates": duplicates,
         "echo_round_trip_ms_p50": round(echo_p50, 3),
         "echo_round_trip_ms_p99": round(percentile(echo["paho"], 0.99), 3),
-        "floor_round_trip_ms_p50": round(percentile(echo["raw"], 0.50), 3),
-        "floor_round_trip_ms_p99": round(percentile(echo["raw"], 0.99), 3),
-        "rawthread_round_trip_ms_p50": round(percentile(echo["rawthread"], 0.50), 3),
-        "rawwait_added_ms_p50": round(
-            percentile([x - common.INVOKE_MS for x in echo["rawwait"]], 0.50), 3
-        ),
         "added_over_echo_ms_p50": round(percentile(added, 0.50) - echo_p50, 3),
     }
+    for kind, rtt_ms in echo.items():  # the floor's responders, when run (latency_floor)
+        if kind != "paho":
+            fig[f"{kind}_round_trip_ms_p50"] = round(percentile(rtt_ms, 0.50), 3)
+            fig[f"{kind}_round_trip_ms_p99"] = round(percentile(rtt_ms, 0.99), 3)
+            fig[f"{kind}_added_ms_p50"] = round(percentile(rtt_ms, 0.50) - common.INVOKE_MS, 3)
     record["figures"] = fig
     record["target"] = {
         "added_p50_ms_max": TARGET_P50_MS,
@@ -219,17 +210,13 @@ def run(quick: bool = False) -> dict[str, Any]:
                 "bare paho echo round trip p50 / p99 (ms)",
                 f"{fig['echo_round_trip_ms_p50']} / {fig['echo_round_trip_ms_p99']}",
             ],
-            [
-                "plain-socket echo round trip p50 / p99 (ms, the floor)",
-                f"{fig['floor_round_trip_ms_p50']} / {fig['floor_round_trip_ms_p99']}",
-            ],
-            [
-                "plain-socket echo answered by a worker thread, round trip p50 (ms)",
-                fig["rawthread_round_trip_ms_p50"],
-            ],
-            [
-                "the same after a 2.6 ms simulated-invoke sleep, added p50 (ms)",
-                fig["rawwait_added_ms_p50"],
+            *[
+                [
+                    f"{kind} echo round trip p50 / p99 (ms)",
+                    f"{fig[f'{kind}_round_trip_ms_p50']} / {fig[f'{kind}_round_trip_ms_p99']}",
+                ]
+                for kind in echo
+                if kind != "paho"
             ],
             ["added p50 minus paho echo p50 (ms)", fig["added_over_echo_ms_p50"]],
             [
@@ -241,7 +228,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         ],
     )
     print(record["table"])
-    common.write_record(NAME, record)
+    common.write_record(name, record)
     return record
 
 

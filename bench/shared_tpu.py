@@ -17,20 +17,16 @@ schedule that budget allows is one reload per run of 50 ms, (50 - 9) / 50 of the
 time invoking: 315 results/s. Target: the shared TPU reaches >= 90 % of that in every
 one of five fresh starts.
 
-    umockdev-wrapper .venv/bin/python bench/shared_tpu.py [--quick]
+    umockdev-wrapper .venv/bin/python -m bench.shared_tpu [--quick]
 """
 
 from __future__ import annotations
 
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common
-
+from bench import common
 from edgetpud.scheduler import DEFAULT_BATCH_WAIT
 
 NAME = "shared_tpu"

@@ -15,7 +15,7 @@ quarantined, then reopened). At the end every request must be answered, and once
 daemon has stopped no device host may be left running.
 
     make soak                      # 10 minutes
-    make soak SOAK_SECONDS=120     # or: umockdev-wrapper .venv/bin/python bench/soak.py --seconds 120
+    make soak SOAK_SECONDS=120     # or: umockdev-wrapper .venv/bin/python -m bench.soak --seconds 120
 
 Writes bench/results/soak.json: requests sent, results received, lost, errors, broker
 restarts survived, replug cycles, and the daemon's RSS and open file descriptors at
@@ -35,14 +35,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tests.conftest import FAKE_LIB, SHARED_MODELS
+from tests.e2e.test_service import BASE, Rig, usb_root
+from tests.support.daemon import wait_for
+from tests.support.faults import fault_rig, open_fds, rss_kb, threads
+from tests.support.umock import in_mock_environment
 
-from tests.conftest import FAKE_LIB, SHARED_MODELS  # noqa: E402
-from tests.e2e.test_service import BASE, Rig, usb_root  # noqa: E402
-from tests.support.daemon import wait_for  # noqa: E402
-from tests.support.faults import fault_rig, open_fds, rss_kb, threads  # noqa: E402
-from tests.support.umock import in_mock_environment  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MODELS = ("alpha", "beta", "gamma")
 

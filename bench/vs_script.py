@@ -10,7 +10,7 @@ bench/plain_script.py (one thread per TPU). Runs alternate A B A B; results/s ar
 counted by one mosquitto_sub subscriber. Figure: median over pairs of A / B.
 Target >= 1.0 at K = 4.
 
-    umockdev-wrapper .venv/bin/python bench/vs_script.py [--quick]
+    umockdev-wrapper .venv/bin/python -m bench.vs_script [--quick]
 """
 
 from __future__ import annotations
@@ -20,27 +20,22 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common
-import efficiency
+from bench import common, efficiency
 
 NAME = "vs_script"
 TARGET = 1.0
-SCRIPT = Path(__file__).resolve().parent / "plain_script.py"
 
 
 def measure_script(r: common.Rig, k: int, qos: int, seconds: float, warmup: float) -> float:
     tap = r.tap(f"{common.BASE}/models/+/results", qos=qos)
     proc = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--devices", str(k), "--model",
+        [*common.module("bench.plain_script"), "--devices", str(k), "--model",
          str(common.MODELS / common.MODEL_128), "--labels", str(common.MODELS / common.LABELS),
          "--library", str(common.FAKE_LIB), "--port", str(r.broker.port), "--qos", str(qos),
          "--prefix", common.PREFIX, "--node", common.NODE, "--frame", str(efficiency.FRAME)],
-        env={**os.environ, **r.control.env()},
+        env={**os.environ, **r.control.env()}, cwd=common.ROOT,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:

@@ -2,13 +2,13 @@
 """The benchmark suite: every benchmark in one run, then bench/results/summary.md and plots.
 
     make bench          # full run (< 15 min on 2 cores); make bench-quick (< 90 s)
-    umockdev-wrapper .venv/bin/python bench/run.py [--quick] [--only efficiency,footprint]
+    umockdev-wrapper .venv/bin/python -m bench [--quick] [--only efficiency,footprint]
 
 Each benchmark writes bench/results/<name>.json (machine facts, versions, load average,
 parameters with the simulated latency, every figure). Device timing comes from the fake
 libedgetpu in simulate mode (tests/native/fake_edgetpu.c); MQTT is a real mosquitto.
-The full run also calls the single-purpose benchmarks others wrote (bench_workers.py,
-bench_mqtt.py) and records their output. Exit status 0 when every benchmark ran; missed
+The full run also calls the single-purpose benchmarks others wrote (bench.bench_workers,
+bench.bench_mqtt cpu, ...) and records their output; bench/investigations/ is not run. Exit status 0 when every benchmark ran; missed
 targets are reported in the summary, not as a failure.
 """
 
@@ -26,20 +26,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common
-import cpu_fallback
-import efficiency
-import failover
-import footprint
-import host_recovery
-import pipeline
-import request_path
-import shared_tpu
-import vs_script
-
-HERE = Path(__file__).resolve().parent
+from bench import (
+    common,
+    cpu_fallback,
+    efficiency,
+    failover,
+    footprint,
+    host_recovery,
+    pipeline,
+    request_path,
+    shared_tpu,
+    vs_script,
+)
 
 SUITE: dict[str, Callable[[bool], dict[str, Any]]] = {
     "efficiency": efficiency.run,
@@ -60,19 +58,16 @@ def run_others(quick: bool) -> dict[str, Any]:
     if quick:
         return out
     jobs = {
-        "workers": [str(HERE / "bench_workers.py"), "--runs", "2", "--seconds", "4"],
-        "mqtt_cpu": [str(HERE / "bench_mqtt.py"), "cpu", "--count", "10000", "--qos", "0"],
-        "mqtt_floor": [str(HERE / "mqtt_floor.py")],
-        "placement_planner": [str(HERE / "bench_placement.py")],
-        "fleet": [str(HERE / "bench_fleet.py"), "--quick"],
+        "workers": ["bench.bench_workers", "--runs", "2", "--seconds", "4"],
+        "mqtt_cpu": ["bench.bench_mqtt", "cpu", "--count", "10000", "--qos", "0"],
+        "placement_planner": ["bench.bench_placement"],
+        "fleet": ["bench.bench_fleet", "--quick"],
     }
     for name, argv in jobs.items():
-        if not Path(argv[0]).exists():
-            continue
-        print(f"== {name} ({Path(argv[0]).name})", flush=True)
+        print(f"== {name} ({argv[0]})", flush=True)
         t0 = time.monotonic()
         proc = subprocess.run(
-            [sys.executable, *argv],
+            [*common.module(argv[0]), *argv[1:]],
             capture_output=True,
             text=True,
             timeout=300,
@@ -81,14 +76,12 @@ def run_others(quick: bool) -> dict[str, Any]:
         )
         print(proc.stdout[-2000:], flush=True)
         record: dict[str, Any] = {
-            "command": " ".join(
-                ["python", *[os.path.relpath(a, common.ROOT) for a in argv[:1]], *argv[1:]]
-            ),
+            "command": " ".join(["python -m", *argv]),
             "exit_status": proc.returncode,
             "seconds": round(time.monotonic() - t0, 1),
             "stdout_tail": proc.stdout[-1500:],
         }
-        if name in ("mqtt_cpu", "mqtt_floor"):  # their last line is their figures as JSON
+        if name == "mqtt_cpu":  # its last line is its figures as JSON
             with contextlib.suppress(ValueError, IndexError):
                 record["figures"] = json.loads(proc.stdout.strip().splitlines()[-1])
             common.write_record(name, {**common.new_record(name, quick, {}), **record})
@@ -129,9 +122,7 @@ def headline(records: dict[str, dict[str, Any]]) -> list[list[str]]:
         rows.append(["3 added request latency p99", "—", fmt(f.get("added_ms_p99"), " ms"), ""])
         for label, key in (
             ("3 bare paho echo round trip p50 (baseline)", "echo_round_trip_ms_p50"),
-            ("3 plain-socket echo round trip p50 (floor)", "floor_round_trip_ms_p50"),
-            ("3 plain-socket echo via a worker thread p50", "rawthread_round_trip_ms_p50"),
-            ("3 the same worker sleeping 2.6 ms, added p50", "rawwait_added_ms_p50"),
+            ("3 added p50 minus paho echo p50 (edgetpud's own)", "added_over_echo_ms_p50"),
             ("3 added p50, measured invoke subtracted", "added_minus_measured_invoke_ms_p50"),
         ):
             rows.append([label, "—", fmt(f.get(key), " ms"), ""])
@@ -208,7 +199,7 @@ def summary(  # noqa: PLR0917
     lines = [
         "# Benchmark summary",
         "",
-        f"{'Quick subset' if quick else 'Full run'} of `bench/run.py`, "
+        f"{'Quick subset' if quick else 'Full run'} of `python -m bench`, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.monotonic() - t0:.0f} s. "
         f"{m['cores']} cores ({m['cpu_model']}); load average (1/5/15 min) "
         f"{load0[0]:.2f}/{load0[1]:.2f}/{load0[2]:.2f} at start, "

@@ -13,9 +13,9 @@ and the subscriber timestamps each arrival. Two client kinds:
 - paho: paho-mqtt clients with loop_start(), as edgetpud and the load generator use.
 
 Figure: p50/p90 of (arrival - send) in ms, per client kind and payload size. The
-last line of output is the figures as JSON (bench/run.py records it).
+last line of output is the figures as JSON (written to bench/results/mqtt_floor.json too).
 
-    .venv/bin/python bench/mqtt_floor.py [--count 400]
+    .venv/bin/python -m bench.investigations.mqtt_floor [--count 400]
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import socket
-import sys
 import tempfile
 import threading
 import time
@@ -33,11 +32,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import rawmqtt
-
+from bench import common, rawmqtt
 from tests.support.broker import Broker
 
 TOPIC = "floor/t"
@@ -141,6 +136,8 @@ def main() -> int:
         finally:
             broker.stop()
     print(json.dumps(figures))
+    record = common.new_record("mqtt_floor", False, {"count": args.count, "rate_per_s": RATE})
+    common.write_record("mqtt_floor", {**record, "figures": figures})
     return 0
 
 
