@@ -26,7 +26,8 @@ from pathlib import Path
 from edgetpud.config import MqttConfig
 from edgetpud.messages import Request, Result, Timing
 from edgetpud.mqtt import MqttLink
-from tests.support.broker import Broker, Subscriber, wait_until
+from tests.support.broker import Broker, Subscriber
+from tests.support.polling import wait_for
 
 NODE = "bench"
 RESULTS = f"edgetpud/{NODE}/models/m/results"
@@ -61,16 +62,14 @@ def bench_cpu(count: int, qos: int) -> dict[str, float | int]:
         cfg = replace(MqttConfig(), host=broker.host, port=broker.port, qos=qos)
         link = MqttLink(cfg, NODE, on_request=lambda r: None)
         link.start()
-        wait_until(lambda: link.stats().connected, what="connect")
+        wait_for(lambda: link.stats().connected, what="connect")
         results = [make_result(i) for i in range(count)]
         base = link.stats().published
         cpu0, wall0 = cpu_seconds(), time.monotonic()
         for r in results:
             link.publish_result(r)
         caller_wall = time.monotonic() - wall0
-        wait_until(
-            lambda: link.stats().published - base >= count, timeout=120, what="all published"
-        )
+        wait_for(lambda: link.stats().published - base >= count, timeout=120, what="all published")
         cpu, wall = cpu_seconds() - cpu0, time.monotonic() - wall0
         received = 0
         if sub is not None:
@@ -101,9 +100,9 @@ def bench_outage(seconds: float, count: int) -> dict[str, float | int]:
             on_request=lambda r: None,
         )
         link.start()
-        wait_until(lambda: link.stats().connected, what="connect")
+        wait_for(lambda: link.stats().connected, what="connect")
         broker.kill()
-        wait_until(lambda: not link.stats().connected, what="disconnect")
+        wait_for(lambda: not link.stats().connected, what="disconnect")
         t0 = time.monotonic()
         for seq in range(count):
             link.publish_result(make_result(seq))
@@ -112,7 +111,7 @@ def bench_outage(seconds: float, count: int) -> dict[str, float | int]:
         backlog = link.stats().backlog
         broker.start()
         t1 = time.monotonic()
-        wait_until(lambda: len(sub.on(RESULTS)) >= count, timeout=300, what="all results")
+        wait_for(lambda: len(sub.on(RESULTS)) >= count, timeout=300, what="all results")
         drain = time.monotonic() - t1
         seqs = [int(json.loads(m.payload)["request_id"]) for m in sub.on(RESULTS)]
         link.stop()

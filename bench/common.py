@@ -169,12 +169,6 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    from tests.support.daemon import wait_for as _wait_for
-
-    return _wait_for(predicate, timeout, what)
-
-
 # -- the rig -------------------------------------------------------------------------------
 
 

@@ -30,6 +30,7 @@ import time
 from typing import Any
 
 from bench import common
+from tests.support.polling import wait_for
 
 NAME = "efficiency"
 FRAME = 128  # the model's input size; the synthetic source's width/height 0 means that
@@ -53,7 +54,7 @@ def measure_daemon(
     d = r.daemon(models_text(devices), qos=qos)
     k = len(devices)
     try:
-        common.wait_for(lambda: tap.count() >= 20 * k, 120, "results from every model")
+        wait_for(lambda: tap.count() >= 20 * k, 120, "results from every model")
         time.sleep(warmup)
         pid = d.proc.pid
         cpu0 = common.cpu_split_s(pid)

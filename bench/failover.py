@@ -25,6 +25,7 @@ import numpy as np
 
 from bench import common
 from bench.loadgen import LoadGen
+from tests.support.polling import wait_for
 
 NAME = "failover"
 TARGET_MS = 500.0
@@ -64,13 +65,13 @@ def one_trial(rate: float, before: float, after: float) -> dict[str, Any]:
                     time.sleep(max(0.0, due - time.monotonic()))
 
             send_for(before)
-            common.wait_for(lambda: gen.answered() >= len(MODELS) * 10, 60, "replies")
+            wait_for(lambda: gen.answered() >= len(MODELS) * 10, 60, "replies")
             old = [x.device for x in gen.replies.values() if x.rid.startswith("moved-")][-1]
             t_unplug = time.time()
             r.tb.unplug(paths[old])
             send_for(after)
             sent = len(gen.sent)
-            common.wait_for(lambda: gen.answered() >= sent, 60, "every reply (none lost)")
+            wait_for(lambda: gen.answered() >= sent, 60, "every reply (none lost)")
             lost = sent - gen.answered()
         except AssertionError:
             lost = len(gen.sent) - gen.answered()

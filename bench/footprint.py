@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
+from tests.support.polling import wait_for
 
 NAME = "footprint"
 TARGET_IDLE_MB = 80.0
@@ -43,7 +44,7 @@ def measure(r: common.Rig, devices: list[str], n: int) -> float:
             h = common.health(htap).get("models", {})
             return len(h) == n and all(m.get("state") == "running" for m in h.values())
 
-        common.wait_for(running, 120, f"{n} model(s) running")
+        wait_for(running, 120, f"{n} model(s) running")
         time.sleep(2.5)  # two health ticks: steady state
         return rss_mb(d.proc.pid)
     finally:

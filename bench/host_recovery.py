@@ -28,6 +28,7 @@ import numpy as np
 
 from bench import common
 from bench.loadgen import LoadGen
+from tests.support.polling import wait_for
 
 NAME = "host_recovery"
 TARGET_MS = 1000.0
@@ -79,13 +80,13 @@ def one_trial(rate: float, before: float, after: float) -> dict[str, Any]:
                     time.sleep(max(0.0, due - time.monotonic()))
 
             send_for(before)
-            common.wait_for(lambda: gen.answered() >= len(MODELS) * 10, 60, "replies")
+            wait_for(lambda: gen.answered() >= len(MODELS) * 10, 60, "replies")
             victim = host_pid(d.proc.pid, pinned["aborted"])
             t_abort = time.time()
             os.kill(victim, signal.SIGABRT)
             send_for(after)
             sent = len(gen.sent)
-            common.wait_for(lambda: gen.answered() >= sent, 60, "every reply (none lost)")
+            wait_for(lambda: gen.answered() >= sent, 60, "every reply (none lost)")
             lost = sent - gen.answered()
             restarted = host_pid(d.proc.pid, pinned["aborted"])
             daemon_alive = d.proc.poll() is None

@@ -37,6 +37,7 @@ import numpy as np
 
 from bench import common
 from bench.loadgen import LoadGen
+from tests.support.polling import wait_for
 
 NAME = "request_path"
 TARGET_P50_MS = 1.0
@@ -60,7 +61,7 @@ def paced(gen: LoadGen, prefix: str, payload: bytes, rate: float, count: int) ->
         due += 1.0 / rate
         time.sleep(max(0.0, due - time.monotonic()))
     ids = [f"{prefix}{i}" for i in range(count)]
-    common.wait_for(lambda: all(i in gen.replies for i in ids), 60, "every paced reply")
+    wait_for(lambda: all(i in gen.replies for i in ids), 60, "every paced reply")
     return [
         (gen.replies[f"{prefix}{i}"].received - gen.sent[f"{prefix}{i}"]) * 1000.0
         for i in range(count)
@@ -84,7 +85,7 @@ def start_echo(
         time.sleep(0.2)
         return gen.answered() > 0
 
-    common.wait_for(echo_ready, 60, f"the {client} echo responder")
+    wait_for(echo_ready, 60, f"the {client} echo responder")
     return echo, gen
 
 
@@ -126,7 +127,7 @@ def run(
         stack.callback(gen.stop)
         for i in range(20):  # warm up: the first requests open the path end to end
             gen.send(MODEL, f"w{i}", payload)
-        common.wait_for(lambda: gen.answered() >= 20, 60, "warm-up replies")
+        wait_for(lambda: gen.answered() >= 20, 60, "warm-up replies")
         # the paths in turns of count/blocks requests, so each sees the same moments
         rtts: dict[str, list[float]] = {kind: [] for kind in gens}
         ids: list[str] = []
@@ -169,7 +170,7 @@ def run(
                 time.sleep(0.0005)
         t1 = time.time()
         throughput = (gen.answered() - start_answered) / (t1 - t0)
-        common.wait_for(lambda: gen.outstanding() == 0, 60, "every throughput-phase reply")
+        wait_for(lambda: gen.outstanding() == 0, 60, "every throughput-phase reply")
         duplicates = gen.duplicates
     echo_p50 = percentile(echo["paho"], 0.50)
     fig = {

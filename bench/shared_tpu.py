@@ -28,6 +28,7 @@ from typing import Any
 
 from bench import common
 from edgetpud.scheduler import DEFAULT_BATCH_WAIT
+from tests.support.polling import wait_for
 
 NAME = "shared_tpu"
 TARGET = 0.9  # of the best schedule the latency budget allows
@@ -58,7 +59,7 @@ def measure(r: common.Rig, pins: dict[str, str], seconds: float, warmup: float) 
     )
     d = r.daemon(models)
     try:
-        common.wait_for(lambda: tap.count() >= 100, 120, "results")
+        wait_for(lambda: tap.count() >= 100, 120, "results")
         total, per = _rates(tap, {m: m for m in MODELS}, seconds, warmup)
         h = common.health(htap).get("models", {})
         placed = {m: h.get(m, {}).get("devices", []) for m in MODELS}

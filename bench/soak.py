@@ -37,8 +37,8 @@ from typing import Any
 
 from tests.conftest import FAKE_LIB, SHARED_MODELS
 from tests.e2e.test_service import BASE, Rig, usb_root
-from tests.support.daemon import wait_for
 from tests.support.faults import fault_rig, open_fds, rss_kb, threads
+from tests.support.polling import wait_for
 from tests.support.umock import in_mock_environment
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from bench import common, efficiency
+from tests.support.polling import wait_for
 
 NAME = "vs_script"
 TARGET = 1.0
@@ -39,9 +40,7 @@ def measure_script(r: common.Rig, k: int, qos: int, seconds: float, warmup: floa
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        common.wait_for(
-            lambda: tap.count() >= 20 * k or proc.poll() is not None, 120, "script results"
-        )
+        wait_for(lambda: tap.count() >= 20 * k or proc.poll() is not None, 120, "script results")
         if proc.poll() is not None:
             raise RuntimeError(f"plain_script.py exited: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
         time.sleep(warmup)

@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import Broker
-from tests.support.daemon import ROOT, wait_for
+from tests.support.daemon import ROOT
 from tests.support.fleet import Fleet, FleetClient, Node
+from tests.support.polling import wait_for
 from tests.support.umock import Testbed, in_mock_environment
 from tests.support.umock import testbed as umock_testbed
 

@@ -28,9 +28,10 @@ import pytest
 from PIL import Image
 
 from tests.support.broker import Broker, Subscriber
-from tests.support.daemon import Daemon, wait_for
+from tests.support.daemon import Daemon
 from tests.support.fakelib import Control
 from tests.support.frigate import FrigateClient, Reply, expected_rows
+from tests.support.polling import wait_for
 from tests.support.ssd_model import postprocess_model, ssd_edgetpu_model, zero_count_frame
 from tests.support.umock import Testbed, in_mock_environment
 from tests.support.umock import testbed as umock_testbed

@@ -13,7 +13,8 @@ import json
 import pytest
 
 from tests.e2e.test_service import BASE, Rig, config_text, rig, small_png
-from tests.support.daemon import Daemon, wait_for
+from tests.support.daemon import Daemon
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 __all__ = ["rig"]  # the fixture, shared with test_service.py

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.test_service import Rig, rig, usb_root  # noqa: F401 - the fixture
-from tests.support.daemon import wait_for
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from tests.support.broker import Broker, Subscriber
-from tests.support.daemon import Daemon, wait_for
+from tests.support.daemon import Daemon
+from tests.support.polling import wait_for
 from tests.support.runtime import Op, Tensor, tflite_bytes
 from tests.support.ssd_model import write_ssd_model
 

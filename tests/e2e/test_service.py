@@ -24,8 +24,9 @@ import pytest
 from PIL import Image
 
 from tests.support.broker import Broker, Subscriber
-from tests.support.daemon import Daemon, wait_for
+from tests.support.daemon import Daemon
 from tests.support.fakelib import Control
+from tests.support.polling import wait_for
 from tests.support.umock import Testbed, in_mock_environment
 from tests.support.umock import testbed as umock_testbed
 

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.test_service import Rig, rig, usb_root  # noqa: F401 - fixture
 from tests.support.broker import free_port
-from tests.support.daemon import wait_for
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 

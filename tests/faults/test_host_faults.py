@@ -25,9 +25,10 @@ from typing import Any
 import pytest
 
 from tests.e2e.test_service import THREE_MODELS, Rig, config_text, usb_root
-from tests.support.daemon import Daemon, wait_for
+from tests.support.daemon import Daemon
 from tests.support.fakelib import held_elsewhere
 from tests.support.faults import fault_rig
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_service import usb_root
-from tests.support.daemon import ROOT, wait_for
+from tests.support.daemon import ROOT
 from tests.support.faults import fault_rig
+from tests.support.polling import wait_for
 
 DEPTH = 500
 BOMBS = {

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from tests.e2e.test_service import BASE, config_text, small_png, usb_root
-from tests.support.daemon import Daemon, wait_for
+from tests.support.daemon import Daemon
 from tests.support.faults import fault_rig, rss_kb
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_service import usb_root
-from tests.support.daemon import wait_for
 from tests.support.faults import fault_rig, threads
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 

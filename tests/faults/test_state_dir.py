@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_service import config_text, usb_root
-from tests.support.daemon import Daemon, wait_for
+from tests.support.daemon import Daemon
 from tests.support.faults import fault_rig
+from tests.support.polling import wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import Broker, Subscriber, make_certs
-from tests.support.daemon import Daemon, wait_for
+from tests.support.daemon import Daemon
+from tests.support.polling import wait_for
 
 NODE = "box"
 BASE = f"tlstest/{NODE}"

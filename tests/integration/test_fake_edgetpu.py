@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from tests.support.fakelib import (
     expected_outputs,
     make_control,
 )
+from tests.support.polling import wait_for
 
 tflite = pytest.importorskip("tflite_runtime.interpreter")
 
@@ -39,14 +39,6 @@ DEADLINE_S = 30.0
 @pytest.fixture
 def control(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Control:
     return make_control(tmp_path, monkeypatch)
-
-
-def wait_until(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_S
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {DEADLINE_S:.0f}s waiting for {what}")
-        time.sleep(0.01)
 
 
 class Runner:
@@ -286,7 +278,7 @@ def test_hang_blocks_invoke_until_released(
     worker = threading.Thread(target=lambda: results.append(runner.invoke()), daemon=True)
 
     worker.start()
-    wait_until(lambda: lib.hanging("2-1") == 1, "the invoke to hang")
+    wait_for(lambda: lib.hanging("2-1") == 1, DEADLINE_S, "the invoke to hang")
     assert worker.is_alive() and not results
 
     control.set(hang=None)
@@ -489,7 +481,7 @@ def test_a_wedged_device_blocks_every_invoke_on_its_context_until_the_process_di
     proc = child(control, fake_lib, models_dir / TPU_MODEL, 10, "2-1")
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "opened"
-    wait_until(lambda: control.events() == [("wedge", "2-1", proc.pid)], "the wedge")
+    wait_for(lambda: control.events() == [("wedge", "2-1", proc.pid)], DEADLINE_S, "the wedge")
 
     control.set(wedge=None)  # no way back from a wedge but the death of the process
     time.sleep(0.5)

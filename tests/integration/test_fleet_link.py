@@ -16,7 +16,8 @@ import pytest
 from edgetpud.config import MqttConfig
 from edgetpud.messages import Request
 from edgetpud.mqtt import MqttLink
-from tests.support.broker import Broker, Subscriber, wait_until
+from tests.support.broker import Broker, Subscriber
+from tests.support.polling import wait_for
 
 
 class Spec:
@@ -38,7 +39,7 @@ def link(broker: Broker, node: str, got: list[Request], prefix: str) -> MqttLink
     lk = MqttLink(cfg, node, on_request=take, fleet_group="g")
     lk.set_models({"m": Inputs()})
     lk.start()
-    wait_until(lambda: lk.stats().connected, what=f"{node} connected")
+    wait_for(lambda: lk.stats().connected, what=f"{node} connected")
     return lk
 
 
@@ -49,14 +50,10 @@ def test_the_last_member_keeps_the_fleet_topic(tmp_path: Path, prefix: str) -> N
     with Broker(tmp_path) as broker:
         a, b = link(broker, "a", got_a, prefix), link(broker, "b", got_b, prefix)
         try:
-            wait_until(
-                lambda: "m" in a.fleet_peers().get("b", {}).get("models", []), what="a sees b"
-            )
-            wait_until(
-                lambda: "m" in b.fleet_peers().get("a", {}).get("models", []), what="b sees a"
-            )
+            wait_for(lambda: "m" in a.fleet_peers().get("b", {}).get("models", []), what="a sees b")
+            wait_for(lambda: "m" in b.fleet_peers().get("a", {}).get("models", []), what="b sees a")
             assert a.pause_fleet("m") and a.fleet_paused("m")
-            wait_until(lambda: b.fleet_peers()["a"]["paused"] == ["m"], what="b sees a paused")
+            wait_for(lambda: b.fleet_peers()["a"]["paused"] == ["m"], what="b sees a paused")
             assert not b.pause_fleet("m"), "b would leave the group without a member"
 
             with Subscriber(broker, ["t/unused"]) as client:
@@ -64,14 +61,14 @@ def test_the_last_member_keeps_the_fleet_topic(tmp_path: Path, prefix: str) -> N
                     client.publish(
                         f"{prefix}/fleet/models/m/infer", b"x", CorrelationData=b"%d" % i
                     )
-                wait_until(lambda: len(got_b) == 6, what="b taking all six")
+                wait_for(lambda: len(got_b) == 6, what="b taking all six")
             assert not got_a and {r.source for r in got_b} == {"mqtt-fleet"}
 
             b.stop()  # b's clean "offline": a is the last member now and resumes by itself
-            wait_until(lambda: not a.fleet_paused("m"), what="a resuming")
+            wait_for(lambda: not a.fleet_paused("m"), what="a resuming")
             with Subscriber(broker, ["t/unused"]) as client:
                 client.publish(f"{prefix}/fleet/models/m/infer", b"y", CorrelationData=b"after")
-                wait_until(lambda: len(got_a) == 1, what="a taking the next request")
+                wait_for(lambda: len(got_a) == 1, what="a taking the next request")
             assert not a.pause_fleet("m"), "no peer left to take the requests"
         finally:
             a.stop()

@@ -30,8 +30,9 @@ from edgetpud.runtime import open_session
 from edgetpud.workers import ModelQueue, Worker
 from tests.support.fakelib import Accelerators, Control, FakeLib, make_control
 from tests.support.frigate import FrigateClient, expected_rows
+from tests.support.polling import wait_for
 from tests.support.ssd_model import postprocess_model, ssd_edgetpu_model, zero_count_frame
-from tests.support.workers import Collector, lanes_alive, wait_until
+from tests.support.workers import Collector, lanes_alive
 
 WIDTH, HEIGHT = 64, 48
 # Four anchors into TFLite's own TFLite_Detection_PostProcess (tests/support/ssd_model.py):
@@ -101,14 +102,14 @@ class Rig:
         )
         self.served.workers[device] = worker
         worker.start()
-        wait_until(lambda: worker.state == "running", what=f"the worker on {device} to run")
+        wait_for(lambda: worker.state == "running", what=f"the worker on {device} to run")
         return worker
 
     def close(self) -> None:
         self.endpoint.close()
         for worker in self.served.workers.values():
             worker.stop(time.monotonic() + 30)
-        wait_until(lambda: not lanes_alive(), what="the lanes to end")
+        wait_for(lambda: not lanes_alive(), what="the lanes to end")
 
 
 @pytest.fixture
@@ -481,7 +482,7 @@ def test_a_request_whose_client_gave_up_is_dropped_not_served_late(
         t.start()
     for t in threads:
         t.join(30)
-    wait_until(lambda: len(rig.sink.results) == 3, what="all three requests to be settled")
+    wait_for(lambda: len(rig.sink.results) == 3, what="all three requests to be settled")
     for client in clients:
         client.close()
     expired = [r for r in rig.sink.results if r.expired]

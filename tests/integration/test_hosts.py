@@ -28,7 +28,8 @@ from edgetpud.messages import Request
 from edgetpud.runtime import DeviceUnavailable, InvokeError, open_session
 from edgetpud.workers import ModelQueue, Worker
 from tests.support.fakelib import Accelerators, Control, FakeLib, make_control
-from tests.support.workers import Collector, lanes_alive, wait_until
+from tests.support.polling import wait_for
+from tests.support.workers import Collector, lanes_alive
 
 CPU_MODEL = "mobilenet_v1_0.25_128_quant.tflite"
 EDGETPU_MODEL = "mobilenet_v1_0.25_128_quant_edgetpu.tflite"
@@ -135,7 +136,7 @@ def test_a_host_that_keeps_dying_is_given_up_with_the_reason(
             session = pool.open_session("cpu", models_dir / CPU_MODEL, cpu_threads=1)
             pids.append(session.pid)
             os.kill(session.pid, signal.SIGKILL)
-            wait_until(lambda: pool.snapshot()[0].deaths == n, what="its death noted")  # noqa: B023
+            wait_for(lambda: pool.snapshot()[0].deaths == n, what="its death noted")  # noqa: B023
             session.close()
     assert len(pids) == 3
     assert str(failed.value).startswith("host for cpu died 3 times in 60 s, the last: was killed")
@@ -167,7 +168,7 @@ def test_a_host_dies_with_the_daemon(models_dir: Path, tmp_path: Path) -> None:
         assert alive(host)
         daemon.kill()
         daemon.wait(10)
-        wait_until(lambda: not alive(host), timeout=5, what="the host to die with its daemon")
+        wait_for(lambda: not alive(host), timeout=5, what="the host to die with its daemon")
     finally:
         daemon.kill()
         daemon.wait(10)
@@ -195,8 +196,8 @@ def test_nothing_is_left_behind(models_dir: Path) -> None:
     shm = shm_entries()
     before = children()
     cycle()
-    wait_until(lambda: children() == before, timeout=10, what="no host process left")
-    wait_until(
+    wait_for(lambda: children() == before, timeout=10, what="no host process left")
+    wait_for(
         lambda: not [t for t in threading.enumerate() if t.name.startswith("host")],
         timeout=10,
         what="no host thread left",
@@ -254,11 +255,11 @@ def test_a_host_killed_under_load_loses_no_request_and_answers_none_twice(
     sent = [tensor_req(i % 200) for i in range(150)]
     for r in sent:
         q.put(r)
-    wait_until(lambda: len(sink.results) >= 20, what="20 results")
+    wait_for(lambda: len(sink.results) >= 20, what="20 results")
     (host,) = pool.pids()
-    wait_until(lambda: w.stats().in_flight, what="a request in flight")
+    wait_for(lambda: w.stats().in_flight, what="a request in flight")
     os.kill(host, signal.SIGKILL)
-    wait_until(lambda: len(sink.results) >= 150, what="all 150 answered")
+    wait_for(lambda: len(sink.results) >= 150, what="all 150 answered")
     ids = sink.ids()
     assert all(ids[r.id] == 1 for r in sent)
     assert all(r.ok for r in sink.results), [r.error for r in sink.results if not r.ok][:3]
@@ -269,7 +270,7 @@ def test_a_host_killed_under_load_loses_no_request_and_answers_none_twice(
     (status,) = pool.snapshot()
     assert status.restarts == 1 and status.pid not in (0, host)
     w.stop(time.monotonic() + 30)
-    wait_until(lambda: not lanes_alive(), what="lanes ended")
+    wait_for(lambda: not lanes_alive(), what="lanes ended")
 
 
 def test_a_device_whose_host_keeps_dying_fails_the_worker_with_the_reason(
@@ -295,7 +296,7 @@ def test_a_device_whose_host_keeps_dying_fails_the_worker_with_the_reason(
     assert failed.error.startswith("host for usb:2-1 died 3 times in 60 s, the last: aborted")
     assert isinstance(failed.exc, HostFailed)
     assert w.state == "failed"
-    wait_until(lambda: not lanes_alive(), what="lanes ended")
+    wait_for(lambda: not lanes_alive(), what="lanes ended")
     # nothing lost: every request is answered once or still waiting in the queue
     answered = sink.ids()
     assert all(n == 1 for n in answered.values())

@@ -22,7 +22,8 @@ import pytest
 
 from edgetpud.config import MqttConfig
 from edgetpud.mqtt import MqttLink
-from tests.support.broker import Broker, Subscriber, wait_until
+from tests.support.broker import Broker, Subscriber
+from tests.support.polling import wait_for
 
 NODE = "box1"
 HA = "homeassistant"
@@ -58,7 +59,7 @@ def start_link(broker: Broker) -> MqttLink:
     cfg = replace(MqttConfig(), host=broker.host, port=broker.port, homeassistant=True)
     link = MqttLink(cfg, NODE, on_request=lambda request: None)
     link.start()
-    wait_until(lambda: link.stats().connected, what="the link to connect")
+    wait_for(lambda: link.stats().connected, what="the link to connect")
     return link
 
 
@@ -90,7 +91,7 @@ def configs_become(broker: Broker, topics: set[str]) -> dict[str, Any]:
         return set(last) == topics
 
     try:
-        wait_until(settled, timeout=20, what=f"retained configs {sorted(topics)}")
+        wait_for(settled, timeout=20, what=f"retained configs {sorted(topics)}")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; the broker holds {sorted(last)}") from None
     return last
@@ -149,10 +150,10 @@ def test_removals_made_while_the_broker_was_away_reach_it_on_reconnect(broker: B
         link.publish_health(health())
         configs_become(broker, EVERYTHING)
         broker.kill()
-        wait_until(lambda: not link.stats().connected, what="the link to notice")
+        wait_for(lambda: not link.stats().connected, what="the link to notice")
         link.publish_health(health(models=("birds",)))
         broker.start()
-        wait_until(lambda: link.stats().connected, what="the link to reconnect")
+        wait_for(lambda: link.stats().connected, what="the link to reconnect")
         configs_become(broker, EVERYTHING - {CARS})
     finally:
         link.stop()

@@ -41,8 +41,9 @@ from tests.integration.test_mqtt_requests import (
     make_link,
     results_topic,
 )
-from tests.support.broker import Broker, Subscriber, wait_until
+from tests.support.broker import Broker, Subscriber
 from tests.support.examples import examples
+from tests.support.polling import wait_for
 
 HOSTILE = {
     "own": [
@@ -217,7 +218,7 @@ def acl_link(broker: Broker, consumer: Consumer, secret: Path, **cfg: Any) -> Mq
     consumer.link = link
     link.set_models({MODEL: INFO})
     link.start()
-    wait_until(lambda: link.stats().connected, what="the link to connect")
+    wait_for(lambda: link.stats().connected, what="the link to connect")
     probe = f"edgetpud/{NODE}/models/probe/results"
     with Subscriber(broker, [probe], protocol="5").login("client", "pw") as sub:
         deadline = time.monotonic() + 30
@@ -253,7 +254,7 @@ def test_a_broker_denial_is_counted_per_topic_kind_and_logged_once(
                         infer_topic(), png(), ResponseTopic="replies/me", CorrelationData=b"%d" % i
                     )
                 link.publish_health({"models": {MODEL: {"state": "running"}}, "devices": []})
-                wait_until(
+                wait_for(
                     lambda: (
                         link.stats().publish_denied.get("replies") == 3
                         and link.stats().publish_denied.get("discovery", 0) > 0
@@ -338,7 +339,7 @@ def test_no_request_makes_the_daemon_publish_outside_what_the_acl_allows(
                 payload = image if request["payload"] is None else request["payload"]
                 sub.publish(infer_topic(), payload, **props)
                 handled[0] += 1
-                wait_until(
+                wait_for(
                     lambda: _handled(link) >= handled[0],
                     what=f"request {handled[0]} handled ({str(props)[:300]})",
                 )

@@ -29,7 +29,8 @@ from PIL import Image
 from edgetpud.config import MqttConfig
 from edgetpud.messages import Request, Result, Timing
 from edgetpud.mqtt import MqttLink
-from tests.support.broker import Broker, Subscriber, wait_until
+from tests.support.broker import Broker, Subscriber
+from tests.support.polling import wait_for
 
 NODE = "box1"
 STATUS = f"edgetpud/{NODE}/status"
@@ -68,7 +69,7 @@ def test_online_after_connect_and_offline_after_clean_stop(tmp_path: Path) -> No
         mqtt_cfg = replace(MqttConfig(), host=broker.host, port=broker.port)
         link = MqttLink(mqtt_cfg, NODE, on_request=refuse, on_connection=changes.append)
         link.start()
-        wait_until(lambda: link.stats().connected, what="connect")
+        wait_for(lambda: link.stats().connected, what="connect")
         assert retained_status(broker) == "online"
         link.stop()
         link.stop()  # idempotent
@@ -137,28 +138,28 @@ def test_results_during_broker_outage_all_arrive_in_order(tmp_path: Path) -> Non
 
     link.start()
     try:
-        wait_until(lambda: link.stats().connected, what="connect")
+        wait_for(lambda: link.stats().connected, what="connect")
         worker = threading.Thread(target=produce)
         worker.start()
-        wait_until(lambda: len(produced) >= 500, what="load before the outage")
+        wait_for(lambda: len(produced) >= 500, what="load before the outage")
         broker.kill()
         stop.set()
         worker.join(30)
-        wait_until(lambda: not link.stats().connected, what="the link to notice the outage")
+        wait_for(lambda: not link.stats().connected, what="the link to notice the outage")
         first_outage = len(produced)
         for seq in range(first_outage, first_outage + 5000):
             link.publish_result(result(seq))  # never blocks: all go to the backlog
         assert link.stats().backlog >= 5000
         broker.start()
         last = first_outage + 4999
-        wait_until(
+        wait_for(
             lambda: any(json.loads(m.payload)["request_id"] == str(last) for m in sub.on(RESULTS)),
             timeout=120,
             what="the last outage result",
         )
         link.stop()
         sub.wait_for(STATUS, count=2)
-        wait_until(lambda: status_values(sub)[-1] == ("offline", False), what="offline")
+        wait_for(lambda: status_values(sub)[-1] == ("offline", False), what="offline")
     finally:
         link.stop()
         sub.stop()
@@ -180,7 +181,7 @@ def test_qos0_results_across_a_broker_kill_are_each_written_once(tmp_path: Path)
     link.start()
     count = 3000
     try:
-        wait_until(lambda: link.stats().connected, what="connect")
+        wait_for(lambda: link.stats().connected, what="connect")
         with Subscriber(broker, [RESULTS], protocol="3.1.1") as sub:
             for seq in range(count // 2):
                 link.publish_result(result(seq))
@@ -189,16 +190,16 @@ def test_qos0_results_across_a_broker_kill_are_each_written_once(tmp_path: Path)
                 link.publish_result(result(seq))
         broker.start()
         with Subscriber(broker, [RESULTS], protocol="3.1.1") as after:
-            wait_until(lambda: link.stats().backlog == 0, timeout=60, what="the backlog to drain")
+            wait_for(lambda: link.stats().backlog == 0, timeout=60, what="the backlog to drain")
             link.publish_result(result(count))
-            wait_until(
+            wait_for(
                 lambda: any(
                     json.loads(m.payload)["request_id"] == str(count) for m in after.on(RESULTS)
                 ),
                 what="the marker result",
             )
             # the subscriber can see the marker before paho's thread marks it written
-            wait_until(
+            wait_for(
                 lambda: link.stats().published >= count + 1 + link.stats().connects,
                 timeout=10,
                 what="paho to record the marker as written",
@@ -225,7 +226,7 @@ def test_results_faster_than_the_broker_acknowledges_are_held_back_not_dropped(
     link.start()
     threads, per_thread = 3, 2000
     try:
-        wait_until(lambda: link.stats().connected, what="connect")
+        wait_for(lambda: link.stats().connected, what="connect")
         with Subscriber(broker, [RESULTS], protocol="3.1.1") as sub:
 
             def produce(first: int) -> None:
@@ -240,7 +241,7 @@ def test_results_faster_than_the_broker_acknowledges_are_held_back_not_dropped(
             for w in workers:
                 w.join(120)
             total = threads * per_thread
-            wait_until(lambda: len(sub.on(RESULTS)) >= total, timeout=60, what="every result")
+            wait_for(lambda: len(sub.on(RESULTS)) >= total, timeout=60, what="every result")
             stats = link.stats()
     finally:
         link.stop()
@@ -269,12 +270,12 @@ def test_a_result_acknowledged_just_before_the_link_broke_is_not_counted_as_wait
             paused.append(info)
             info.wait_for_publish(10)  # the broker acknowledged it...
             broker.kill()  # ...and the link breaks before publish() has returned
-            wait_until(lambda: not link.stats().connected, what="the link to notice")
+            wait_for(lambda: not link.stats().connected, what="the link to notice")
         return info
 
     link.start()
     try:
-        wait_until(lambda: link.stats().connected, what="connect")
+        wait_for(lambda: link.stats().connected, what="connect")
         client.publish = publish_then_break
         with Subscriber(broker, [RESULTS], protocol="3.1.1") as sub:
             link.publish_result(result(1))
@@ -282,8 +283,8 @@ def test_a_result_acknowledged_just_before_the_link_broke_is_not_counted_as_wait
             (msg,) = sub.wait_for(RESULTS, timeout=10)
             assert json.loads(msg.payload)["request_id"] == "1"
         broker.start()
-        wait_until(lambda: link.stats().connected, what="reconnect")
-        wait_until(lambda: link.stats().backlog == 0, timeout=30, what="an empty backlog")
+        wait_for(lambda: link.stats().connected, what="reconnect")
+        wait_for(lambda: link.stats().backlog == 0, timeout=30, what="an empty backlog")
     finally:
         link.stop()
         broker.stop()
@@ -294,9 +295,9 @@ def test_backlog_keeps_the_newest_up_to_its_limit(tmp_path: Path) -> None:
     link = link_for(broker, qos=0, backlog_limit=100)
     link.start()
     try:
-        wait_until(lambda: link.stats().connected, what="connect")
+        wait_for(lambda: link.stats().connected, what="connect")
         broker.kill()
-        wait_until(lambda: not link.stats().connected, what="the link to notice the outage")
+        wait_for(lambda: not link.stats().connected, what="the link to notice the outage")
         for seq in range(250):
             link.publish_result(result(seq))
         stats = link.stats()
@@ -305,10 +306,10 @@ def test_backlog_keeps_the_newest_up_to_its_limit(tmp_path: Path) -> None:
         with Subscriber(broker, [RESULTS], protocol="3.1.1") as sub:
             # the link may already be back: the results it sent before we subscribed are
             # not ours to see, but what we do see must be the newest, in order
-            wait_until(lambda: link.stats().backlog == 0, timeout=60, what="the backlog to drain")
+            wait_for(lambda: link.stats().backlog == 0, timeout=60, what="the backlog to drain")
             link.publish_result(result(1000))
             sub.wait_for(RESULTS, timeout=60)
-            wait_until(
+            wait_for(
                 lambda: any(json.loads(m.payload)["request_id"] == "1000" for m in sub.on(RESULTS)),
                 what="the marker result",
             )
@@ -329,7 +330,7 @@ def test_tls_with_a_generated_ca(tmp_path: Path) -> None:
         link = MqttLink(mqtt_cfg, NODE, on_request=refuse)
         link.start()
         try:
-            wait_until(lambda: link.stats().connected, what="a TLS connection")
+            wait_for(lambda: link.stats().connected, what="a TLS connection")
             with Subscriber(broker, [RESULTS]).tls(broker.certs["ca"]) as sub:
                 link.publish_result(result(7))
                 (msg,) = sub.wait_for(RESULTS)
@@ -352,7 +353,7 @@ def test_tls_refuses_a_broker_the_ca_did_not_sign(tmp_path: Path) -> None:
         link = MqttLink(mqtt_cfg, NODE, on_request=refuse)
         link.start()
         try:
-            wait_until(lambda: "certificate verify failed" in broker.log() or "error" in broker.log().lower(),
+            wait_for(lambda: "certificate verify failed" in broker.log() or "error" in broker.log().lower(),
                        what="the handshake to fail")  # fmt: skip
             assert not link.stats().connected
         finally:
@@ -370,7 +371,7 @@ def test_wrong_password_is_refused_logged_and_retried(
         link = link_for(broker, username="edge", password_file=secret)
         link.start()
         try:
-            wait_until(
+            wait_for(
                 lambda: broker.log().count("not authorised") >= 3,
                 timeout=60,
                 what="three refused attempts at the broker",
@@ -393,7 +394,7 @@ def test_wrong_password_is_refused_logged_and_retried(
         link = link_for(broker, username="edge", password_file=secret)
         link.start()
         try:
-            wait_until(lambda: link.stats().connected, what="connect with the right password")
+            wait_for(lambda: link.stats().connected, what="connect with the right password")
         finally:
             link.stop()
 
@@ -495,12 +496,12 @@ def test_requests_the_broker_delivered_just_before_it_died_are_all_taken() -> No
         burst += b"\x32" + VariableByteIntegers.encode(len(body)) + body
     with _stand_in_broker("3.1.1", on_request=take) as (link, conn):
         link.set_models({"m": None})
-        wait_until(lambda: link.stats().connected, what="the link connected")
+        wait_for(lambda: link.stats().connected, what="the link connected")
         conn.sendall(burst)
         conn.close()  # the broker dies; it read none of the daemon's PUBACKs
-        wait_until(lambda: not link.stats().connected, what="the link to notice")
+        wait_for(lambda: not link.stats().connected, what="the link to notice")
         with contextlib.suppress(AssertionError):  # the count below says how many
-            wait_until(lambda: len(taken) >= 50, timeout=10, what="50 requests taken")
+            wait_for(lambda: len(taken) >= 50, timeout=10, what="50 requests taken")
     assert len(taken) == 50, f"{len(taken)} of 50 requests taken"
     assert link.stats().requests_accepted == 50
 
@@ -512,7 +513,7 @@ def test_a_broker_saying_the_session_was_taken_over_names_the_client_id(
     only closes the socket) get the cause named outright. A listening socket stands in."""
     caplog.set_level(logging.WARNING, logger="edgetpud.mqtt")
     with _stand_in_broker("5") as (link, conn):
-        wait_until(lambda: link.stats().connected, what="the link connected")
+        wait_for(lambda: link.stats().connected, what="the link connected")
         # DISCONNECT, reason 0x8E, with a reason string (paho 1.6 reads the reason code
         # only when properties follow), then the broker closes the socket
         why = b"Session taken over"
@@ -520,7 +521,7 @@ def test_a_broker_saying_the_session_was_taken_over_names_the_client_id(
         body = b"\x8e" + bytes([len(props)]) + props
         conn.sendall(b"\xe0" + bytes([len(body)]) + body)
         conn.shutdown(socket.SHUT_WR)
-        wait_until(
+        wait_for(
             lambda: any("lost connection" in r.getMessage() for r in caplog.records),
             timeout=30,
             what="the link to report the lost session",
@@ -537,7 +538,7 @@ def test_results_in_flight_stay_within_the_brokers_receive_maximum() -> None:
     results_topic = f"edgetpud/{NODE}/models/m/results"
     receive_max = 10
     with _stand_in_broker("5", b"\x21" + receive_max.to_bytes(2, "big"), qos=1) as (link, conn):
-        wait_until(lambda: link.stats().connected, what="the link connected")
+        wait_for(lambda: link.stats().connected, what="the link connected")
         for seq in range(40):
             link.publish_result(result(seq))
         # read until the link stops sending (it waits for acknowledgements), then
@@ -578,9 +579,9 @@ def test_a_second_daemon_with_the_same_client_id_is_named_in_the_log(
         first, second = link_for(broker), link_for(broker)
         first.start()
         try:
-            wait_until(lambda: first.stats().connected, what="the first link connected")
+            wait_for(lambda: first.stats().connected, what="the first link connected")
             second.start()
-            wait_until(
+            wait_for(
                 lambda: any("lost connection" in r.getMessage() for r in caplog.records),
                 timeout=30,
                 what="a link losing its session",

@@ -24,7 +24,8 @@ from PIL import Image
 from edgetpud.config import MqttConfig
 from edgetpud.messages import Request, Result, Timing
 from edgetpud.mqtt import MqttLink, _ReplyProperties
-from tests.support.broker import Broker, Subscriber, wait_until
+from tests.support.broker import Broker, Subscriber
+from tests.support.polling import wait_for
 
 NODE = "box1"
 MODEL = "birds"
@@ -106,7 +107,7 @@ def make_link(broker: Broker, consumer: Consumer, **cfg: Any) -> MqttLink:
     consumer.link = link
     link.set_models({MODEL: INFO})
     link.start()
-    wait_until(lambda: link.stats().connected, what="the link to connect")
+    wait_for(lambda: link.stats().connected, what="the link to connect")
     # "connected" comes with the CONNACK; the link subscribes to its request topics right
     # after. A request published before that SUBSCRIBE reaches the broker is dropped, so
     # wait until a probe for an unknown model is answered (counted as unknown_model).
@@ -286,7 +287,7 @@ def test_bad_input_gets_an_error_reply_and_never_reaches_a_worker(
             # the link keeps serving: a good request after the bad one still works
             sub.publish(infer_topic(), b"\x00" * NBYTES)
             if reason != "busy":
-                wait_until(lambda: len(consumer.seen) == 1, what="the good request")
+                wait_for(lambda: len(consumer.seen) == 1, what="the good request")
     finally:
         link.stop()
         consumer.close()

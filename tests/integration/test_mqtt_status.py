@@ -11,7 +11,8 @@ import pytest
 from edgetpud import cli
 from edgetpud.config import MqttConfig
 from edgetpud.mqtt import MqttLink
-from tests.support.broker import Broker, wait_until
+from tests.support.broker import Broker
+from tests.support.polling import wait_for
 
 HEALTH: dict[str, Any] = {
     "daemon": {"version": "0.1.0", "uptime_s": 3725, "config_generation": 2},
@@ -37,10 +38,10 @@ def run_link(broker: Broker, node: str, health: dict[str, Any] = HEALTH) -> Mqtt
         replace(MqttConfig(), host=broker.host, port=broker.port), node, on_request=lambda r: None
     )
     link.start()
-    wait_until(lambda: link.stats().connected, what="connect")
+    wait_for(lambda: link.stats().connected, what="connect")
     link.publish_health(health)
     # "online" and the health acknowledged by the broker: both retained there now
-    wait_until(lambda: link.stats().published >= 2, what="the broker to take the health")
+    wait_for(lambda: link.stats().published >= 2, what="the broker to take the health")
     return link
 
 

@@ -8,7 +8,6 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from PIL import Image
 from edgetpud import plugins
 from edgetpud.messages import Request, Result
 from tests.support.plugins import plugin_config
+from tests.support.polling import wait_for
 
 DEADLINE = 120.0
 
@@ -104,13 +104,6 @@ def files_in(folder: Path) -> int:
     return len(list(folder.iterdir())) if folder.is_dir() else 0
 
 
-def wait_for(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_files_dropped_while_stopped_are_each_processed_once_across_a_restart(
     tmp_path: Path,
 ) -> None:
@@ -121,13 +114,13 @@ def test_files_dropped_while_stopped_are_each_processed_once_across_a_restart(
 
     first = Consumer(limit=80)
     first.start(make_source(first, folder))
-    wait_for(lambda: sum(first.processed.values()) >= 80, "the first 80 files")
+    wait_for(lambda: sum(first.processed.values()) >= 80, DEADLINE, "the first 80 files")
     first.stop()  # requests still queued are lost, like a daemon that stops
 
     second = Consumer()
     second.start(make_source(second, folder))
     try:
-        wait_for(lambda: files_in(done) == 200, "all 200 files in done/")
+        wait_for(lambda: files_in(done) == 200, DEADLINE, "all 200 files in done/")
     finally:
         second.stop()
 
@@ -146,8 +139,8 @@ def test_new_files_are_picked_up_and_deleted_by_config(tmp_path: Path) -> None:
     try:
         names = drop(folder, 20)
         (folder / "notes.txt").write_text("not an image")
-        wait_for(lambda: set(consumer.processed) == names, "20 new files")
-        wait_for(lambda: not list(folder.glob("*.png")), "files deleted")
+        wait_for(lambda: set(consumer.processed) == names, DEADLINE, "20 new files")
+        wait_for(lambda: not list(folder.glob("*.png")), DEADLINE, "files deleted")
     finally:
         consumer.stop()
     assert max(consumer.processed.values()) == 1
@@ -168,7 +161,7 @@ def test_a_file_being_written_is_not_read_half_written(tmp_path: Path) -> None:
                 f.flush()
                 os.utime(f.fileno())
                 time.sleep(0.02)
-        wait_for(lambda: consumer.processed["slow.png"] == 1, "the finished file")
+        wait_for(lambda: consumer.processed["slow.png"] == 1, DEADLINE, "the finished file")
     finally:
         consumer.stop()  # Consumer asserts every payload decodes as a whole image
 
@@ -185,7 +178,7 @@ def test_a_result_published_before_a_crash_is_not_processed_again(tmp_path: Path
     consumer = Consumer()
     consumer.start(make_source(consumer, folder))
     try:
-        wait_for(lambda: files_in(folder / "done") == 3, "3 files in done/")
+        wait_for(lambda: files_in(folder / "done") == 3, DEADLINE, "3 files in done/")
     finally:
         consumer.stop()
     assert set(consumer.processed) == {"img0000.png", "img0002.png"}

@@ -17,7 +17,8 @@ from edgetpud.runtime import Session, open_session
 from edgetpud.scheduler import Gates
 from edgetpud.workers import ModelQueue, Worker
 from tests.support.fakelib import Accelerators, FakeLib, make_control
-from tests.support.workers import Collector, lanes_alive, wait_until
+from tests.support.polling import wait_for
+from tests.support.workers import Collector, lanes_alive
 
 # Different caching tokens: one of the co-compiled pair, and a plain build.
 MODELS = {
@@ -74,11 +75,11 @@ def test_two_models_on_one_tpu_reload_parameters_once_per_run_not_per_alternatio
     for w in workers:
         w.start()
     try:
-        wait_until(lambda: len(sink.results) == 2 * EACH, what="every request answered")
+        wait_for(lambda: len(sink.results) == 2 * EACH, what="every request answered")
     finally:
         for w in workers:
             w.stop(time.monotonic() + 30)
-    wait_until(lambda: not lanes_alive(), what="lanes to end")
+    wait_for(lambda: not lanes_alive(), what="lanes to end")
     assert all(r.ok for r in sink.results)
     invokes, swaps = lib.invokes("2-1"), lib.swaps("2-1")
     assert invokes == 2 * EACH

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import Broker, Subscriber
-from tests.support.daemon import Daemon, wait_for
+from tests.support.daemon import Daemon
+from tests.support.polling import wait_for
 
 PREFIX = "sec"
 NODE = "box"

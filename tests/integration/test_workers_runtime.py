@@ -21,7 +21,8 @@ from edgetpud.preprocess import make_preprocess
 from edgetpud.runtime import Session, open_session
 from edgetpud.workers import ModelQueue, Worker
 from tests.support.fakelib import Accelerators, Control, FakeLib, make_control
-from tests.support.workers import Collector, lanes_alive, wait_until
+from tests.support.polling import wait_for
+from tests.support.workers import Collector, lanes_alive
 
 CPU_MODEL = "mobilenet_v1_0.25_128_quant.tflite"
 EDGETPU_MODEL = "mobilenet_v1_0.25_128_quant_edgetpu.tflite"
@@ -70,7 +71,7 @@ def test_cpu_worker_classifies_real_images_in_its_own_thread(models_dir: Path) -
     cat, bird = image(models_dir, "cat.bmp"), image(models_dir, "bird.bmp")
     q.put(cat)
     q.put(bird)
-    wait_until(lambda: len(sink.results) == 2, what="2 classifications")
+    wait_for(lambda: len(sink.results) == 2, what="2 classifications")
     assert opened_in == ["worker:m@cpu"]
     cat_labels = [c["label"] for c in sink.by_id(cat.id).output]
     assert any("cat" in label for label in cat_labels), cat_labels
@@ -78,7 +79,7 @@ def test_cpu_worker_classifies_real_images_in_its_own_thread(models_dir: Path) -
     timing = sink.by_id(cat.id).timing
     assert timing is not None and timing.invoke_ms > 0 and timing.preprocess_ms > 0
     assert w.stop(time.monotonic() + 60) == []
-    wait_until(lambda: not lanes_alive(), what="worker thread to end")
+    wait_for(lambda: not lanes_alive(), what="worker thread to end")
     assert [r.kind for r in sink.reports] == ["opened", "stopped"]
 
 
@@ -97,7 +98,7 @@ def test_edgetpu_model_on_the_cpu_is_an_open_failure_naming_cpu_model(models_dir
         stall_timeout=60,
     )
     w.start()
-    wait_until(lambda: not w.alive and bool(sink.reports), what="open failure report")
+    wait_for(lambda: not w.alive and bool(sink.reports), what="open failure report")
     (report,) = sink.reports
     assert report.kind == "open_failed"
     assert isinstance(report.exc, ModelError)
@@ -121,7 +122,7 @@ def test_inputs_that_do_not_fit_the_model_are_answered_as_bad_requests(models_di
     w.start()
     bad = Request(model="m", payload=b"", kind="tensor")
     q.put(bad)
-    wait_until(lambda: len(sink.results) == 1, what="an answer")
+    wait_for(lambda: len(sink.results) == 1, what="an answer")
     assert sink.by_id(bad.id).error.startswith("bad request: ")
     assert "invoke_error" not in sink.kinds()
     w.stop(time.monotonic() + 60)
@@ -183,7 +184,7 @@ def test_worker_runs_on_the_physical_port_it_names(
     sent = [tensor_req(i) for i in range(10)]
     for r in sent:
         q.put(r)
-    wait_until(lambda: len(sink.results) == 10, what="10 results")
+    wait_for(lambda: len(sink.results) == 10, what="10 results")
     assert all(sink.by_id(r.id).ok for r in sent)
     assert lib.invokes("2-3") == 10
     assert lib.invokes("2-1") == lib.invokes("2-2") == 0
@@ -201,7 +202,7 @@ def test_refused_device_is_an_open_failure_naming_it(
     sink = Collector()
     w = tpu_worker(models_dir, lib, q, sink, "usb:2-2")
     w.start()
-    wait_until(lambda: not w.alive and bool(sink.reports), what="open failure")
+    wait_for(lambda: not w.alive and bool(sink.reports), what="open failure")
     (report,) = sink.reports
     assert report.kind == "open_failed" and isinstance(report.exc, DeviceError)
     assert "usb:2-2" in report.error
@@ -220,20 +221,20 @@ def test_invoke_errors_are_answered_and_the_worker_recovers(
     failing = [tensor_req(1), tensor_req(2)]
     for r in failing:
         q.put(r)
-    wait_until(lambda: len(sink.results) == 2, what="2 error results")
+    wait_for(lambda: len(sink.results) == 2, what="2 error results")
     for r in failing:
         assert "invoke failed on usb:2-1" in sink.by_id(r.id).error
     # the answer (post thread) and the report (invoke thread) race: wait for both reports
-    wait_until(lambda: sink.kinds().count("invoke_error") == 2, what="2 invoke_error reports")
+    wait_for(lambda: sink.kinds().count("invoke_error") == 2, what="2 invoke_error reports")
     errors = [r for r in sink.reports if r.kind == "invoke_error"]
     assert [r.consecutive_errors for r in errors] == [1, 2]
 
     control.set(fail_invoke=None)
     good = tensor_req(3)
     q.put(good)
-    wait_until(lambda: len(sink.results) == 3, what="a good result")
+    wait_for(lambda: len(sink.results) == 3, what="a good result")
     assert sink.by_id(good.id).ok
-    wait_until(lambda: sink.kinds()[-1] == "recovered", what='a "recovered" report')
+    wait_for(lambda: sink.kinds()[-1] == "recovered", what='a "recovered" report')
     w.stop(time.monotonic() + 60)
 
 
@@ -246,7 +247,7 @@ def test_model_with_an_unknown_op_fails_at_open_and_takes_no_work(
     sink = Collector()
     w = tpu_worker(models_dir, lib, q, sink, "usb:2-1", model="model_invoking_error.tflite")
     w.start()
-    wait_until(lambda: not w.alive and bool(sink.reports), what="open failure")
+    wait_for(lambda: not w.alive and bool(sink.reports), what="open failure")
     (report,) = sink.reports
     assert report.kind == "open_failed" and isinstance(report.exc, ModelError)
     assert "fake-op-double" in report.error
@@ -266,14 +267,14 @@ def test_hung_device_loses_no_request(
     sent = [tensor_req(i) for i in range(20)]
     for r in sent:
         q.put(r)
-    wait_until(lambda: lib.hanging("2-1") == 1, what="the invoke on 2-1 to hang")
+    wait_for(lambda: lib.hanging("2-1") == 1, what="the invoke on 2-1 to hang")
     # What the service does each tick: check for stalls, then move the work.
-    wait_until(lambda: hung.check_stall(time.monotonic()), what="stall detection")
+    wait_for(lambda: hung.check_stall(time.monotonic()), what="stall detection")
     assert hung.state == "stalled"
     assert [r.kind for r in sink.reports] == ["opened", "stalled"]
     good = tpu_worker(models_dir, lib, q, sink, "usb:2-2")
     good.start()
-    wait_until(lambda: len(sink.results) == 20, what="all 20 answered")
+    wait_for(lambda: len(sink.results) == 20, what="all 20 answered")
     ids = sink.ids()
     assert all(ids[r.id] == 1 for r in sent)
     assert {res.device for res in sink.results} == {"usb:2-2"}
@@ -281,7 +282,7 @@ def test_hung_device_loses_no_request(
 
     control.set(hang=None)  # the device answers at last: its late result is discarded
     good.stop(time.monotonic() + 60)
-    wait_until(lambda: not lanes_alive(), what="threads back to baseline")
+    wait_for(lambda: not lanes_alive(), what="threads back to baseline")
     assert sum(sink.ids().values()) == 20
 
 
@@ -297,11 +298,11 @@ def test_stop_drains_the_in_flight_request(
     sent = [tensor_req(i) for i in range(5)]
     for r in sent:
         q.put(r)
-    wait_until(lambda: w.stats().in_flight, what="a request in flight")
+    wait_for(lambda: w.stats().in_flight, what="a request in flight")
     assert w.stop(time.monotonic() + 60) == []
     queued = q.drain()
     answered = sink.ids()
     assert answered[sent[0].id] == 1 and sink.by_id(sent[0].id).ok
     assert all(answered[r.id] + queued.count(r) == 1 for r in sent)
     assert sink.kinds() == ["opened", "stopped"]
-    wait_until(lambda: not lanes_alive(), what="threads back to baseline")
+    wait_for(lambda: not lanes_alive(), what="threads back to baseline")

@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 
 from tests.support import debian
-from tests.support.debian import ROOT, NotifyListener, clean_env, run, wait_for
+from tests.support.debian import ROOT, NotifyListener, clean_env, run
+from tests.support.polling import wait_for
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -21,7 +21,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -330,13 +329,3 @@ class Subscriber:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-def wait_until(
-    predicate: Callable[[], object], timeout: float = 30.0, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)

@@ -1,4 +1,4 @@
-"""Helpers for worker tests: a collector of results and reports, polling, a scripted session.
+"""Helpers for worker tests: a collector of results and reports, a scripted session (polling: tests.support.polling).
 
 `ScriptedSession` stands in for a runtime Session ONLY in the pure unit tests
 (tests/unit must not load the TFLite runtime): its invoke echoes the input,
@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,15 +23,6 @@ from edgetpud.runtime import InvokeError
 from edgetpud.workers import WorkerReport
 
 DEADLINE = 30.0  # generous: other engineers' tests share this 2-core machine
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = DEADLINE, what: str = "") -> None:
-    """Poll until predicate() is true; fail with `what` after `timeout` seconds."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what or predicate}")
-        time.sleep(0.005)
 
 
 def lanes_alive() -> list[str]:

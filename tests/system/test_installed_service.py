@@ -26,6 +26,7 @@ import pytest
 
 from tests.support import container as ct
 from tests.support.broker import Broker, Subscriber
+from tests.support.polling import wait_for
 
 pytestmark = [
     pytest.mark.skipif(
@@ -108,17 +109,6 @@ def show(box: ct.Container, *props: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def wait(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
-
-
 def config_text(broker: Broker, labels: bool = True) -> str:
     label_line = f'labels = "{MODELS}/imagenet_labels.txt"\n' if labels else ""
     return f"""# written by the system test, as a user edits the example
@@ -167,7 +157,7 @@ def test_apt_install_creates_group_apex_before_udev_sees_the_rules(
 
 
 def test_the_service_is_active_and_ready_under_the_units_sandbox(box: ct.Container) -> None:
-    state = wait(
+    state = wait_for(
         lambda: (
             (s := show(box, "ActiveState", "SubState", "StatusText", "Type", "MainPID"))[
                 "StatusText"
@@ -176,6 +166,7 @@ def test_the_service_is_active_and_ready_under_the_units_sandbox(box: ct.Contain
         ),
         60,
         "STATUS= from the service",
+        interval=0.2,  # each look runs systemctl in the container
     )
     print(state)
     assert state["Type"] == "notify"
@@ -200,14 +191,15 @@ def test_reload_applies_the_users_config_and_a_cpu_model_answers_over_mqtt(
     box.run(["edgetpud", "check-config", CONFIG])
     started = time.monotonic()
     box.run(["systemctl", "reload", "edgetpud"])
-    wait(
+    wait_for(
         lambda: show(box, "StatusText")["StatusText"] == "1 model on CPU; mqtt connected",
         90,
         "STATUS=1 model on CPU; mqtt connected",
+        interval=0.2,
     )
     _timed("reload to serving", started)
     assert show(box, "MainPID")["MainPID"] == pid, "a reload must not restart the service"
-    wait(lambda: sub.on(f"{BASE}/status"), 30, "the retained status")
+    wait_for(lambda: sub.on(f"{BASE}/status"), 30, "the retained status")
     assert sub.on(f"{BASE}/status")[-1].payload == b"online"
 
     started = time.monotonic()
@@ -283,7 +275,7 @@ def test_a_bad_config_on_reload_keeps_the_old_one(
     assert box.run(["edgetpud", "check-config", CONFIG], check=False).returncode == 1
     before = len(sub.on(f"{BASE}/events"))
     box.run(["systemctl", "reload", "edgetpud"])
-    events = wait(
+    events = wait_for(
         lambda: [json.loads(m.payload) for m in sub.on(f"{BASE}/events")[before:]
                  if b"reload" in m.payload],
         30,
@@ -346,7 +338,7 @@ def test_stop_publishes_offline(box: ct.Container, sub: Subscriber) -> None:
     started = time.monotonic()
     box.run(["systemctl", "stop", "edgetpud"])
     _timed("systemctl stop", started)
-    wait(lambda: sub.on(f"{BASE}/status")[-1].payload == b"offline", 30, "status offline")
+    wait_for(lambda: sub.on(f"{BASE}/status")[-1].payload == b"offline", 30, "status offline")
 
 
 def test_purge_leaves_none_of_the_packages_files(box: ct.Container) -> None:

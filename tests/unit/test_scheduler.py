@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 
 from edgetpud.scheduler import DeviceGate, GatedSession, key_for
-from tests.support.workers import wait_until
+from tests.support.polling import wait_for
 
 
 class Clock:
@@ -33,7 +33,7 @@ def test_a_run_keeps_its_key_until_the_waiting_key_has_waited_its_budget() -> No
     gate = DeviceGate("usb:2-1", clock)
     assert gate.acquire("a", 0.05)
     b = _enter_later(gate, "b", 0.05)
-    wait_until(lambda: gate.stats().waiting == 1, what="b waiting")
+    wait_for(lambda: gate.stats().waiting == 1, what="b waiting")
     gate.release()
     # "a" comes back before "b" is due: it goes in again, no reload
     clock.now += 0.03
@@ -42,12 +42,12 @@ def test_a_run_keeps_its_key_until_the_waiting_key_has_waited_its_budget() -> No
     gate.release()
     clock.now += 0.03  # "b" has now waited 60 ms of its 50 ms budget
     a_again = _enter_later(gate, "a", 0.05)
-    wait_until(b.is_set, what="b to get the device once it is due")
+    wait_for(b.is_set, what="b to get the device once it is due")
     assert not a_again.is_set()  # while b runs and a waits less than its budget
     assert gate.stats().runs == 2
     gate.release()
     clock.now += 0.06
-    wait_until(a_again.is_set, what="a to get it back once due")
+    wait_for(a_again.is_set, what="a to get it back once due")
     assert gate.stats().runs == 3
 
 
@@ -55,10 +55,10 @@ def test_another_key_goes_in_at_once_when_the_current_one_has_nothing_waiting() 
     gate = DeviceGate("usb:2-1", Clock())
     assert gate.acquire("a", 1.0)
     b = _enter_later(gate, "b", 1.0)
-    wait_until(lambda: gate.stats().waiting == 1, what="b waiting")
+    wait_for(lambda: gate.stats().waiting == 1, what="b waiting")
     assert not b.is_set()  # not while "a" is in flight
     gate.release()
-    wait_until(b.is_set, what="b to go in when the device is idle")
+    wait_for(b.is_set, what="b to go in when the device is idle")
 
 
 def test_a_waiting_lane_gives_up_when_its_worker_stops() -> None:
@@ -68,7 +68,7 @@ def test_a_waiting_lane_gives_up_when_its_worker_stops() -> None:
     result: list[bool] = []
     t = threading.Thread(target=lambda: result.append(gate.acquire("b", 1.0, stop)))
     t.start()
-    wait_until(lambda: gate.stats().waiting == 1, what="b waiting")
+    wait_for(lambda: gate.stats().waiting == 1, what="b waiting")
     stop.set()
     t.join(10)
     assert result == [False] and gate.stats().waiting == 0

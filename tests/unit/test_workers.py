@@ -19,14 +19,8 @@ from edgetpud.errors import ModelError, RequestError
 from edgetpud.messages import Request
 from edgetpud.runtime import InvokeError
 from edgetpud.workers import ModelQueue, Worker
-from tests.support.workers import (
-    Collector,
-    ScriptedSession,
-    array_pre,
-    first_item,
-    lanes_alive,
-    wait_until,
-)
+from tests.support.polling import wait_for
+from tests.support.workers import Collector, ScriptedSession, array_pre, first_item, lanes_alive
 
 
 def req(payload: Any = 1, **kw: Any) -> Request:
@@ -70,7 +64,7 @@ def serve(q: ModelQueue, sink: Collector, count: int) -> list[Request]:
     sent = [req(i) for i in range(count)]
     for r in sent:
         q.put(r)
-    wait_until(lambda: len(sink.results) == count, what=f"{count} results")
+    wait_for(lambda: len(sink.results) == count, what=f"{count} results")
     return sent
 
 
@@ -166,7 +160,7 @@ def test_worker_answers_each_request_with_a_timing_breakdown(interpreters: int) 
     assert stats.p50_ms <= stats.p99_ms
     assert stats.heartbeat > 0
     assert w.stop(time.monotonic() + 30) == []
-    wait_until(lambda: not lanes_alive(), what="worker thread to end")
+    wait_for(lambda: not lanes_alive(), what="worker thread to end")
     assert sink.kinds() == ["opened", "stopped"]
 
 
@@ -178,11 +172,11 @@ def test_invoke_error_answers_the_request_and_the_worker_carries_on() -> None:
     bad1, bad2, good = req("error"), req("error"), req(41)
     for r in (bad1, bad2, good):
         q.put(r)
-    wait_until(lambda: len(sink.results) == 3, what="3 results")
+    wait_for(lambda: len(sink.results) == 3, what="3 results")
     assert "failed to invoke" in sink.by_id(bad1.id).error
     assert "usb:0" in sink.by_id(bad1.id).error
     assert sink.by_id(good.id).output == 42
-    wait_until(lambda: "recovered" in sink.kinds(), what="reports (from the invoke thread)")
+    wait_for(lambda: "recovered" in sink.kinds(), what="reports (from the invoke thread)")
     errors = [r for r in sink.reports if r.kind == "invoke_error"]
     assert [r.consecutive_errors for r in errors] == [1, 2]
     assert isinstance(errors[0].exc, InvokeError)
@@ -199,8 +193,8 @@ def test_invoke_errors_of_several_interpreters_are_counted_in_order() -> None:
     bad = [req("error") for _ in range(8)]
     for r in bad:
         q.put(r)
-    wait_until(lambda: len(sink.results) == len(bad), what="every failed request answered")
-    wait_until(lambda: sink.kinds().count("invoke_error") == len(bad), what="every report")
+    wait_for(lambda: len(sink.results) == len(bad), what="every failed request answered")
+    wait_for(lambda: sink.kinds().count("invoke_error") == len(bad), what="every report")
     errors = [r for r in sink.reports if r.kind == "invoke_error"]
     # the service quarantines on the report that reaches quarantine_after: it must see 1, 2, 3…
     assert [r.consecutive_errors for r in errors] == list(range(1, len(bad) + 1))
@@ -221,7 +215,7 @@ def test_bad_request_is_answered_and_is_not_a_device_fault() -> None:
     bad, misfit, good = req("garbage"), req("misfit"), req(1)
     for r in (bad, misfit, good):
         q.put(r)
-    wait_until(lambda: len(sink.results) == 3, what="3 results")
+    wait_for(lambda: len(sink.results) == 3, what="3 results")
     assert "cannot decode" in sink.by_id(bad.id).error
     assert sink.by_id(misfit.id).error.startswith("bad request: ")
     assert sink.by_id(good.id).ok
@@ -236,7 +230,7 @@ def test_model_error_at_open_is_reported_and_takes_no_work() -> None:
     sink = Collector()
     w = make_worker(q, sink, open_error=ModelError("m.tflite is not a TFLite model"))
     w.start()
-    wait_until(lambda: not w.alive, what="worker to give up")
+    wait_for(lambda: not w.alive, what="worker to give up")
     assert sink.kinds() == ["open_failed"]
     assert "not a TFLite model" in sink.reports[0].error
     assert w.state == "failed"
@@ -273,7 +267,7 @@ def test_errors_users_read_carry_no_class_names() -> None:
     )
     for r in (garbage, misfit, empty, buggy, broken):
         q.put(r)
-    wait_until(lambda: len(sink.results) == 5, what="5 results")
+    wait_for(lambda: len(sink.results) == 5, what="5 results")
     assert sink.by_id(garbage.id).error == (
         "bad request: the request is not a readable image; send a JPEG"
     )
@@ -286,7 +280,7 @@ def test_errors_users_read_carry_no_class_names() -> None:
     assert invoke_error == (
         "invoke failed on usb:0: inference of fake.tflite failed: Node number 0 failed to invoke"
     )
-    wait_until(lambda: "invoke_error" in sink.kinds(), what="the invoke_error report")
+    wait_for(lambda: "invoke_error" in sink.kinds(), what="the invoke_error report")
     [report] = [r for r in sink.reports if r.kind == "invoke_error"]
     assert report.error == invoke_error  # what health, events and quarantine reasons show
     w.stop(time.monotonic() + 30)
@@ -298,7 +292,7 @@ def test_open_failure_report_is_the_message_itself() -> None:
     message = "model_invoking_error.tflite cannot run on the CPU; give its CPU build"
     w = make_worker(q, sink, open_error=ModelError(message))
     w.start()
-    wait_until(lambda: not w.alive, what="worker to give up")
+    wait_for(lambda: not w.alive, what="worker to give up")
     assert sink.reports[0].kind == "open_failed"
     assert sink.reports[0].error == message
 
@@ -308,7 +302,7 @@ def test_an_unexpected_open_failure_keeps_its_class_name_for_the_bug_report() ->
     sink = Collector()
     w = make_worker(q, sink, open_error=ZeroDivisionError("division by zero"))
     w.start()
-    wait_until(lambda: not w.alive, what="worker to give up")
+    wait_for(lambda: not w.alive, what="worker to give up")
     assert sink.reports[0].error == "ZeroDivisionError: division by zero"
 
 
@@ -348,7 +342,7 @@ def test_stop_past_the_deadline_hands_the_request_back_once(interpreters: int) -
     assert session.hanging.wait(30)
     assert w.stop(time.monotonic() + 0.05) == [stuck]
     session.release.set()
-    wait_until(lambda: not lanes_alive(), what="abandoned thread to end")
+    wait_for(lambda: not lanes_alive(), what="abandoned thread to end")
     assert sink.ids()[stuck.id] == 0  # its late result was discarded, not a duplicate
     assert session.closed.is_set()
 
@@ -370,7 +364,7 @@ def test_hung_worker_loses_no_request_and_answers_none_twice(interpreters: int) 
         q.put(r)
 
     assert not hung.check_stall(time.monotonic())  # not yet past stall_timeout
-    wait_until(lambda: hung.check_stall(time.monotonic()), what="stall detection")
+    wait_for(lambda: hung.check_stall(time.monotonic()), what="stall detection")
     assert not hung.check_stall(time.monotonic())  # only once
     assert hung.hung and hung.stats().state == "stalled"
     stalled = [r for r in sink.reports if r.kind == "stalled"]
@@ -380,7 +374,7 @@ def test_hung_worker_loses_no_request_and_answers_none_twice(interpreters: int) 
     good_session = ScriptedSession("usb:1", healthy=True)
     good = make_worker(q, sink, good_session, device="usb:1")
     good.start()
-    wait_until(lambda: len(sink.results) == 11, what="every request answered")
+    wait_for(lambda: len(sink.results) == 11, what="every request answered")
     redo = sink.by_id(victim.id)
     assert redo.device == "usb:1" and redo.request.attempts == 1
 
@@ -388,7 +382,7 @@ def test_hung_worker_loses_no_request_and_answers_none_twice(interpreters: int) 
     hung_session.release.set()
     assert hung.stop(time.monotonic() + 30) == []
     good.stop(time.monotonic() + 30)
-    wait_until(lambda: not lanes_alive(), what="threads back to baseline")
+    wait_for(lambda: not lanes_alive(), what="threads back to baseline")
     ids = sink.ids()
     assert all(ids[r.id] == 1 for r in [victim, *rest])
     assert sum(ids.values()) == 11
@@ -408,7 +402,7 @@ def test_a_request_that_hangs_every_device_is_answered_in_the_end() -> None:
         workers.append(w)
         w.start()
         assert session.hanging.wait(30)
-        wait_until(lambda: workers[-1].check_stall(time.monotonic()), what="stall detection")
+        wait_for(lambda: workers[-1].check_stall(time.monotonic()), what="stall detection")
     assert sink.ids()[poison.id] == 1
     assert "3 attempts" in sink.by_id(poison.id).error
     for session in sessions:
@@ -416,7 +410,7 @@ def test_a_request_that_hangs_every_device_is_answered_in_the_end() -> None:
     for w in workers:
         w.stop(time.monotonic() + 30)
     # the abandoned lanes end (and log so) here, not during a later test
-    wait_until(lambda: not lanes_alive(), what="abandoned threads to end")
+    wait_for(lambda: not lanes_alive(), what="abandoned threads to end")
 
 
 @pytest.mark.parametrize("interpreters", [1, 2])
@@ -438,12 +432,12 @@ def test_slow_postprocessing_holds_the_device_back_instead_of_piling_up(
     for r in sent:
         q.put(r)
     # Each interpreter's thread holds the one request it is postprocessing, no more.
-    wait_until(lambda: session.invokes == interpreters, what="every interpreter to invoke once")
+    wait_for(lambda: session.invokes == interpreters, what="every interpreter to invoke once")
     time.sleep(0.2)
     assert session.invokes == interpreters
     assert q.depth == len(sent) - interpreters
     gate.set()
-    wait_until(lambda: len(sink.results) == len(sent), what="every request answered")
+    wait_for(lambda: len(sink.results) == len(sent), what="every request answered")
     assert all(sink.ids()[r.id] == 1 for r in sent)
     w.stop(time.monotonic() + 30)
 
@@ -520,20 +514,20 @@ def test_a_request_goes_to_an_idle_device_before_queueing_behind_a_busy_one() ->
     ]
     for w in workers:
         w.start()
-    wait_until(lambda: all(w.state == "running" for w in workers), what="both running")
+    wait_for(lambda: all(w.state == "running" for w in workers), what="both running")
     time.sleep(0.2)  # every lane waiting for work
     for round_ in range(5):
         q.put(req("hang"))
-        wait_until(lambda: any(s.hanging.is_set() for s in sessions), what="one device busy")
+        wait_for(lambda: any(s.hanging.is_set() for s in sessions), what="one device busy")
         q.put(req("hang"))
-        wait_until(
+        wait_for(
             lambda: all(s.hanging.is_set() for s in sessions),
             timeout=5,
             what=f"round {round_}: the second request on the idle device",
         )
         for s in sessions:
             s.release.set()
-        wait_until(lambda r=round_: len(sink.results) == 2 * (r + 1), what="both answered")
+        wait_for(lambda r=round_: len(sink.results) == 2 * (r + 1), what="both answered")
         for s in sessions:
             s.hanging.clear()
             s.release.clear()
