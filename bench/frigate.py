@@ -23,7 +23,7 @@ Figures:
   same frame and reply sizes (bench/frigate_peer.py echo): what ZeroMQ and this
   machine cost with no edgetpud at all.
 
-    umockdev-wrapper .venv/bin/python bench/frigate.py [--quick]
+    umockdev-wrapper .venv/bin/python -m bench.frigate [--quick]
 """
 
 from __future__ import annotations
@@ -37,11 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import common
 
-import common
-
-HERE = Path(__file__).resolve().parent
 NAME = "frigate"
 INVOKE_MS = 7.2  # Coral USB Accelerator, SSD MobileNet v2 300x300 (published)
 DEVICES = 2
@@ -61,7 +58,8 @@ def run_clients(endpoint: str, count: int, seconds: float) -> list[dict[str, Any
     """`count` client processes sending frames for `seconds`, started at one instant."""
     procs = [
         subprocess.Popen(
-            [sys.executable, str(HERE / "frigate_peer.py"), "client", endpoint, str(seconds)],
+            [*common.module("bench.frigate_peer"), "client", endpoint, str(seconds)],
+            cwd=common.ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -86,7 +84,8 @@ def run_clients(endpoint: str, count: int, seconds: float) -> list[dict[str, Any
 def echo_floor(tmp: Path, seconds: float) -> list[float]:
     endpoint = f"ipc://{tmp}/echo.sock"
     server = subprocess.Popen(
-        [sys.executable, str(HERE / "frigate_peer.py"), "echo", endpoint],
+        [*common.module("bench.frigate_peer"), "echo", endpoint],
+        cwd=common.ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
