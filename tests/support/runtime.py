@@ -1,10 +1,12 @@
 """Test helpers for the runtime area: tiny .tflite files and a stand-in delegate library.
 
-`tflite_bytes` writes TFLite flatbuffers with nothing but the `flatbuffers` package
-(Debian's python3-flatbuffers is enough, so unit tests stay pure), including
-`edgetpu-custom-op` operators carrying a compiled package (executable.fbs, DWN1)
-with a chosen parameter caching token and parameter size, the way
-edgetpu_compiler writes them.
+`tflite_bytes` is the tests' one TFLite writer: flatbuffers with nothing but the
+`flatbuffers` package (Debian's python3-flatbuffers is enough, so unit tests stay pure),
+with constant tensors (`Tensor.data`), builtin and custom operators (custom options as
+raw bytes), and `edgetpu-custom-op` operators carrying a compiled package
+(executable.fbs, DWN1) with a chosen parameter caching token and parameter size, the way
+edgetpu_compiler writes them. tests/support/ssd_model.py builds its detection models
+with it.
 
 `build_stub_delegate` compiles ../shared/reference/stub_delegate.c (the external
 delegate ABI, refusing devices on request) for runtime tests that need a
@@ -33,6 +35,7 @@ class Tensor:
     shape: Sequence[int]
     dtype: str = "uint8"
     quant: tuple[float, int] | None = None
+    data: bytes | None = None  # a constant tensor's contents (its own buffer)
 
 
 @dataclass
@@ -74,6 +77,14 @@ def _vector(b: flatbuffers.Builder, items: Sequence[int | float], kind: str) -> 
 
 def _bytes_vector(b: flatbuffers.Builder, data: bytes) -> int:
     return int(b.CreateByteVector(data))
+
+
+def _data_vector(b: flatbuffers.Builder, data: bytes) -> int:
+    """A buffer's bytes aligned to 16, as TFLite's converter writes constant tensors."""
+    b.StartVector(1, len(data), 16)
+    b.head -= len(data)
+    b.Bytes[b.head : b.head + len(data)] = data
+    return int(b.EndVector())
 
 
 def package_bytes(executables: Sequence[Executable]) -> bytes:
@@ -133,17 +144,21 @@ def tflite_bytes(
     *,
     identifier: bytes = b"TFL3",
     weights: bytes = b"",
+    description: str = "edgetpud test model",
 ) -> bytes:
-    """A TFLite model flatbuffer. `weights` becomes a constant buffer (to give the file bulk)."""
+    """A TFLite model flatbuffer. `weights` becomes a constant buffer (to give the file bulk);
+    each tensor with `data` gets a buffer of its own."""
     b = flatbuffers.Builder(1024)
     buffers = []
-    for data in (b"", weights):
-        vec = _bytes_vector(b, data) if data else 0
+    constants = [t.data for t in tensors if t.data is not None]
+    for i, data in enumerate((b"", weights, *constants)):
+        vec = (_bytes_vector if i < 2 else _data_vector)(b, data) if data else 0
         b.StartObject(1)
         if vec:
             b.PrependUOffsetTRelativeSlot(0, vec, 0)
         buffers.append(b.EndObject())
     tensor_offs = []
+    next_buffer = 2
     for t in tensors:
         name = b.CreateString(t.name)
         shape = _vector(b, list(t.shape), "i")
@@ -158,7 +173,9 @@ def tflite_bytes(
         b.StartObject(5)
         b.PrependUOffsetTRelativeSlot(0, shape, 0)
         b.PrependInt8Slot(1, TYPES[t.dtype], 0)
-        b.PrependUint32Slot(2, 0, 0)
+        if t.data is not None:
+            b.PrependUint32Slot(2, next_buffer, 0)
+            next_buffer += 1
         b.PrependUOffsetTRelativeSlot(3, name, 0)
         if quant:
             b.PrependUOffsetTRelativeSlot(4, quant, 0)
@@ -205,12 +222,12 @@ def tflite_bytes(
     codes_vec = _vector(b, code_offs, "off")
     subgraphs_vec = _vector(b, [subgraph], "off")
     buffers_vec = _vector(b, buffers, "off")
-    description = b.CreateString("edgetpud test model")
+    description_off = b.CreateString(description)
     b.StartObject(5)
     b.PrependUint32Slot(0, 3, 0)
     b.PrependUOffsetTRelativeSlot(1, codes_vec, 0)
     b.PrependUOffsetTRelativeSlot(2, subgraphs_vec, 0)
-    b.PrependUOffsetTRelativeSlot(3, description, 0)
+    b.PrependUOffsetTRelativeSlot(3, description_off, 0)
     b.PrependUOffsetTRelativeSlot(4, buffers_vec, 0)
     b.Finish(b.EndObject(), file_identifier=identifier)
     return bytes(b.Output())

@@ -1,6 +1,6 @@
 """A tiny SSD-shaped detection model: four outputs like TFLite_Detection_PostProcess.
 
-Written with `flatbuffers` + the `tflite` schema package. The graph is real
+Written with tests/support/runtime.py's `tflite_bytes`. The graph is real
 (four ADD operators run by the TFLite CPU kernels) but its detections are
 constants: `boxes` [1, N, 4] (ymin, xmin, ymax, xmax, normalised to the model
 input), `classes` [1, N], `scores` [1, N], `count` [1] — so a test knows exactly
@@ -10,25 +10,20 @@ back to the source image.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import flatbuffers
 import numpy as np
-import tflite as T
 from flatbuffers import flexbuffers
 
-_TYPES = {np.dtype(np.float32): 0, np.dtype(np.uint8): 3}
+from tests.support.runtime import BUILTIN_ADD, Executable, Op, Tensor, tflite_bytes
 
 
-def _vec(
-    b: flatbuffers.Builder, start: Callable[..., Any], items: Sequence[Any], prepend: Any
-) -> int:
-    start(b, len(items))
-    for item in reversed(items):
-        prepend(item)
-    return int(b.EndVector())
+def _const(name: str, value: np.ndarray) -> Tensor:
+    """A float32 constant tensor holding `value`."""
+    data = np.ascontiguousarray(value, np.float32)
+    return Tensor(name, list(data.shape), "float32", data=data.tobytes())
 
 
 def ssd_model(
@@ -46,87 +41,17 @@ def ssd_model(
         "scores": np.asarray(scores, np.float32).reshape(1, n),
         "count": np.asarray([n], np.float32),
     }
-    tensors: list[tuple[str, list[int], np.dtype[Any], np.ndarray | None]] = [
-        ("image", [1, height, width, 3], np.dtype(np.uint8), None)
-    ]
+    tensors = [Tensor("image", [1, height, width, 3], "uint8")]
     ops = []
     outputs = []
     for name, value in consts.items():
         base = len(tensors)
-        tensors.append((f"{name}_const", list(value.shape), np.dtype(np.float32), value))
-        tensors.append(
-            (f"{name}_zero", list(value.shape), np.dtype(np.float32), np.zeros_like(value))
-        )
-        tensors.append((name, list(value.shape), np.dtype(np.float32), None))
-        ops.append(([base, base + 1], [base + 2]))
+        tensors.append(_const(f"{name}_const", value))
+        tensors.append(_const(f"{name}_zero", np.zeros_like(value)))
+        tensors.append(Tensor(name, list(value.shape), "float32"))
+        ops.append(Op([base, base + 1], [base + 2], builtin=BUILTIN_ADD))
         outputs.append(base + 2)
-
-    b = flatbuffers.Builder(4096)
-    buffers = []
-    for data in [None] + [t[3] for t in tensors]:
-        dv = None
-        if data is not None:
-            raw = np.ascontiguousarray(data).tobytes()
-            b.StartVector(1, len(raw), 16)
-            b.head -= len(raw)
-            b.Bytes[b.head : b.head + len(raw)] = raw
-            dv = b.EndVector()
-        T.BufferStart(b)
-        if dv is not None:
-            T.BufferAddData(b, dv)
-        buffers.append(T.BufferEnd(b))
-    tensor_offs = []
-    for i, (name, shape, dtype, _) in enumerate(tensors):
-        name_off = b.CreateString(name)
-        shape_off = _vec(b, T.TensorStartShapeVector, shape, b.PrependInt32)
-        T.TensorStart(b)
-        T.TensorAddShape(b, shape_off)
-        T.TensorAddType(b, _TYPES[dtype])
-        T.TensorAddBuffer(b, i + 1)
-        T.TensorAddName(b, name_off)
-        tensor_offs.append(T.TensorEnd(b))
-    op_offs = []
-    for ins, outs in ops:
-        T.AddOptionsStart(b)
-        opt = T.AddOptionsEnd(b)
-        iv = _vec(b, T.OperatorStartInputsVector, ins, b.PrependInt32)
-        ov = _vec(b, T.OperatorStartOutputsVector, outs, b.PrependInt32)
-        T.OperatorStart(b)
-        T.OperatorAddOpcodeIndex(b, 0)
-        T.OperatorAddInputs(b, iv)
-        T.OperatorAddOutputs(b, ov)
-        T.OperatorAddBuiltinOptionsType(b, T.BuiltinOptions.AddOptions)
-        T.OperatorAddBuiltinOptions(b, opt)
-        op_offs.append(T.OperatorEnd(b))
-    sg_name = b.CreateString("main")
-    tv = _vec(b, T.SubGraphStartTensorsVector, tensor_offs, b.PrependUOffsetTRelative)
-    iv = _vec(b, T.SubGraphStartInputsVector, [0], b.PrependInt32)
-    ov = _vec(b, T.SubGraphStartOutputsVector, outputs, b.PrependInt32)
-    opv = _vec(b, T.SubGraphStartOperatorsVector, op_offs, b.PrependUOffsetTRelative)
-    T.SubGraphStart(b)
-    T.SubGraphAddTensors(b, tv)
-    T.SubGraphAddInputs(b, iv)
-    T.SubGraphAddOutputs(b, ov)
-    T.SubGraphAddOperators(b, opv)
-    T.SubGraphAddName(b, sg_name)
-    sg = T.SubGraphEnd(b)
-    T.OperatorCodeStart(b)
-    T.OperatorCodeAddDeprecatedBuiltinCode(b, T.BuiltinOperator.ADD)
-    T.OperatorCodeAddBuiltinCode(b, T.BuiltinOperator.ADD)
-    T.OperatorCodeAddVersion(b, 1)
-    code = T.OperatorCodeEnd(b)
-    ocv = _vec(b, T.ModelStartOperatorCodesVector, [code], b.PrependUOffsetTRelative)
-    sgv = _vec(b, T.ModelStartSubgraphsVector, [sg], b.PrependUOffsetTRelative)
-    bv = _vec(b, T.ModelStartBuffersVector, buffers, b.PrependUOffsetTRelative)
-    desc = b.CreateString("edgetpud test SSD")
-    T.ModelStart(b)
-    T.ModelAddVersion(b, 3)
-    T.ModelAddOperatorCodes(b, ocv)
-    T.ModelAddSubgraphs(b, sgv)
-    T.ModelAddDescription(b, desc)
-    T.ModelAddBuffers(b, bv)
-    b.Finish(T.ModelEnd(b), file_identifier=b"TFL3")
-    return bytes(b.Output())
+    return tflite_bytes(tensors, ops, [0], outputs, description="edgetpud test SSD")
 
 
 def write_ssd_model(path: Path, **kwargs: Any) -> Path:
@@ -142,8 +67,6 @@ def ssd_edgetpu_model(size: tuple[int, int] = (300, 300), n: int = 20, token: in
     sleeps `invoke_ms` and fills every output with its byte pattern (tests/support/fakelib.py
     `expected_outputs`); `zero_count_frame` makes that pattern read as zero detections.
     """
-    from tests.support.runtime import Executable, Op, Tensor, tflite_bytes
-
     width, height = size
     tensors = [
         Tensor("image", [1, height, width, 3], "uint8"),
@@ -207,13 +130,13 @@ def postprocess_model(
         ),
         "anchors": anchors,
     }
-    tensors: list[tuple[str, list[int], np.dtype[Any], np.ndarray | None]] = [
-        ("image", [1, height, width, 3], np.dtype(np.uint8), None),
-        *((name, list(v.shape), np.dtype(np.float32), v) for name, v in consts.items()),
-        ("boxes", [1, max_detections, 4], np.dtype(np.float32), None),
-        ("classes", [1, max_detections], np.dtype(np.float32), None),
-        ("scores", [1, max_detections], np.dtype(np.float32), None),
-        ("count", [1], np.dtype(np.float32), None),
+    tensors = [
+        Tensor("image", [1, height, width, 3], "uint8"),
+        *(_const(name, v) for name, v in consts.items()),
+        Tensor("boxes", [1, max_detections, 4], "float32"),
+        Tensor("classes", [1, max_detections], "float32"),
+        Tensor("scores", [1, max_detections], "float32"),
+        Tensor("count", [1], "float32"),
     ]
     fbb = flexbuffers.Builder()
     with fbb.Map():
@@ -238,68 +161,11 @@ def postprocess_model(
             fbb.Key(key)
             fbb.Float(fvalue)
     options = bytes(fbb.Finish())
-
-    b = flatbuffers.Builder(4096)
-    buffers = []
-    for data in [None] + [t[3] for t in tensors]:
-        dv = None
-        if data is not None:
-            raw = np.ascontiguousarray(data).tobytes()
-            b.StartVector(1, len(raw), 16)
-            b.head -= len(raw)
-            b.Bytes[b.head : b.head + len(raw)] = raw
-            dv = b.EndVector()
-        T.BufferStart(b)
-        if dv is not None:
-            T.BufferAddData(b, dv)
-        buffers.append(T.BufferEnd(b))
-    tensor_offs = []
-    for i, (name, shape, dtype, _) in enumerate(tensors):
-        name_off = b.CreateString(name)
-        shape_off = _vec(b, T.TensorStartShapeVector, shape, b.PrependInt32)
-        T.TensorStart(b)
-        T.TensorAddShape(b, shape_off)
-        T.TensorAddType(b, _TYPES[dtype])
-        T.TensorAddBuffer(b, i + 1)
-        T.TensorAddName(b, name_off)
-        tensor_offs.append(T.TensorEnd(b))
-    opts = _vec(b, T.OperatorStartCustomOptionsVector, list(options), b.PrependUint8)
-    iv = _vec(b, T.OperatorStartInputsVector, [1, 2, 3], b.PrependInt32)
-    ov = _vec(b, T.OperatorStartOutputsVector, [4, 5, 6, 7], b.PrependInt32)
-    T.OperatorStart(b)
-    T.OperatorAddOpcodeIndex(b, 0)
-    T.OperatorAddInputs(b, iv)
-    T.OperatorAddOutputs(b, ov)
-    T.OperatorAddCustomOptions(b, opts)
-    op = T.OperatorEnd(b)
-    sg_name = b.CreateString("main")
-    tv = _vec(b, T.SubGraphStartTensorsVector, tensor_offs, b.PrependUOffsetTRelative)
-    iv = _vec(b, T.SubGraphStartInputsVector, [0], b.PrependInt32)
-    ov = _vec(b, T.SubGraphStartOutputsVector, [4, 5, 6, 7], b.PrependInt32)
-    opv = _vec(b, T.SubGraphStartOperatorsVector, [op], b.PrependUOffsetTRelative)
-    T.SubGraphStart(b)
-    T.SubGraphAddTensors(b, tv)
-    T.SubGraphAddInputs(b, iv)
-    T.SubGraphAddOutputs(b, ov)
-    T.SubGraphAddOperators(b, opv)
-    T.SubGraphAddName(b, sg_name)
-    sg = T.SubGraphEnd(b)
-    custom_code = b.CreateString("TFLite_Detection_PostProcess")
-    T.OperatorCodeStart(b)
-    T.OperatorCodeAddDeprecatedBuiltinCode(b, T.BuiltinOperator.CUSTOM)
-    T.OperatorCodeAddBuiltinCode(b, T.BuiltinOperator.CUSTOM)
-    T.OperatorCodeAddCustomCode(b, custom_code)
-    T.OperatorCodeAddVersion(b, 1)
-    code = T.OperatorCodeEnd(b)
-    ocv = _vec(b, T.ModelStartOperatorCodesVector, [code], b.PrependUOffsetTRelative)
-    sgv = _vec(b, T.ModelStartSubgraphsVector, [sg], b.PrependUOffsetTRelative)
-    bv = _vec(b, T.ModelStartBuffersVector, buffers, b.PrependUOffsetTRelative)
-    desc = b.CreateString("edgetpud test SSD with TFLite_Detection_PostProcess")
-    T.ModelStart(b)
-    T.ModelAddVersion(b, 3)
-    T.ModelAddOperatorCodes(b, ocv)
-    T.ModelAddSubgraphs(b, sgv)
-    T.ModelAddDescription(b, desc)
-    T.ModelAddBuffers(b, bv)
-    b.Finish(T.ModelEnd(b), file_identifier=b"TFL3")
-    return bytes(b.Output())
+    op = Op([1, 2, 3], [4, 5, 6, 7], custom="TFLite_Detection_PostProcess", raw_options=options)
+    return tflite_bytes(
+        tensors,
+        [op],
+        [0],
+        [4, 5, 6, 7],
+        description="edgetpud test SSD with TFLite_Detection_PostProcess",
+    )
