@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.support.broker import Broker
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_MODELS = Path(os.environ.get("EDGETPUD_SHARED_MODELS", ROOT.parent / "shared" / "models"))
@@ -33,6 +37,19 @@ def fake_lib() -> Path:
             f"{FAKE_LIB} is missing: run `make {FAKE_LIB.relative_to(ROOT)}` (make test builds it)"
         )
     return FAKE_LIB
+
+
+@pytest.fixture
+def broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Broker]:
+    """A real mosquitto on a free port for this test (tests/support/broker.py), stopped after
+    it. Its options come from the test's marker, e.g.
+    `@pytest.mark.broker(max_queued_messages=0, persistence=True)`; kill()/start() inside
+    the test are fine."""
+    from tests.support.broker import Broker
+
+    marker = request.node.get_closest_marker("broker")
+    with Broker(tmp_path, **(marker.kwargs if marker else {})) as b:
+        yield b
 
 
 @pytest.fixture(autouse=True)

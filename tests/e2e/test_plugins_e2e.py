@@ -44,7 +44,7 @@ def results(sub: Subscriber, model: str) -> list[dict[str, Any]]:
 
 
 def test_directory_synthetic_detect_segment_classify_end_to_end(
-    tmp_path: Path, models_dir: Path
+    tmp_path: Path, broker: Broker, models_dir: Path
 ) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -108,43 +108,40 @@ type = "segment"
 top_k = 3
 """
     (tmp_path / "state").mkdir(exist_ok=True)
-    with Broker(tmp_path) as broker:
-        sub = Subscriber(broker, [f"{BASE}/#"]).start()
-        d = Daemon(tmp_path / "daemon", config.replace("{port}", str(broker.port)))
-        try:
-            d.start().wait_ready()
-            for name in ("cat.bmp", "bird.bmp"):
-                shutil.copy(models_dir / name, inbox / name)
+    sub = Subscriber(broker, [f"{BASE}/#"]).start()
+    d = Daemon(tmp_path / "daemon", config.replace("{port}", str(broker.port)))
+    try:
+        d.start().wait_ready()
+        for name in ("cat.bmp", "bird.bmp"):
+            shutil.copy(models_dir / name, inbox / name)
 
-            # directory → classify: each file once, then moved to done/
-            files = wait_for(lambda: len(results(sub, "files")) >= 2 and results(sub, "files"),
-                             60, "a result per dropped file")  # fmt: skip
-            by_file = {r["meta"]["file"]: r["result"] for r in files if "meta" in r}
-            assert set(by_file) == {"cat.bmp", "bird.bmp"}, files
-            assert any("cat" in c["label"] for c in by_file["cat.bmp"])
-            wait_for(lambda: sorted(p.name for p in (inbox / "done").iterdir())
-                     == ["bird.bmp", "cat.bmp"], 30, "both files moved to done/")  # fmt: skip
-            assert not list(inbox.glob("*.bmp"))  # (the source keeps its journal there too)
+        # directory → classify: each file once, then moved to done/
+        files = wait_for(lambda: len(results(sub, "files")) >= 2 and results(sub, "files"),
+                         60, "a result per dropped file")  # fmt: skip
+        by_file = {r["meta"]["file"]: r["result"] for r in files if "meta" in r}
+        assert set(by_file) == {"cat.bmp", "bird.bmp"}, files
+        assert any("cat" in c["label"] for c in by_file["cat.bmp"])
+        wait_for(lambda: sorted(p.name for p in (inbox / "done").iterdir())
+                 == ["bird.bmp", "cat.bmp"], 30, "both files moved to done/")  # fmt: skip
+        assert not list(inbox.glob("*.bmp"))  # (the source keeps its journal there too)
 
-            # synthetic → detect: the box scaled to the 64x64 source image's pixels
-            boxes = wait_for(lambda: len(results(sub, "boxes")) >= 5 and results(sub, "boxes"),
-                             60, "five synthetic detections")  # fmt: skip
-            assert len(boxes) == 5
-            det = boxes[0]["result"][0]
-            assert det["label"] == "bicycle" and det["score"] == pytest.approx(0.9)
-            assert det["box"] == {"xmin": 16.0, "ymin": 16.0, "xmax": 48.0, "ymax": 48.0}
+        # synthetic → detect: the box scaled to the 64x64 source image's pixels
+        boxes = wait_for(lambda: len(results(sub, "boxes")) >= 5 and results(sub, "boxes"),
+                         60, "five synthetic detections")  # fmt: skip
+        assert len(boxes) == 5
+        det = boxes[0]["result"][0]
+        assert det["label"] == "bicycle" and det["score"] == pytest.approx(0.9)
+        assert det["box"] == {"xmin": 16.0, "ymin": 16.0, "xmax": 48.0, "ymax": 48.0}
 
-            # synthetic (one flat grey) → segment: every pixel in one class
-            regions = wait_for(lambda: len(results(sub, "regions")) >= 3 and results(sub, "regions"),
-                               60, "three segmentations")  # fmt: skip
-            seg_out = regions[0]["result"]
-            assert seg_out["size"] == [16, 16]
-            assert (
-                seg_out["classes"][0]["pixels"] == 256 and seg_out["classes"][0]["fraction"] == 1.0
-            )
-            assert seg_out["dominant"] == seg_out["classes"][0]["id"]
-            assert seg_out["classes"][0]["label"] in {"red", "green", "blue"}
-            assert d.stop() == 0
-        finally:
-            d.close()
-            sub.stop()
+        # synthetic (one flat grey) → segment: every pixel in one class
+        regions = wait_for(lambda: len(results(sub, "regions")) >= 3 and results(sub, "regions"),
+                           60, "three segmentations")  # fmt: skip
+        seg_out = regions[0]["result"]
+        assert seg_out["size"] == [16, 16]
+        assert seg_out["classes"][0]["pixels"] == 256 and seg_out["classes"][0]["fraction"] == 1.0
+        assert seg_out["dominant"] == seg_out["classes"][0]["id"]
+        assert seg_out["classes"][0]["label"] in {"red", "green", "blue"}
+        assert d.stop() == 0
+    finally:
+        d.close()
+        sub.stop()

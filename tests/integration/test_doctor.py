@@ -170,27 +170,27 @@ def test_a_device_node_in_the_wrong_group_fails_with_the_udev_fix(
     assert checks["device usb:2-1 node"]["status"] == "OK", checks["device usb:2-1 node"]
 
 
+@pytest.mark.broker(users={"edgetpud": "the-password"})
 def test_a_wrong_broker_password_fails_naming_the_password_file(
-    tmp_path: Path, models_dir: Path
+    tmp_path: Path, broker: Broker, models_dir: Path
 ) -> None:
     secret = tmp_path / "mqtt-password"
     secret.write_text("not-the-password\n")
     secret.chmod(0o600)
-    with Broker(tmp_path, users={"edgetpud": "the-password"}) as broker:
-        body = f'username = "edgetpud"\npassword_file = "{secret}"'
-        config = write_config(tmp_path, models_dir, broker, body)
-        code, checks, _text = doctor(config)
-        assert code == 1
-        line = checks["broker"]
-        assert line["status"] == "FAIL", line
-        assert line["detail"].startswith(f"127.0.0.1:{broker.port} as edgetpud: ")
-        assert "refused" in line["detail"]
-        assert "mqtt.password_file" in line["fix"]
+    body = f'username = "edgetpud"\npassword_file = "{secret}"'
+    config = write_config(tmp_path, models_dir, broker, body)
+    code, checks, _text = doctor(config)
+    assert code == 1
+    line = checks["broker"]
+    assert line["status"] == "FAIL", line
+    assert line["detail"].startswith(f"127.0.0.1:{broker.port} as edgetpud: ")
+    assert "refused" in line["detail"]
+    assert "mqtt.password_file" in line["fix"]
 
-        secret.write_text("the-password\n")
-        code, checks, _ = doctor(config)
-        assert checks["broker"]["status"] == "OK", checks["broker"]
-        assert code == 0 or any(c["status"] == "FAIL" for c in checks.values())
+    secret.write_text("the-password\n")
+    code, checks, _ = doctor(config)
+    assert checks["broker"]["status"] == "OK", checks["broker"]
+    assert code == 0 or any(c["status"] == "FAIL" for c in checks.values())
 
 
 def test_an_edgetpu_model_without_libedgetpu_fails_in_the_child_not_in_doctor(

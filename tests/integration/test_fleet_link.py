@@ -9,7 +9,6 @@ Both with a one-level topic prefix and a two-level one ("site/edgetpud").
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -44,32 +43,29 @@ def link(broker: Broker, node: str, got: list[Request], prefix: str) -> MqttLink
 
 
 @pytest.mark.parametrize("prefix", ["t", "site/t"])
-def test_the_last_member_keeps_the_fleet_topic(tmp_path: Path, prefix: str) -> None:
+def test_the_last_member_keeps_the_fleet_topic(broker: Broker, prefix: str) -> None:
     got_a: list[Request] = []
     got_b: list[Request] = []
-    with Broker(tmp_path) as broker:
-        a, b = link(broker, "a", got_a, prefix), link(broker, "b", got_b, prefix)
-        try:
-            wait_for(lambda: "m" in a.fleet_peers().get("b", {}).get("models", []), what="a sees b")
-            wait_for(lambda: "m" in b.fleet_peers().get("a", {}).get("models", []), what="b sees a")
-            assert a.pause_fleet("m") and a.fleet_paused("m")
-            wait_for(lambda: b.fleet_peers()["a"]["paused"] == ["m"], what="b sees a paused")
-            assert not b.pause_fleet("m"), "b would leave the group without a member"
+    a, b = link(broker, "a", got_a, prefix), link(broker, "b", got_b, prefix)
+    try:
+        wait_for(lambda: "m" in a.fleet_peers().get("b", {}).get("models", []), what="a sees b")
+        wait_for(lambda: "m" in b.fleet_peers().get("a", {}).get("models", []), what="b sees a")
+        assert a.pause_fleet("m") and a.fleet_paused("m")
+        wait_for(lambda: b.fleet_peers()["a"]["paused"] == ["m"], what="b sees a paused")
+        assert not b.pause_fleet("m"), "b would leave the group without a member"
 
-            with Subscriber(broker, ["t/unused"]) as client:
-                for i in range(6):
-                    client.publish(
-                        f"{prefix}/fleet/models/m/infer", b"x", CorrelationData=b"%d" % i
-                    )
-                wait_for(lambda: len(got_b) == 6, what="b taking all six")
-            assert not got_a and {r.source for r in got_b} == {"mqtt-fleet"}
+        with Subscriber(broker, ["t/unused"]) as client:
+            for i in range(6):
+                client.publish(f"{prefix}/fleet/models/m/infer", b"x", CorrelationData=b"%d" % i)
+            wait_for(lambda: len(got_b) == 6, what="b taking all six")
+        assert not got_a and {r.source for r in got_b} == {"mqtt-fleet"}
 
-            b.stop()  # b's clean "offline": a is the last member now and resumes by itself
-            wait_for(lambda: not a.fleet_paused("m"), what="a resuming")
-            with Subscriber(broker, ["t/unused"]) as client:
-                client.publish(f"{prefix}/fleet/models/m/infer", b"y", CorrelationData=b"after")
-                wait_for(lambda: len(got_a) == 1, what="a taking the next request")
-            assert not a.pause_fleet("m"), "no peer left to take the requests"
-        finally:
-            a.stop()
-            b.stop()
+        b.stop()  # b's clean "offline": a is the last member now and resumes by itself
+        wait_for(lambda: not a.fleet_paused("m"), what="a resuming")
+        with Subscriber(broker, ["t/unused"]) as client:
+            client.publish(f"{prefix}/fleet/models/m/infer", b"y", CorrelationData=b"after")
+            wait_for(lambda: len(got_a) == 1, what="a taking the next request")
+        assert not a.pause_fleet("m"), "no peer left to take the requests"
+    finally:
+        a.stop()
+        b.stop()

@@ -13,12 +13,8 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from edgetpud.config import MqttConfig
 from edgetpud.mqtt import MqttLink
@@ -47,12 +43,6 @@ def health(
         "devices": [entries[d] for d in devices],
         "models": {m: {"state": "running", "rate": 12.5, "p50_ms": 3.1} for m in models},
     }
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    with Broker(tmp_path) as b:
-        yield b
 
 
 def start_link(broker: Broker) -> MqttLink:

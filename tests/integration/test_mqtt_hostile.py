@@ -64,12 +64,6 @@ HOSTILE = {
 }
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Any:
-    with Broker(tmp_path) as b:
-        yield b
-
-
 def png() -> bytes:
     import io
 

@@ -63,21 +63,20 @@ def retained_status(broker: Broker) -> str:
         return str(msg.payload.decode())
 
 
-def test_online_after_connect_and_offline_after_clean_stop(tmp_path: Path) -> None:
-    with Broker(tmp_path) as broker:
-        changes: list[bool] = []
-        mqtt_cfg = replace(MqttConfig(), host=broker.host, port=broker.port)
-        link = MqttLink(mqtt_cfg, NODE, on_request=refuse, on_connection=changes.append)
-        link.start()
-        wait_for(lambda: link.stats().connected, what="connect")
-        assert retained_status(broker) == "online"
-        link.stop()
-        link.stop()  # idempotent
-        assert retained_status(broker) == "offline"
-        assert changes[0] is True
+def test_online_after_connect_and_offline_after_clean_stop(broker: Broker) -> None:
+    changes: list[bool] = []
+    mqtt_cfg = replace(MqttConfig(), host=broker.host, port=broker.port)
+    link = MqttLink(mqtt_cfg, NODE, on_request=refuse, on_connection=changes.append)
+    link.start()
+    wait_for(lambda: link.stats().connected, what="connect")
+    assert retained_status(broker) == "online"
+    link.stop()
+    link.stop()  # idempotent
+    assert retained_status(broker) == "offline"
+    assert changes[0] is True
 
 
-def test_sigkill_of_the_daemon_leaves_offline_by_last_will(tmp_path: Path) -> None:
+def test_sigkill_of_the_daemon_leaves_offline_by_last_will(broker: Broker) -> None:
     script = textwrap.dedent(
         f"""
         import sys, time
@@ -93,7 +92,7 @@ def test_sigkill_of_the_daemon_leaves_offline_by_last_will(tmp_path: Path) -> No
         time.sleep(600)
         """
     )
-    with Broker(tmp_path) as broker, Subscriber(broker, [STATUS]) as sub:
+    with Subscriber(broker, [STATUS]) as sub:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         proc = subprocess.Popen(
             [sys.executable, "-c", script, str(broker.port)], stdout=subprocess.PIPE, env=env
@@ -113,13 +112,13 @@ def test_sigkill_of_the_daemon_leaves_offline_by_last_will(tmp_path: Path) -> No
         assert retained_status(broker) == "offline"
 
 
-def test_results_during_broker_outage_all_arrive_in_order(tmp_path: Path) -> None:
+@pytest.mark.broker(persistence=True, max_queued_messages=0)
+def test_results_during_broker_outage_all_arrive_in_order(broker: Broker) -> None:
     """5,000 results produced while the broker is dead arrive after it is back, in order.
 
     The subscriber keeps a persistent session (saved by a clean broker stop before the
     test load), so it receives whatever the broker takes while it reconnects too.
     """
-    broker = Broker(tmp_path, persistence=True, max_queued_messages=0).start()
     sub = Subscriber(broker, [RESULTS, STATUS], protocol="3.1.1", client_id="tsub", persistent=True)
     sub.start()
     broker.restart()  # saves the subscriber's session; a later kill() keeps it
@@ -163,7 +162,6 @@ def test_results_during_broker_outage_all_arrive_in_order(tmp_path: Path) -> Non
     finally:
         link.stop()
         sub.stop()
-        broker.stop()
     seqs = [int(json.loads(m.payload)["request_id"]) for m in sub.on(RESULTS)]
     outage = [s for s in seqs if s >= first_outage]
     assert outage == list(range(first_outage, first_outage + 5000))  # none lost, in order
@@ -172,11 +170,11 @@ def test_results_during_broker_outage_all_arrive_in_order(tmp_path: Path) -> Non
     assert ("online", False) in status_values(sub)
 
 
-def test_qos0_results_across_a_broker_kill_are_each_written_once(tmp_path: Path) -> None:
+@pytest.mark.broker(max_queued_messages=0)
+def test_qos0_results_across_a_broker_kill_are_each_written_once(broker: Broker) -> None:
     """At QoS 0 the link tracks paho's writes without a callback per message: results it
     handed to paho that were not written when the broker died go out again after the
     restart, none twice, and the subscriber sees what it gets in order."""
-    broker = Broker(tmp_path, max_queued_messages=0).start()
     link = link_for(broker, qos=0, backlog_limit=10_000)
     link.start()
     count = 3000
@@ -207,7 +205,6 @@ def test_qos0_results_across_a_broker_kill_are_each_written_once(tmp_path: Path)
         stats = link.stats()
     finally:
         link.stop()
-        broker.stop()
     # every result written exactly once, plus "online" at each of the two connects
     assert stats.published == count + 1 + stats.connects
     assert stats.connects == 2 and stats.backlog_dropped == 0
@@ -216,12 +213,12 @@ def test_qos0_results_across_a_broker_kill_are_each_written_once(tmp_path: Path)
     assert seen[-1] == count
 
 
+@pytest.mark.broker(max_queued_messages=0)
 def test_results_faster_than_the_broker_acknowledges_are_held_back_not_dropped(
-    tmp_path: Path,
+    broker: Broker,
 ) -> None:
     """Workers producing QoS 1 results faster than the broker acknowledges them are slowed
     to its pace while connected; none is dropped, even with no outage backlog at all."""
-    broker = Broker(tmp_path, max_queued_messages=0).start()
     link = link_for(broker, qos=1, backlog_limit=0)
     link.start()
     threads, per_thread = 3, 2000
@@ -245,20 +242,19 @@ def test_results_faster_than_the_broker_acknowledges_are_held_back_not_dropped(
             stats = link.stats()
     finally:
         link.stop()
-        broker.stop()
     assert stats.backlog_dropped == 0
     seen = [int(json.loads(m.payload)["request_id"]) for m in sub.on(RESULTS)]
     assert sorted(seen) == list(range(total))
 
 
+@pytest.mark.broker(max_queued_messages=0)
 def test_a_result_acknowledged_just_before_the_link_broke_is_not_counted_as_waiting(
-    tmp_path: Path,
+    broker: Broker,
 ) -> None:
     """A result the broker acknowledges between paho taking it and the link recording it,
     with the link breaking in that gap, is delivered: the link must not keep waiting for
     its acknowledgement (health would show a backlog of 1 for ever, and every reconnect
     would hold new results back while it waited for paho to resend it)."""
-    broker = Broker(tmp_path, max_queued_messages=0).start()
     link = link_for(broker, qos=1)
     client = link._client
     real_publish = client.publish
@@ -287,11 +283,10 @@ def test_a_result_acknowledged_just_before_the_link_broke_is_not_counted_as_wait
         wait_for(lambda: link.stats().backlog == 0, timeout=30, what="an empty backlog")
     finally:
         link.stop()
-        broker.stop()
 
 
-def test_backlog_keeps_the_newest_up_to_its_limit(tmp_path: Path) -> None:
-    broker = Broker(tmp_path, max_queued_messages=0).start()
+@pytest.mark.broker(max_queued_messages=0)
+def test_backlog_keeps_the_newest_up_to_its_limit(broker: Broker) -> None:
     link = link_for(broker, qos=0, backlog_limit=100)
     link.start()
     try:
@@ -319,84 +314,79 @@ def test_backlog_keeps_the_newest_up_to_its_limit(tmp_path: Path) -> None:
         assert retained_status(broker) == "online"
     finally:
         link.stop()
-        broker.stop()
 
 
-def test_tls_with_a_generated_ca(tmp_path: Path) -> None:
-    with Broker(tmp_path, tls=True) as broker:
-        mqtt_cfg = replace(
-            MqttConfig(), host="localhost", port=broker.port, tls=True, ca_file=broker.certs["ca"]
-        )
-        link = MqttLink(mqtt_cfg, NODE, on_request=refuse)
-        link.start()
-        try:
-            wait_for(lambda: link.stats().connected, what="a TLS connection")
-            with Subscriber(broker, [RESULTS]).tls(broker.certs["ca"]) as sub:
-                link.publish_result(result(7))
-                (msg,) = sub.wait_for(RESULTS)
-                assert json.loads(msg.payload)["result"] == {"seq": 7}
-        finally:
-            link.stop()
+@pytest.mark.broker(tls=True)
+def test_tls_with_a_generated_ca(broker: Broker) -> None:
+    mqtt_cfg = replace(
+        MqttConfig(), host="localhost", port=broker.port, tls=True, ca_file=broker.certs["ca"]
+    )
+    link = MqttLink(mqtt_cfg, NODE, on_request=refuse)
+    link.start()
+    try:
+        wait_for(lambda: link.stats().connected, what="a TLS connection")
+        with Subscriber(broker, [RESULTS]).tls(broker.certs["ca"]) as sub:
+            link.publish_result(result(7))
+            (msg,) = sub.wait_for(RESULTS)
+            assert json.loads(msg.payload)["result"] == {"seq": 7}
+    finally:
+        link.stop()
 
 
-def test_tls_refuses_a_broker_the_ca_did_not_sign(tmp_path: Path) -> None:
+@pytest.mark.broker(tls=True)
+def test_tls_refuses_a_broker_the_ca_did_not_sign(tmp_path: Path, broker: Broker) -> None:
     other = tmp_path / "other-ca.crt"
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
          "-subj", "/CN=other", "-keyout", str(tmp_path / "other.key"), "-out", str(other)],
         check=True, capture_output=True, timeout=60,
     )  # fmt: skip
-    with Broker(tmp_path, tls=True) as broker:
-        mqtt_cfg = replace(
-            MqttConfig(), host="localhost", port=broker.port, tls=True, ca_file=other
-        )
-        link = MqttLink(mqtt_cfg, NODE, on_request=refuse)
-        link.start()
-        try:
-            wait_for(lambda: "certificate verify failed" in broker.log() or "error" in broker.log().lower(),
-                       what="the handshake to fail")  # fmt: skip
-            assert not link.stats().connected
-        finally:
-            link.stop()
+    mqtt_cfg = replace(MqttConfig(), host="localhost", port=broker.port, tls=True, ca_file=other)
+    link = MqttLink(mqtt_cfg, NODE, on_request=refuse)
+    link.start()
+    try:
+        wait_for(lambda: "certificate verify failed" in broker.log() or "error" in broker.log().lower(),
+                   what="the handshake to fail")  # fmt: skip
+        assert not link.stats().connected
+    finally:
+        link.stop()
 
 
+@pytest.mark.broker(users={"edge": "right"})
 def test_wrong_password_is_refused_logged_and_retried(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR, logger="edgetpud.mqtt")
     secret = tmp_path / "password"
     secret.write_text("wrong\n")
     secret.chmod(0o600)
-    with Broker(tmp_path, users={"edge": "right"}) as broker:
-        link = link_for(broker, username="edge", password_file=secret)
-        link.start()
-        try:
-            wait_for(
-                lambda: broker.log().count("not authorised") >= 3,
-                timeout=60,
-                what="three refused attempts at the broker",
-            )
-            assert not link.stats().connected
-            said = [
-                r.getMessage() for r in caplog.records if "refused user 'edge'" in r.getMessage()
-            ]
-            # retried, but said once: the next line comes at the 10th attempt, not every 30 s
-            assert len(said) == 1, said
-            assert "(attempt 1)" in said[0]
-            assert f"127.0.0.1:{broker.port}" in said[0]
-            assert str(secret) in said[0]
-            with Subscriber(broker, [STATUS]).login("edge", "right") as sub:
-                assert sub.on(STATUS) == []  # never "online" after a refusal
-        finally:
-            link.stop()
-        # the right password on the first line (a note below it is not part of it): connected
-        secret.write_text("right\n# rotated by the admin, 2026-11\n")
-        link = link_for(broker, username="edge", password_file=secret)
-        link.start()
-        try:
-            wait_for(lambda: link.stats().connected, what="connect with the right password")
-        finally:
-            link.stop()
+    link = link_for(broker, username="edge", password_file=secret)
+    link.start()
+    try:
+        wait_for(
+            lambda: broker.log().count("not authorised") >= 3,
+            timeout=60,
+            what="three refused attempts at the broker",
+        )
+        assert not link.stats().connected
+        said = [r.getMessage() for r in caplog.records if "refused user 'edge'" in r.getMessage()]
+        # retried, but said once: the next line comes at the 10th attempt, not every 30 s
+        assert len(said) == 1, said
+        assert "(attempt 1)" in said[0]
+        assert f"127.0.0.1:{broker.port}" in said[0]
+        assert str(secret) in said[0]
+        with Subscriber(broker, [STATUS]).login("edge", "right") as sub:
+            assert sub.on(STATUS) == []  # never "online" after a refusal
+    finally:
+        link.stop()
+    # the right password on the first line (a note below it is not part of it): connected
+    secret.write_text("right\n# rotated by the admin, 2026-11\n")
+    link = link_for(broker, username="edge", password_file=secret)
+    link.start()
+    try:
+        wait_for(lambda: link.stats().connected, what="connect with the right password")
+    finally:
+        link.stop()
 
 
 def _read_packet(conn: Any) -> tuple[int, bytes]:

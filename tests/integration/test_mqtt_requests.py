@@ -13,7 +13,6 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -92,12 +91,6 @@ class Consumer:
     def close(self) -> None:
         self.q.put(None)
         self.thread.join(10)
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Broker]:
-    with Broker(tmp_path) as b:
-        yield b
 
 
 def make_link(broker: Broker, consumer: Consumer, **cfg: Any) -> MqttLink:
