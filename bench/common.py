@@ -217,26 +217,19 @@ class Rig:
         return out
 
     def config(self, models: str, *, qos: int = 0, extra: str = "", debounce: str = "300ms") -> str:
-        return f"""
-[daemon]
-node_id = "{NODE}"
-state_dir = "{self.tmp / "state"}"
-health_interval = "1s"
-stall_timeout = "5s"
-drain_timeout = "5s"
-log_level = "warning"
-[mqtt]
-host = "127.0.0.1"
-port = {self.broker.port}
-topic_prefix = "{PREFIX}"
-qos = {qos}
-[runtime]
-library = "{FAKE_LIB}"
-[devices]
-firmware_debounce = "{debounce}"
-{extra}
-{models}
-"""
+        from tests.support.daemon import config_toml
+
+        return config_toml(
+            node=NODE,
+            state_dir=self.tmp / "state",
+            port=self.broker.port,
+            prefix=PREFIX,
+            library=FAKE_LIB,
+            daemon='stall_timeout = "5s"\ndrain_timeout = "5s"\nlog_level = "warning"\n',
+            mqtt=f"qos = {qos}\n",
+            devices=f'firmware_debounce = "{debounce}"\n',
+            rest=f"{extra}\n{models}",
+        )
 
     def daemon(self, models: str, *, qos: int = 0, extra: str = "", debounce: str = "300ms") -> Any:
         from tests.support.daemon import Daemon

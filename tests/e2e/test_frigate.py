@@ -28,7 +28,7 @@ import pytest
 from PIL import Image
 
 from tests.support.broker import Broker, Subscriber
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, config_toml
 from tests.support.fakelib import Control
 from tests.support.frigate import FrigateClient, Reply, expected_rows
 from tests.support.polling import wait_for
@@ -61,27 +61,20 @@ def assert_detections(rows: np.ndarray, expected: np.ndarray = EXPECTED) -> None
 
 
 def config(tmp: Path, port: int, models: str, *, fake_lib: Path | None = None) -> str:
-    runtime = f'[runtime]\nlibrary = "{fake_lib}"\n' if fake_lib else ""
-    return f"""
-[daemon]
-node_id = "{NODE}"
-state_dir = "{tmp / "state"}"
-health_interval = "1s"
-drain_timeout = "5s"
-log_level = "info"
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-topic_prefix = "{PREFIX}"
-{runtime}
-[devices]
-firmware_debounce = "300ms"
-[frigate]
+    return config_toml(
+        node=NODE,
+        state_dir=tmp / "state",
+        port=port,
+        prefix=PREFIX,
+        library=fake_lib,
+        daemon='drain_timeout = "5s"\nlog_level = "info"\n',
+        devices='firmware_debounce = "300ms"\n',
+        rest=f"""[frigate]
 endpoint = "ipc://{tmp}/frigate.sock"
 model = "doorcam"
 request_timeout = "{TIMEOUT_MS}ms"
-{models}
-"""
+{models}""",
+    )
 
 
 def cpu_model_table(model: Path, threshold: float = 0.4) -> str:

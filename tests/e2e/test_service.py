@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from tests.support.broker import Broker, Subscriber
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, config_toml
 from tests.support.fakelib import Control
 from tests.support.polling import wait_for
 from tests.support.umock import Testbed, in_mock_environment
@@ -48,26 +48,16 @@ def small_png(seed: int = 0) -> bytes:
 def config_text(
     tmp: Path, port: int, models_dir: Path, fake_lib: Path, *, models: str, extra: str = ""
 ) -> str:
-    return f"""
-[daemon]
-node_id = "{NODE}"
-state_dir = "{tmp / "state"}"
-health_interval = "1s"
-stall_timeout = "1500ms"
-drain_timeout = "10s"
-log_level = "info"
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-topic_prefix = "{PREFIX}"
-[runtime]
-library = "{fake_lib}"
-[devices]
-firmware_debounce = "2s"
-quarantine_backoff = "60s"
-{extra}
-{models.format(m=models_dir)}
-"""
+    return config_toml(
+        node=NODE,
+        state_dir=tmp / "state",
+        port=port,
+        prefix=PREFIX,
+        library=fake_lib,
+        daemon='stall_timeout = "1500ms"\ndrain_timeout = "10s"\nlog_level = "info"\n',
+        devices='firmware_debounce = "2s"\nquarantine_backoff = "60s"\n',
+        rest=f"{extra}\n{models.format(m=models_dir)}",
+    )
 
 
 THREE_MODELS = """

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import Broker, Subscriber, make_certs
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, config_toml
 from tests.support.polling import wait_for
 
 NODE = "box"
@@ -36,19 +36,15 @@ def daemon_config(tmp: Path, broker: Broker, mqtt_tls: str, models_dir: Path | N
         if models_dir
         else ""
     )
-    return f"""
-[daemon]
-node_id = "{NODE}"
-state_dir = "{tmp / "state"}"
-health_interval = "1s"
-[mqtt]
-host = "127.0.0.1"
-port = {broker.port}
-topic_prefix = "tlstest"
-{mqtt_tls}
-[runtime]
-library = "{tmp / "no-libedgetpu.so.1"}"
-{model}"""
+    return config_toml(
+        node=NODE,
+        state_dir=tmp / "state",
+        port=broker.port,
+        prefix="tlstest",
+        library=tmp / "no-libedgetpu.so.1",
+        mqtt=mqtt_tls,
+        rest=model,
+    )
 
 
 def tls_lines(ca: Path, cert: Path | None = None, key: Path | None = None) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import Broker, Subscriber
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, config_toml
 from tests.support.polling import wait_for
 
 PREFIX = "sec"
@@ -36,24 +36,16 @@ def daemon_config(tmp: Path, broker: Broker, models_dir: Path, password_file: Pa
     tls = ""
     if broker.certs:
         tls = f'tls = true\nca_file = "{broker.certs["ca"]}"\n'
-    return f"""
-[daemon]
-node_id = "{NODE}"
-state_dir = "{tmp / "state"}"
-health_interval = "1s"
-[mqtt]
-host = "127.0.0.1"
-port = {broker.port}
-topic_prefix = "{PREFIX}"
-username = "edge"
-password_file = "{password_file}"
-{tls}
-[runtime]
-library = "{tmp / "no-libedgetpu.so.1"}"
-[models.colours]
-model = "{models_dir}/mobilenet_v1_0.25_128_quant.tflite"
-device = "cpu"
-"""
+    return config_toml(
+        node=NODE,
+        state_dir=tmp / "state",
+        port=broker.port,
+        prefix=PREFIX,
+        library=tmp / "no-libedgetpu.so.1",
+        mqtt=f'username = "edge"\npassword_file = "{password_file}"\n{tls}',
+        rest=f'[models.colours]\nmodel = "{models_dir}/mobilenet_v1_0.25_128_quant.tflite"\n'
+        'device = "cpu"\n',
+    )
 
 
 def secret(tmp: Path, text: str) -> Path:

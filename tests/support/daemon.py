@@ -6,6 +6,9 @@ message. It inherits the test's environment, so under `umockdev-wrapper` the
 daemon sees the test's umockdev testbed and its uevents.
 
 Pair it with `tests.support.broker.Broker` and `Subscriber` for MQTT.
+
+`config_toml` is the tests' one writer of a daemon config: the keys every test daemon
+shares (node, state_dir, a 1 s health interval, a broker on 127.0.0.1) and what a test adds.
 """
 
 from __future__ import annotations
@@ -22,6 +25,40 @@ from pathlib import Path
 from tests.support.polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def config_toml(
+    *,
+    node: str,
+    state_dir: Path,
+    port: int | str,
+    prefix: str,
+    library: Path | str | None = None,
+    daemon: str = "",
+    mqtt: str = "",
+    devices: str | None = None,
+    rest: str = "",
+) -> str:
+    """A daemon config: [daemon] with node_id, state_dir, health_interval = "1s" and the lines
+    `daemon`; [mqtt] on 127.0.0.1:`port` under `prefix` with the lines `mqtt`; [runtime] with
+    `library` if given; [devices] with the lines `devices` if given; then `rest` (more
+    sections: models, frigate, fleet ...) as it is."""
+    runtime = f'[runtime]\nlibrary = "{library}"\n' if library is not None else ""
+    devices_table = f"[devices]\n{devices}" if devices is not None else ""
+    return f"""
+[daemon]
+node_id = "{node}"
+state_dir = "{state_dir}"
+health_interval = "1s"
+{daemon}
+[mqtt]
+host = "127.0.0.1"
+port = {port}
+topic_prefix = "{prefix}"
+{mqtt}
+{runtime}{devices_table}
+{rest}
+"""
 
 
 class Daemon:

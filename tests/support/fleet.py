@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.support.broker import Broker
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, config_toml
 from tests.support.fakelib import Control
 
 PREFIX = "fleet"
@@ -48,26 +48,17 @@ def node_config(
     waiting_timeout: str = "30s",
 ) -> str:
     ports = ", ".join(f'"{p}"' for p in allow)
-    return f"""
-[daemon]
-node_id = "{name}"
-state_dir = "{workdir / "state"}"
-health_interval = "1s"
-stall_timeout = "5s"
-drain_timeout = "5s"
-waiting_timeout = "{waiting_timeout}"
-log_level = "info"
-[mqtt]
-host = "127.0.0.1"
-port = {port}
-topic_prefix = "{PREFIX}"
-qos = 1
-[runtime]
-library = "{fake_lib}"
-[devices]
-allow = [{ports}]
-firmware_debounce = "1s"
-[fleet]
+    return config_toml(
+        node=name,
+        state_dir=workdir / "state",
+        port=port,
+        prefix=PREFIX,
+        library=fake_lib,
+        daemon=f'stall_timeout = "5s"\ndrain_timeout = "5s"\nwaiting_timeout = "{waiting_timeout}"\n'
+        'log_level = "info"\n',
+        mqtt="qos = 1\n",
+        devices=f'allow = [{ports}]\nfirmware_debounce = "1s"\n',
+        rest=f"""[fleet]
 group = "{group}"
 [models.{MODEL}]
 model = "{models_dir / MODEL_FILE}"
@@ -77,7 +68,8 @@ queue_size = {queue_size}
 [models.{MODEL}.postprocess]
 type = "classify"
 top_k = 1
-"""
+""",
+    )
 
 
 @dataclass
