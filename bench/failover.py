@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 
 from bench import common
-from bench.loadgen import LoadGen
-from tests.support.polling import wait_for
+from bench.loadgen import LoadGen, around_a_fault
 
 NAME = "failover"
 TARGET_MS = 500.0
@@ -50,32 +49,19 @@ def one_trial(rate: float, before: float, after: float) -> dict[str, Any]:
         )
         r.daemon(models, qos=1)
         gen = LoadGen(r.broker.host, r.broker.port, common.BASE)
-        try:
-            n = 0
+        old = ""
 
-            def send_for(seconds: float) -> None:
-                nonlocal n
-                due = time.monotonic()
-                end = due + seconds
-                while due < end:
-                    for m in MODELS:
-                        gen.send(m, f"{m}-{n}", payloads[m])
-                    n += 1
-                    due += 1.0 / rate
-                    time.sleep(max(0.0, due - time.monotonic()))
-
-            send_for(before)
-            wait_for(lambda: gen.answered() >= len(MODELS) * 10, 60, "replies")
+        def unplug() -> float:
+            nonlocal old
             old = [x.device for x in gen.replies.values() if x.rid.startswith("moved-")][-1]
-            t_unplug = time.time()
+            t = time.time()
             r.tb.unplug(paths[old])
-            send_for(after)
-            sent = len(gen.sent)
-            wait_for(lambda: gen.answered() >= sent, 60, "every reply (none lost)")
-            lost = sent - gen.answered()
-        except AssertionError:
-            lost = len(gen.sent) - gen.answered()
-            raise RuntimeError(f"{lost} request(s) never answered") from None
+            return t
+
+        try:
+            t_unplug, sent, lost = around_a_fault(
+                gen, payloads, unplug, rate=rate, before=before, after=after
+            )
         finally:
             gen.stop()
     replies = list(gen.replies.values())

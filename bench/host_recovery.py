@@ -27,8 +27,7 @@ from typing import Any
 import numpy as np
 
 from bench import common
-from bench.loadgen import LoadGen
-from tests.support.polling import wait_for
+from bench.loadgen import LoadGen, around_a_fault
 
 NAME = "host_recovery"
 TARGET_MS = 1000.0
@@ -65,34 +64,21 @@ def one_trial(rate: float, before: float, after: float) -> dict[str, Any]:
         models = "".join(common.model_table(m, f, device=pinned[m]) for m, (f, _) in MODELS.items())
         d = r.daemon(models, qos=1)
         gen = LoadGen(r.broker.host, r.broker.port, common.BASE)
-        try:
-            n = 0
+        victim = 0
 
-            def send_for(seconds: float) -> None:
-                nonlocal n
-                due = time.monotonic()
-                end = due + seconds
-                while due < end:
-                    for m in MODELS:
-                        gen.send(m, f"{m}-{n}", payloads[m])
-                    n += 1
-                    due += 1.0 / rate
-                    time.sleep(max(0.0, due - time.monotonic()))
-
-            send_for(before)
-            wait_for(lambda: gen.answered() >= len(MODELS) * 10, 60, "replies")
+        def abort() -> float:
+            nonlocal victim
             victim = host_pid(d.proc.pid, pinned["aborted"])
-            t_abort = time.time()
+            t = time.time()
             os.kill(victim, signal.SIGABRT)
-            send_for(after)
-            sent = len(gen.sent)
-            wait_for(lambda: gen.answered() >= sent, 60, "every reply (none lost)")
-            lost = sent - gen.answered()
+            return t
+
+        try:
+            t_abort, sent, lost = around_a_fault(
+                gen, payloads, abort, rate=rate, before=before, after=after
+            )
             restarted = host_pid(d.proc.pid, pinned["aborted"])
             daemon_alive = d.proc.poll() is None
-        except AssertionError:
-            lost = len(gen.sent) - gen.answered()
-            raise RuntimeError(f"{lost} request(s) never answered") from None
         finally:
             gen.stop()
     replies = list(gen.replies.values())

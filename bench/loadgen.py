@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench.rawmqtt import CONTENT_TYPE, CORRELATION_DATA, RESPONSE_TOPIC, Message, RawClient
+from tests.support.polling import wait_for
 
 
 @dataclass
@@ -85,3 +87,43 @@ class LoadGen:
 
     def stop(self) -> None:
         self.client.close()
+
+
+def around_a_fault(
+    gen: LoadGen,
+    payloads: dict[str, bytes],
+    fault: Callable[[], float],
+    *,
+    rate: float,
+    before: float,
+    after: float,
+) -> tuple[float, int, int]:
+    """Paced requests to every model of `payloads` (ids `<model>-<n>`, `rate` rounds a
+    second): `before` seconds, then `fault()` once replies come (it does the harm and returns
+    the time.time() it did it at), `after` seconds more; then every reply is awaited.
+    Returns (the fault's time, requests sent, requests lost); raises RuntimeError naming how
+    many requests were never answered."""
+    n = 0
+
+    def send_for(seconds: float) -> None:
+        nonlocal n
+        due = time.monotonic()
+        end = due + seconds
+        while due < end:
+            for m, payload in payloads.items():
+                gen.send(m, f"{m}-{n}", payload)
+            n += 1
+            due += 1.0 / rate
+            time.sleep(max(0.0, due - time.monotonic()))
+
+    try:
+        send_for(before)
+        wait_for(lambda: gen.answered() >= len(payloads) * 10, 60, "replies")
+        t_fault = fault()
+        send_for(after)
+        sent = len(gen.sent)
+        wait_for(lambda: gen.answered() >= sent, 60, "every reply (none lost)")
+    except AssertionError:
+        lost = len(gen.sent) - gen.answered()
+        raise RuntimeError(f"{lost} request(s) never answered") from None
+    return t_fault, sent, sent - gen.answered()
