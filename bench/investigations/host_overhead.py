@@ -7,8 +7,8 @@ process, then N through a `HostSession` in a device host. CPU is user + system t
 /proc of this process and of its children (the host), per invoke. Run it at 0 ms (the
 messages and copies alone) and at 2.6 ms (a real device's wait, so sleeps and wake-ups):
 
-    umockdev-wrapper .venv/bin/python bench/host_overhead.py --invoke-ms 0
-    umockdev-wrapper .venv/bin/python bench/host_overhead.py --invoke-ms 2.6 --count 500
+    umockdev-wrapper .venv/bin/python -m bench.investigations.host_overhead --invoke-ms 0
+    umockdev-wrapper .venv/bin/python -m bench.investigations.host_overhead --invoke-ms 2.6 --count 500
 """
 
 from __future__ import annotations
@@ -22,15 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-import common  # noqa: E402
-
-from edgetpud.hosts import HostPool  # noqa: E402
-from edgetpud.runtime import open_session  # noqa: E402
-from tests.support.fakelib import CONTROL_ENV, Accelerators, Control  # noqa: E402
+from bench import common
+from edgetpud.hosts import HostPool
+from edgetpud.runtime import open_session
+from tests.support.fakelib import CONTROL_ENV, Accelerators, Control
 
 MODEL = common.MODELS / "mobilenet_v1_0.25_128_quant_edgetpu.tflite"
 
