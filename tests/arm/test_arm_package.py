@@ -25,7 +25,7 @@ import pytest
 
 from tests.support.broker import Broker, Subscriber
 from tests.support.chroot import Chroot
-from tests.support.daemon import wait_for
+from tests.support.polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DEB_DIR = Path(os.environ.get("EDGETPUD_DEB_DIR", ROOT / "build" / "deb"))
