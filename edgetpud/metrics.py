@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -132,13 +132,20 @@ class _SnapshotCollector:
         health = self._metrics.snapshot
         if not health:
             return
-        yield from _daemon(health.get("daemon") or {})
-        yield from _models(health.get("models") or {})
-        yield from _devices(health.get("devices") or [])
-        yield from _buses(health.get("buses") or [])
-        yield from _hosts(health.get("hosts") or [])
-        yield from _mqtt(health.get("mqtt") or {})
-        yield from _frigate(health.get("frigate") or {})
+        sections: tuple[tuple[Callable[[Any], Iterator[Metric]], str, Any], ...] = (
+            (_daemon, "daemon", {}),
+            (_models, "models", {}),
+            (_devices, "devices", []),
+            (_buses, "buses", []),
+            (_hosts, "hosts", {}),
+            (_mqtt, "mqtt", {}),
+            (_frigate, "frigate", {}),
+        )
+        for render, key, empty in sections:
+            try:  # one section of an unexpected shape costs its own series, not the scrape
+                yield from list(render(health.get(key) or empty))
+            except Exception:
+                log.exception("metrics: could not render the %s section of health", key)
 
 
 def _daemon(d: Mapping[str, Any]) -> Iterator[Metric]:
@@ -252,15 +259,22 @@ def _buses(buses: list[Mapping[str, Any]]) -> Iterator[Metric]:
     yield from (rate, traffic, count)
 
 
-def _hosts(hosts: list[Mapping[str, Any]]) -> Iterator[Metric]:
+def _hosts(hosts: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:
+    """health["hosts"]: {device: {pid, state, restarts, deaths, last_exit, sessions}}."""
     restarts = CounterMetricFamily(
         f"{PREFIX}_device_host_restarts",
         "Restarts of the process that runs a device's runtime (aborts, hangs, kills).",
         labels=["device"],
     )
-    for host in hosts:
-        restarts.add_metric([str(host.get("device", ""))], float(host.get("restarts") or 0))
-    yield restarts
+    up = GaugeMetricFamily(
+        f"{PREFIX}_device_host_up",
+        "1 while the device's host process runs, 0 while it is restarting or given up.",
+        labels=["device"],
+    )
+    for device, host in sorted(hosts.items()):
+        restarts.add_metric([str(device)], float(host.get("restarts") or 0))
+        up.add_metric([str(device)], 1.0 if host.get("state") == "running" else 0.0)
+    yield from (restarts, up)
 
 
 def _mqtt(m: Mapping[str, Any]) -> Iterator[Metric]:

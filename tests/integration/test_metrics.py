@@ -54,6 +54,20 @@ HEALTH: dict[str, Any] = {
             "dropped": 7,
         },
     },
+    "hosts": {
+        "usb:2-1": {
+            "pid": 4242,
+            "state": "running",
+            "restarts": 2,
+            "deaths": 2,
+            "last_exit": "aborted",
+            "sessions": 1,
+        }
+    },
+    "frigate": {
+        "state": "serving",
+        "clients": {"frigate-1": {"answered": 9, "empty": 1, "expired": 0}},
+    },
     "mqtt": {
         "connected": True,
         "backlog": 4,
@@ -125,6 +139,10 @@ def test_results_and_health_become_prometheus_series(server: MetricsServer) -> N
     assert got[("edgetpud_mqtt_backlog_messages", ())] == 4
     assert got[("edgetpud_mqtt_requests_refused_total", (("reason", "busy"),))] == 2
     assert got[("edgetpud_usb_bus_bytes_per_second", (("bus", "2"),))] == 6e6
+    assert got[("edgetpud_device_host_restarts_total", (("device", "usb:2-1"),))] == 2
+    assert got[("edgetpud_device_host_up", (("device", "usb:2-1"),))] == 1
+    frigate = (("client", "frigate-1"), ("outcome", "answered"))
+    assert got[("edgetpud_frigate_requests_total", frigate)] == 9
     info = [k for k in got if k[0] == "edgetpud_device_info"]
     assert (
         "edgetpud_device_info",
@@ -181,3 +199,12 @@ def test_close_is_idempotent_and_frees_the_port() -> None:
     srv.close()
     again = MetricsServer(Metrics(), f"127.0.0.1:{port}")
     again.close()
+
+
+def test_a_section_of_an_unexpected_shape_costs_only_its_own_series(server: MetricsServer) -> None:
+    server.metrics.observe(result("birds", "usb:2-1"))
+    server.metrics.update({**HEALTH, "hosts": ["not", "a", "mapping"]})
+    got = samples(scrape(server)[0])
+    assert not [k for k in got if k[0].startswith("edgetpud_device_host")]
+    assert got[("edgetpud_queue_depth", (("model", "birds"),))] == 3
+    assert got[("edgetpud_inferences_total", (("device", "usb:2-1"), ("model", "birds")))] == 1
