@@ -264,18 +264,24 @@ def tree_cpu_s(pid: int) -> float:
     return sum(cpu_split_s(pid))
 
 
-def cpu_split_s(pid: int) -> tuple[float, float]:
-    """(CPU seconds of `pid` itself, of its descendants living or reaped), user + system."""
-    tick = os.sysconf("SC_CLK_TCK")
-    stats: dict[int, tuple[int, list[str]]] = {}
+def processes() -> dict[int, list[str]]:
+    """Every process now running: pid -> the fields of /proc/<pid>/stat after its name
+    (fields[0] the state, fields[1] the parent's pid)."""
+    out: dict[int, list[str]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+            out[int(entry)] = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
         except OSError:
             continue
-        stats[int(entry)] = (int(fields[1]), fields)
+    return out
+
+
+def cpu_split_s(pid: int) -> tuple[float, float]:
+    """(CPU seconds of `pid` itself, of its descendants living or reaped), user + system."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats = {p: (int(fields[1]), fields) for p, fields in processes().items()}
     own = children = 0
     todo = [pid]
     while todo:

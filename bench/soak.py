@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import processes
 from tests.conftest import FAKE_LIB, SHARED_MODELS
 from tests.e2e.test_service import BASE, Rig, usb_root
 from tests.support.faults import fault_rig, open_fds, rss_kb, threads
@@ -78,17 +79,7 @@ def main() -> int:
 
 def daemon_children(pid: int) -> list[int]:
     """Processes still running whose parent was the daemon (device hosts left behind)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.append(int(entry))
-    return out
+    return [p for p, fields in processes().items() if int(fields[1]) == pid and fields[0] != "Z"]
 
 
 def soak(rig: Rig, args: argparse.Namespace) -> dict[str, Any]:
