@@ -126,7 +126,9 @@ class Supervisor:
 
     def _start(self) -> None:
         self._check_runtime()
-        self._start_link(self._new_link(self.cfg))
+        link = self._new_link(self.cfg)
+        self.mqtt = link  # built but not connected: events wait in its outbox
+        self.models.link = link
         self.watcher = self.parts.watcher_factory()
         self.placer.watcher = self.watcher
         for dev in self.watcher.start():
@@ -135,6 +137,10 @@ class Supervisor:
         for name, mcfg in self.cfg.models.items():
             self.models.create(name, mcfg)
         self.placer.replan("start")
+        # Connect (subscribe, then say `online`) only now that every configured model is
+        # in the admission table: a request sent the moment `online` arrives is served,
+        # not answered `unknown_model`.
+        self._start_link(link)
         for component in self.parts.components:
             component.start()
         self._publish_health(force=True)

@@ -398,3 +398,39 @@ def test_a_reload_of_devices_performance_rejudges_power_and_reopens_models(rig: 
     wait_for(lambda: [r for r in reasons() if "900 mA" in r], 30, "the 900 mA warning")
     wait_for(lambda: d.log().count("model alpha: worker started on") == 2, 30, "alpha reopened")
     assert d.stop() == 0
+
+
+def test_a_request_sent_the_moment_online_arrives_is_served(rig: Rig) -> None:
+    """A client that waits for the retained-less live `online` and sends at once must get
+    an answer from the model, not `unknown_model`: the daemon connects only once every
+    configured model is in its admission table (found under emulation, where loading the
+    models takes seconds)."""
+    root = usb_root(rig.tb)
+    rig.tb.add_accelerator(root, 1)
+    sent: list[str] = []
+    client = rig.sub.client
+    inner = client.on_message
+
+    def on_message(c: Any, userdata: Any, msg: Any) -> None:
+        inner(c, userdata, msg)
+        if msg.topic == f"{BASE}/status" and msg.payload == b"online" and not sent:
+            sent.append("first")
+            for name in ("alpha", "beta", "gamma"):  # from paho's thread: no delay at all
+                c.publish(f"{BASE}/models/{name}/infer", small_png(1), qos=1)
+
+    client.on_message = on_message
+    d = rig.daemon()
+    d.wait_ready()
+    wait_for(lambda: sent, 60, "online")
+
+    def answers() -> list[dict[str, Any]]:
+        return [
+            json.loads(m.payload)
+            for name in ("alpha", "beta", "gamma")
+            for m in rig.sub.on(f"{BASE}/models/{name}/results")
+        ]
+
+    got = wait_for(lambda: len(answers()) >= 3 and answers(), 60, "three answers")
+    assert [a.get("reason") for a in got if a.get("reason")] == [], got
+    assert all(a["schema"] == "edgetpud.result/1" for a in got), got
+    assert d.stop() == 0
