@@ -96,10 +96,12 @@ soak: $(STAMPS)/venv $(FAKE_LIB)
 test-paho16: $(STAMPS)/paho16
 	$(PAHO16)/bin/python -m pytest -p no:cacheprovider $(MQTT_TESTS)
 
-# MODELS=DIR adds Coral's MobileNet and DIR's .bmp images, e.g. make demo MODELS=../shared/models
-demo: $(STAMPS)/venv
+# The story on simulated accelerators (umockdev + the test libedgetpu): CPU, plug in, host
+# abort, unplug, every request answered. Needs Coral's MobileNet and cat.bmp in
+# ../shared/models or MODELS=DIR (demo/run_demo.py says so when they are missing).
+demo: $(STAMPS)/venv $(FAKE_LIB)
 	$(BIN)/edgetpud check-config etc/edgetpud/edgetpud.toml
-	$(BIN)/python demo/run_demo.py $(if $(MODELS),--models $(MODELS))
+	umockdev-wrapper $(BIN)/python demo/run_demo.py $(if $(MODELS),--models $(MODELS))
 
 clean:
 	rm -rf build $(STAMPS) .mypy_cache .pytest_cache .ruff_cache

@@ -1,254 +1,321 @@
-"""`make demo`: the whole daemon, end to end, on a machine with no Edge TPU.
+"""`make demo`: the daemon's story on a machine with no Edge TPU, every step as it happens.
 
-Starts a private mosquitto on a free loopback port, writes the demo model (an
-image's dominant colour) with demo/colour_model.py, runs `edgetpud run` with a
-config whose model falls back to the CPU, waits for systemd-style READY=1, sends
-images as MQTT requests, prints each result as it arrives, then stops everything
-cleanly (SIGTERM: the daemon drains, publishes `offline` and exits 0).
+There is no accelerator here, so the demo simulates one: umockdev (run under
+`umockdev-wrapper`) makes a Coral USB Accelerator appear in sysfs and /dev, and the test
+libedgetpu (tests/native/fake_edgetpu.c, build/libfake_edgetpu.so) answers for it, taking a
+few milliseconds per invoke and failing the way the real libedgetpu does. The daemon itself,
+its device hosts, mosquitto and the model are real.
 
-    python demo/run_demo.py                 # the colour model and generated images
-    python demo/run_demo.py --models DIR    # also Coral's MobileNet on DIR's .bmp images
+The story, with a steady 20 requests/s throughout:
+  1. edgetpud starts with no accelerator: the model is served on the CPU;
+  2. an accelerator is plugged in: the model moves onto it;
+  3. libedgetpu aborts its device host (a failed USB transfer): the host is restarted;
+  4. the accelerator is unplugged: the model falls back to the CPU;
+and at the end: every request sent was answered.
+
+    umockdev-wrapper python demo/run_demo.py           # what `make demo` runs
+    umockdev-wrapper python demo/run_demo.py --models DIR
+
+It reuses the test suite's helpers (tests/support) for the broker, the daemon subprocess,
+the fake library's control file and the umockdev testbed.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import paho.mqtt.client as mqtt
-from PIL import Image
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "demo"))
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import colour_model
+
+from tests.support.broker import Broker, Subscriber  # noqa: E402
+from tests.support.daemon import Daemon, config_toml  # noqa: E402
+from tests.support.fakelib import Control  # noqa: E402
+from tests.support.umock import in_mock_environment, testbed  # noqa: E402
 
 PREFIX = "demo"
 NODE = "demo-box"
-READY_TIMEOUT = 60.0
-RESULT_TIMEOUT = 60.0
+BASE = f"{PREFIX}/{NODE}"
+MODEL = "classifier"
+RATE = 20.0  # requests per second
+FAKE_LIB = ROOT / "build" / "libfake_edgetpu.so"
+SHARED = ROOT.parent / "shared" / "models"
+STEP_TIMEOUT = 60.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
-def start_broker(work: Path) -> tuple[subprocess.Popen[bytes], int]:
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(exe).exists():
-        sys.exit("mosquitto is not installed: apt-get install mosquitto (make demo installs it)")
-    port = free_port()
-    conf = work / "mosquitto.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    proc = subprocess.Popen(
-        [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+class Story:
+    """The broker-side view: what a user subscribed to the daemon's topics sees."""
+
+    def __init__(self, sub: Subscriber, image: bytes) -> None:
+        self.sub = sub
+        self.image = image
+        self.sent: list[str] = []
+        self.stop = threading.Event()
+        self.sender = threading.Thread(target=self._send, name="demo:sender", daemon=True)
+
+    def _send(self) -> None:
+        next_at = time.monotonic()
+        while not self.stop.is_set():
+            rid = f"req-{len(self.sent) + 1}"
+            self.sent.append(rid)
+            self.sub.publish(
+                f"{BASE}/models/{MODEL}/infer", self.image, CorrelationData=rid.encode()
+            )
+            next_at += 1.0 / RATE
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+    def results(self) -> list[dict[str, Any]]:
+        return [json.loads(m.payload) for m in self.sub.on(f"{BASE}/models/{MODEL}/results")]
+
+    def health(self) -> dict[str, Any]:
+        msgs = self.sub.on(f"{BASE}/health")
+        return json.loads(msgs[-1].payload) if msgs else {}
+
+    def placement(self) -> list[str]:
+        return list(self.health().get("models", {}).get(MODEL, {}).get("devices", []))
+
+    def events(self, kind: str) -> list[dict[str, Any]]:
+        out = [json.loads(m.payload) for m in self.sub.on(f"{BASE}/events")]
+        return [e for e in out if e.get("event") == kind]
+
+    def progress(self) -> str:
+        results = self.results()
+        answered = {r.get("request_id") for r in results}
+        last = results[-1] if results else {}
+        top = last.get("result") or {}
+        classes = top if isinstance(top, list) else top.get("classes", [])
+        label = f"{classes[0]['label']} {classes[0]['score']:.2f}" if classes else "-"
+        return (
+            f"    sent {len(self.sent):>4}, answered {len(answered):>4}; "
+            f"last result: {label} from {last.get('device', '-')}"
+        )
+
+    def wait(self, what: str, check: Callable[[], Any], timeout: float = STEP_TIMEOUT) -> Any:
+        """Poll `check` until it returns something true, printing the count every second."""
+        deadline = time.monotonic() + timeout
+        shown = time.monotonic()
+        while time.monotonic() < deadline:
+            found = check()
+            if found:
+                return found
+            if time.monotonic() - shown >= 1.0:
+                print(self.progress(), flush=True)
+                shown = time.monotonic()
+            time.sleep(0.1)
+        raise SystemExit(f"demo: gave up after {timeout:.0f} s waiting for {what}")
+
+    def served_from(self, device: str, after: int) -> bool:
+        """A result from `device` for a request sent after the first `after` requests."""
+        late = {f"req-{i}" for i in range(after + 1, len(self.sent) + 1)}
+        return any(
+            r.get("device") == device and r.get("request_id") in late for r in self.results()
+        )
+
+
+def linger(story: Story, seconds: float = 3.0) -> None:
+    """Let the requests flow for a few seconds, printing the count as it goes up."""
+    for _ in range(int(seconds)):
+        time.sleep(1.0)
+        print(story.progress(), flush=True)
+
+
+def models_toml(args: argparse.Namespace, work: Path) -> tuple[str, bytes]:
+    """The model table and the image every request carries."""
+    folder: Path | None = args.models or (SHARED if SHARED.is_dir() else None)
+    if folder is not None and (folder / "mobilenet_v1_0.25_128_quant_edgetpu.tflite").is_file():
+        say(f"model: Coral's MobileNet v1 from {folder}; every request is cat.bmp")
+        return (
+            f"""
+[models.{MODEL}]
+model = "{folder}/mobilenet_v1_0.25_128_quant_edgetpu.tflite"
+cpu_model = "{folder}/mobilenet_v1_0.25_128_quant.tflite"
+labels = "{folder}/imagenet_labels.txt"
+queue_size = 1000
+[models.{MODEL}.postprocess]
+type = "classify"
+top_k = 1
+""",
+            (folder / "cat.bmp").read_bytes(),
+        )
+    raise SystemExit(
+        "demo: the story needs a model compiled for the Edge TPU and its CPU build: Coral's\n"
+        "  mobilenet_v1_0.25_128_quant{,_edgetpu}.tflite, imagenet_labels.txt and cat.bmp\n"
+        f"  (github.com/google-coral/test_data). Not found in {folder or SHARED}: put them there\n"
+        "  or run `make demo MODELS=DIR`. (demo/colour_model.py is a CPU build: edgetpud keeps\n"
+        "  it on the CPU, so no accelerator could take it over.)"
     )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    sys.exit(f"mosquitto did not start on port {port}")
-
-
-def demo_images(folder: Path) -> list[tuple[str, Path]]:
-    """A few pictures whose dominant colour a person can see at a glance."""
-    rng = np.random.default_rng(7)
-    out = []
-    for name, rgb in [("tomato", (200, 40, 35)), ("sky", (60, 90, 210)), ("lawn", (50, 160, 60)),
-                      ("banana", (235, 210, 60)), ("night", (20, 20, 25))]:  # fmt: skip
-        pixels = np.clip(rng.normal(rgb, 18, (120, 160, 3)), 0, 255).astype(np.uint8)
-        pixels[40:80, 60:100] = 255 - pixels[40:80, 60:100]  # a contrasting square: not flat
-        path = folder / f"{name}.png"
-        Image.fromarray(pixels).save(path)
-        out.append(("colours", path))
-    return out
-
-
-def write_config(work: Path, port: int, models: dict[str, dict[str, Any]]) -> Path:
-    lines = [
-        "[daemon]",
-        f'node_id = "{NODE}"',
-        f'state_dir = "{work / "state"}"',
-        'health_interval = "2s"',
-        "[mqtt]",
-        'host = "127.0.0.1"',
-        f"port = {port}",
-        f'topic_prefix = "{PREFIX}"',
-        "[runtime]",
-        "cpu_fallback = true",
-    ]
-    for name, table in models.items():
-        lines.append(f"[models.{name}]")
-        lines += [
-            f'{k} = "{v}"' if isinstance(v, (str, Path)) else f"{k} = {v}"
-            for k, v in table.items()
-            if k != "postprocess"
-        ]
-        lines.append(f"[models.{name}.postprocess]")
-        lines += [
-            f'{k} = "{v}"' if isinstance(v, str) else f"{k} = {v}"
-            for k, v in table["postprocess"].items()
-        ]
-    (work / "state").mkdir(exist_ok=True)
-    path = work / "edgetpud.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def make_client(client_id: str) -> mqtt.Client:
-    try:
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        return mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    except ImportError:  # paho-mqtt 1.6 (Debian 12)
-        return mqtt.Client(client_id=client_id, protocol=mqtt.MQTTv5)
-
-
-def wait_ready(sock: socket.socket, daemon: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT
-    while time.monotonic() < deadline:
-        if daemon.poll() is not None:
-            sys.exit(f"edgetpud exited with {daemon.returncode} before it was ready")
-        try:
-            data = sock.recv(4096).decode()
-        except TimeoutError:
-            continue
-        for line in data.splitlines():
-            if line.startswith("STATUS="):
-                print(f"  systemd status: {line[7:]}")
-        if "READY=1" in data.splitlines():
-            return
-    sys.exit("edgetpud did not report READY=1 in time")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument(
-        "--models", type=Path, help="folder with Coral's MobileNet models and .bmp images"
-    )
+    ap.add_argument("--models", type=Path, help="folder with Coral's MobileNet and cat.bmp")
     args = ap.parse_args()
     if args.models:
         args.models = args.models.resolve()
+    if not in_mock_environment():
+        sys.exit(
+            "demo: run me under umockdev-wrapper (make demo does): it simulates the USB device"
+        )
+    if not FAKE_LIB.is_file():
+        sys.exit(f"demo: {FAKE_LIB} is missing: make build/libfake_edgetpu.so (make demo does)")
     started = time.monotonic()
+    print(
+        "\nThis machine has no Edge TPU: THE ACCELERATORS IN THIS DEMO ARE SIMULATED.\n"
+        "umockdev fakes a Coral USB Accelerator in sysfs and /dev, and a stand-in libedgetpu\n"
+        "(tests/native/fake_edgetpu.c) runs its invokes and fails the way the real one does;\n"
+        "it runs no model, so the scores it returns are made up (the CPU's are real).\n"
+        "edgetpud, its device hosts, mosquitto and the MQTT traffic are real.\n",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory(prefix="edgetpud-demo-") as tmp:
         work = Path(tmp)
-        broker, port = start_broker(work)
-        daemon: subprocess.Popen[bytes] | None = None
-        try:
-            model, labels = colour_model.write(work / "models")
-            models: dict[str, dict[str, Any]] = {
-                "colours": {
-                    "model": model, "cpu_model": model, "labels": labels,
-                    "postprocess": {"type": "classify", "top_k": 1},
-                },
-            }  # fmt: skip
-            requests = demo_images(work)
-            if args.models:
-                mobilenet = args.models / "mobilenet_v1_0.25_128_quant.tflite"
-                if not mobilenet.is_file():
-                    sys.exit(f"{mobilenet} not found; --models must name Coral's test-data folder")
-                tpu_build = args.models / "mobilenet_v1_0.25_128_quant_edgetpu.tflite"
-                models["mobilenet"] = {
-                    "model": tpu_build if tpu_build.is_file() else mobilenet,
-                    "cpu_model": mobilenet,
-                    "labels": args.models / "imagenet_labels.txt",
-                    "postprocess": {"type": "classify", "top_k": 3},
-                }
-                requests += [("mobilenet", p) for p in sorted(args.models.glob("*.bmp"))]
-            cfg = write_config(work, port, models)
-            print(f"mosquitto on 127.0.0.1:{port}; config {cfg}")
-            notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            notify.bind(str(work / "notify.sock"))
-            notify.settimeout(0.5)
-            env = dict(os.environ, NOTIFY_SOCKET=str(work / "notify.sock"))
-            daemon = subprocess.Popen(
-                [sys.executable, "-m", "edgetpud", "run", "--config", str(cfg)], env=env
+        (work / "state").mkdir()
+        control = Control(work / "fake-edgetpu.control")
+        control.set(mode="simulate", invoke_ms=3)
+        models, image = models_toml(args, work)
+        with testbed() as tb, Broker(work, max_queued_messages=0) as broker:
+            sub = Subscriber(broker, [f"{PREFIX}/#"]).start()
+            story = Story(sub, image)
+            text = config_toml(
+                node=NODE,
+                state_dir=work / "state",
+                port=broker.port,
+                prefix=PREFIX,
+                daemon='stall_timeout = "1500ms"\ndrain_timeout = "10s"\n',
+                devices='firmware_debounce = "1s"\nquarantine_backoff = "2s"\n',
+                rest=f'[runtime]\nlibrary = "{FAKE_LIB}"\ncpu_fallback = true\n{models}',
             )
-            wait_ready(notify, daemon)
-            print(
-                f"edgetpud is READY after {time.monotonic() - started:.1f} s; sending {len(requests)} images"
-            )
-            results: dict[str, Any] = {}
-            done = threading.Event()
-            sent: dict[str, str] = {}
-
-            def on_message(client: Any, userdata: Any, msg: Any) -> None:
-                payload = json.loads(msg.payload)
-                rid = payload.get("request_id", "?")
-                results[rid] = payload
-                image = sent.get(rid, rid)
-                output = payload.get("result") or {}
-                classes = output if isinstance(output, list) else output.get("classes", [])
-                top = (
-                    ", ".join(f"{c['label']} {c['score']:.2f}" for c in classes)
-                    or payload.get("error")
-                    or payload.get("reason", "?")
+            daemon = Daemon(work / "daemon", text, env=control.env())
+            try:
+                say(
+                    f"mosquitto on 127.0.0.1:{broker.port}; starting edgetpud (log {daemon.log_path})"
                 )
-                timing = payload.get("timing", {})
+                daemon.start()
+                daemon.wait_ready()
+                assert daemon.proc is not None
+                daemon_pid = daemon.proc.pid
+                status = [s[7:] for s in daemon.said("STATUS=")]
+                say(f"edgetpud is READY (systemd status: {status[-1] if status else '-'})")
+                where = story.wait("the model's placement in health", story.placement)
+                say(f"step 1. no accelerator yet: health places {MODEL} on {where}")
+                say(f"sending {RATE:.0f} requests/s from now until the end")
+                story.sender.start()
+                story.wait("results from the CPU", lambda: story.served_from("cpu", 0))
+                linger(story)
+
+                say("step 2. a (simulated) Coral USB Accelerator is plugged into bus 2, port 1")
+                root = tb.add_root_hub(2, 5000, maxchild=4)
+                accelerator = tb.add_accelerator(root, 1)
+                where = story.wait(
+                    "the model on usb:2-1",
+                    lambda: "usb:2-1" in story.placement() and story.placement(),
+                )
+                say(f"health places {MODEL} on {where}")
+                mark = len(story.sent)
+                story.wait("results from usb:2-1", lambda: story.served_from("usb:2-1", 0))
+                host = story.wait(
+                    "its device host",
+                    lambda: (
+                        (h := story.health().get("hosts", {}).get("usb:2-1", {})).get("pid") and h
+                    ),
+                )
+                say(f"results now come from usb:2-1; its device host is pid {host.get('pid')}")
+                linger(story)
+
+                say(
+                    "step 3. libedgetpu fails a USB transfer during an invoke and aborts its process"
+                )
+                control.set(abort_invoke="2-1", once=1)
+                died = story.wait("a host_died event", lambda: story.events("host_died"))
+                say(f"event host_died: {died[0].get('reason', died[0])}")
+                mark = len(story.sent)
+                restarted = story.wait(
+                    "the host restarted",
+                    lambda: (
+                        (h := story.health().get("hosts", {}).get("usb:2-1", {})).get("restarts", 0)
+                        >= 1
+                        and h.get("pid")
+                        and h
+                    ),
+                )
+                say(
+                    f"health: host for usb:2-1 restarted (pid {restarted.get('pid')}, "
+                    f"restarts {restarted.get('restarts')}, last exit: {restarted.get('last_exit')})"
+                )
+                story.wait("results from usb:2-1 again", lambda: story.served_from("usb:2-1", mark))
+                say(f"results come from usb:2-1 again; edgetpud itself (pid {daemon_pid}) ran on")
+                linger(story)
+
+                say("step 4. the accelerator is unplugged")
+                tb.unplug(accelerator)
+                mark = len(story.sent)
+                where = story.wait(
+                    "the model back on the CPU",
+                    lambda: (
+                        story.placement()
+                        and "usb:2-1" not in story.placement()
+                        and story.placement()
+                    ),
+                )
+                say(f"health places {MODEL} on {where}")
+                story.wait("results from the CPU again", lambda: story.served_from("cpu", mark))
+                say("results come from the CPU again")
+                linger(story)
+
+                story.stop.set()
+                story.sender.join(5)
+                say(f"stopped sending; waiting for the last of {len(story.sent)} results")
+                sent = set(story.sent)
+                story.wait(
+                    "every result",
+                    lambda: sent <= {r.get("request_id") for r in story.results()},
+                    timeout=30,
+                )
+                time.sleep(0.5)  # a duplicate would arrive right behind
+                results = story.results()
+                answered = {r.get("request_id") for r in results} & sent
+                errors = [r for r in results if "error" in r]
+                by_device: dict[str, int] = {}
+                for r in results:
+                    by_device[r.get("device", "?")] = by_device.get(r.get("device", "?"), 0) + 1
+                same = daemon.proc.pid == daemon_pid and daemon.proc.poll() is None
+                say(f"edgetpud pid {daemon_pid} served throughout: {'yes' if same else 'NO'}")
+                code = daemon.stop()
+                say(f"edgetpud stopped with exit code {code}")
                 print(
-                    f"  {image:<16} → {top:<40} ({payload.get('device', '?')}, invoke {timing.get('invoke_ms', 0):.1f} ms)"
+                    f"\n{len(sent)} sent, {len(answered)} answered, {len(sent - answered)} lost"
+                    f" ({len(results) - len(answered)} answered twice, {len(errors)} errors;"
+                    f" by device: {by_device}) in {time.monotonic() - started:.1f} s",
+                    flush=True,
                 )
-                if len(results) >= len(requests):
-                    done.set()
-
-            client = make_client("edgetpud-demo")
-            client.on_message = on_message
-            client.connect("127.0.0.1", port)
-            for name in models:
-                client.subscribe(f"{PREFIX}/{NODE}/models/{name}/results", qos=1)
-            client.loop_start()
-            time.sleep(0.3)
-            for i, (name, path) in enumerate(requests):
-                rid = f"demo-{i}"
-                sent[rid] = path.name
-                client.publish(f"{PREFIX}/{NODE}/models/{name}/infer", path.read_bytes(), qos=1,
-                               properties=_request_properties(rid))  # fmt: skip
-            if not done.wait(RESULT_TIMEOUT):
-                print(f"only {len(results)} of {len(requests)} results arrived", file=sys.stderr)
-                return 1
-            client.loop_stop()
-            client.disconnect()
-            daemon.send_signal(signal.SIGTERM)
-            code = daemon.wait(30)
-            print(
-                f"edgetpud stopped (exit {code}); {len(results)} results in {time.monotonic() - started:.1f} s"
-            )
-            return 0 if code == 0 else 1
-        finally:
-            if daemon is not None and daemon.poll() is None:
-                daemon.kill()
-            broker.terminate()
-            broker.wait(5)
-
-
-def _request_properties(request_id: str) -> Any:
-    """An MQTT 5 user property carrying our request id (ignored by 3.1.1 brokers)."""
-    try:
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-    except ImportError:
-        return None
-    props = Properties(PacketTypes.PUBLISH)
-    props.UserProperty = [("request_id", request_id)]
-    return props
+                ok = (
+                    same
+                    and code == 0
+                    and answered == sent
+                    and not errors
+                    and len(results) == len(sent)
+                )
+                return 0 if ok else 1
+            finally:
+                story.stop.set()
+                control.set(abort_invoke=None, once=None)
+                daemon.close()
+                sub.stop()
 
 
 if __name__ == "__main__":
