@@ -236,11 +236,19 @@ def test_a_host_killed_with_sigkill_is_restarted(
 def test_a_wedged_invoke_kills_the_host_and_the_device_serves_again_without_a_replug(
     tmp_path: Path, models_dir: Path, fake_lib: Path
 ) -> None:
+    wedged: list[int] = []
+
     def fault(rig: Rig, device: str, port: str) -> None:
+        wedged.append(host_pid(rig, device))
         rig.control.set(wedge=port, once=1)
         wait_for(lambda: rig.events("worker_stalled"), 60, "the stall detected")
 
     def check(rig: Rig, device: str, other: str, at: float) -> None:
+        port = device.split(":", 1)[1]
+        # the fake wedged one invoke, in beta's host, and that host is gone (killed: a
+        # wedged libedgetpu never returns, only the process's death frees the device)
+        assert rig.control.events() == [("wedge", port, wedged[0])]
+        wait_for(lambda: not Path(f"/proc/{wedged[0]}").exists(), 30, "the wedged host gone")
         (stalled,) = rig.events("worker_stalled")
         assert (stalled["device"], stalled["model"]) == (device, "beta")
         assert "its host was killed" in stalled["reason"]
@@ -248,7 +256,22 @@ def test_a_wedged_invoke_kills_the_host_and_the_device_serves_again_without_a_re
             lambda: hosts(rig).get(device, {}).get("last_exit"), 30, "the host's exit in health"
         )
         assert "killed by edgetpud" in last_exit
+        # quarantined while it is reset, with the stall as the reason
+        quarantined = [e for e in rig.events("device_quarantined") if e["device"] == device]
+        assert quarantined, "no device_quarantined event"
+        assert quarantined[0]["reason"].startswith("quarantined for 2 s: wedged: an inference")
+        # re-admitted after the 2 s quarantine: a fresh host on the same device serves beta,
+        # and with once=1 its invokes no longer wedge (no second wedge fired)
         serves_again(rig, "beta", device, at, "wedge")
+        fresh = host_pid(rig, device)
+        assert fresh != wedged[0]
+        # the device was reset (USBDEVFS_RESET on its /dev/bus/usb node) before that host
+        # opened it
+        log = rig.daemons[-1].log()
+        reset = log.find(f"{device}: reset {device} (USBDEVFS_RESET on /dev/bus/usb/")
+        opened = log.find(f"host for {device} started (pid {fresh},")
+        assert 0 <= reset < opened, (reset, opened)
+        assert rig.control.events() == [("wedge", port, wedged[0])]
 
     run_fault(tmp_path, models_dir, fake_lib, fault, check)
 
