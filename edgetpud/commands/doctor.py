@@ -29,6 +29,7 @@ from typing import Literal
 
 from edgetpud import config as config_mod
 from edgetpud import versions
+from edgetpud.devices.access import group_name, holders, user_name
 from edgetpud.errors import (
     ConfigError,
     ConfigUnreadableError,
@@ -285,10 +286,9 @@ class Doctor:
         except OSError as exc:
             self.add(f"{name} node", "FAIL", f"{node}: {exc.strerror}", "replug the device")
             return
-        owner = _user_name(st.st_uid)
-        group_name = _group_name(st.st_gid)
+        owner = user_name(st.st_uid)
         mode = stat.filemode(st.st_mode)
-        seen = f"{node} {mode} {owner}:{group_name}"
+        seen = f"{node} {mode} {owner}:{group_name(st.st_gid)}"
         if self.user is None:
             self.add(f"{name} node", "WARN", f"{seen}; no {self.service_user} user to judge it by")
             return
@@ -305,9 +305,7 @@ class Doctor:
         )
 
     def _check_holders(self, name: str, node: str) -> None:
-        from edgetpud.devices.access import holders
-
-        found = [(h, _user_name(_uid(f"/proc/{h.pid}"))) for h in holders(node)]
+        found = [(h, user_name(_uid(f"/proc/{h.pid}"))) for h in holders(node)]
         others = [f"{h} user {user}" for h, user in found if user != self.service_user]
         if others:
             self.add(
@@ -495,22 +493,8 @@ def _group_exists(name: str) -> bool:
 
 def _groups_of(user: pwd.struct_passwd) -> set[str]:
     names = {g.gr_name for g in grp.getgrall() if user.pw_name in g.gr_mem}
-    names.add(_group_name(user.pw_gid))
+    names.add(group_name(user.pw_gid))
     return names
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return str(uid)
-
-
-def _group_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
 
 
 def _can_open(st: os.stat_result, user: pwd.struct_passwd) -> bool:

@@ -65,7 +65,7 @@ class DeviceNotPermitted(DeviceError):
         self.identity = identity
         self.node = node
         self.group = group
-        user = _user_name()
+        user = user_name()
         super().__init__(
             f"Edge TPU {identity}: user {user} may not read and write {node} ({detail}). Add "
             f"{user} to the group that owns it (`usermod -aG {group} {user}`, then restart "
@@ -162,8 +162,8 @@ def check_permission(identity: str, node: str) -> None:
         return  # no node: not a permission problem (unplugged, or re-enumerating)
     if os.access(node, os.R_OK | os.W_OK):
         return
-    owner = _user_name(st.st_uid)
-    group = _group_name(st.st_gid)
+    owner = user_name(st.st_uid)
+    group = group_name(st.st_gid)
     mode = stat.filemode(st.st_mode)
     raise DeviceNotPermitted(
         identity, node, f"{mode} {owner}:{group}", group if group != "root" else fallback
@@ -201,7 +201,8 @@ def _comm(proc: str, pid: str) -> str:
         return "?"
 
 
-def _user_name(uid: int | None = None) -> str:
+def user_name(uid: int | None = None) -> str:
+    """The name of `uid` (default: this process's), or the number when it has none."""
     uid = os.geteuid() if uid is None else uid
     try:
         return pwd.getpwuid(uid).pw_name
@@ -209,7 +210,8 @@ def _user_name(uid: int | None = None) -> str:
         return str(uid)
 
 
-def _group_name(gid: int) -> str:
+def group_name(gid: int) -> str:
+    """The name of group `gid`, or the number when it has none."""
     try:
         return grp.getgrgid(gid).gr_name
     except KeyError:
