@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgetpud.devices import thermal
 from edgetpud.devices.buses import load, shares
 from edgetpud.devices.model import DeviceInfo
 from edgetpud.snapshot import ModelState, ModelView, Snapshot
@@ -89,9 +90,8 @@ def _thermal(dev: DeviceInfo) -> dict[str, Any]:
     return {
         "throttle_level": t.level,
         "trip_points": list(t.trip_points_c),
-        "thermal_state": "dead" if t.dead else "draining" if t.draining else
-        "throttled" if t.throttled else "ok",
-    }  # fmt: skip
+        "thermal_state": thermal.state(t),
+    }
 
 
 def _buses(snap: Snapshot, models: dict[str, Any]) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, replace
 
-from edgetpud.devices.model import DeviceInfo
+from edgetpud.devices.model import DeviceInfo, ThermalInfo
 
 DEAD_BELOW_C = -40.0  # no working module reads this cold; a dead one has read about -88 C
 DEFAULT_TRIPS_C = (85.0, 90.0, 95.0)  # the apex driver's defaults
@@ -76,6 +76,15 @@ def _read_int(path: str) -> int | None:
         return None
 
 
+def state(t: ThermalInfo) -> str:
+    """One word for health and events: dead, draining, throttled or ok."""
+    if t.dead:
+        return "dead"
+    if t.draining:
+        return "draining"
+    return "throttled" if t.throttled else "ok"
+
+
 def reading_only(before: DeviceInfo, after: DeviceInfo) -> bool:
     """True when `after` differs from `before` only by its temperature reading (and the
     reasons quoting it): same verdict, same trip-point level, same drain state. Such a
@@ -102,6 +111,5 @@ def crossing(before: DeviceInfo | None, after: DeviceInfo) -> dict[str, object] 
         "level": t.level,
         "from_level": was[0],
         "trip_points": list(t.trip_points_c),
-        "state": "dead" if t.dead else "draining" if t.draining else
-        "throttled" if t.throttled else "ok",
-    }  # fmt: skip
+        "state": state(t),
+    }
