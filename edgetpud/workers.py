@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import logging
 import math
 import threading
@@ -44,6 +45,7 @@ from edgetpud.messages import EXPIRED, Request, Result, Timing
 from edgetpud.runtime import InvokeError
 
 log = logging.getLogger(__name__)
+_SERIALS = itertools.count(1)  # Worker.serial
 
 Overflow = Literal["block", "drop_oldest", "latest"]
 OVERFLOW_POLICIES: tuple[Overflow, ...] = ("block", "drop_oldest", "latest")
@@ -258,6 +260,9 @@ class WorkerReport:
     error: str = ""
     consecutive_errors: int = 0
     exc: BaseException | None = None
+    # which Worker object sent it: a model re-planned back onto the same device gets a new
+    # worker with the same name, and a late report of the old one must not be taken for its
+    serial: int = 0
 
 
 @dataclass(frozen=True)
@@ -348,6 +353,7 @@ class Worker:
         self.model = model
         self.device = device
         self.name = f"worker:{model}@{device}"
+        self.serial = next(_SERIALS)
         self.queue = queue
         self.stall_timeout = stall_timeout
         self.max_attempts = max_attempts
@@ -506,7 +512,14 @@ class Worker:
         """Hand a report to `on_report`, which must not block nor call back into this worker
         (the service's is a queue put): lanes call it with `_lock` held."""
         report = WorkerReport(
-            self.name, self.model, self.device, kind, error, self._consecutive_errors, exc
+            self.name,
+            self.model,
+            self.device,
+            kind,
+            error,
+            self._consecutive_errors,
+            exc,
+            self.serial,
         )
         try:
             self._on_report(report)

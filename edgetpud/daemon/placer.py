@@ -111,6 +111,19 @@ class Placer:
     def on_worker_report(self, report: WorkerReport) -> None:
         rt = self.models.by_name.get(report.model)
         device = report.device
+        current = rt.workers.get(device) if rt is not None else None
+        if report.kind != "stopped" and (current is None or current.serial != report.serial):
+            # Reports queue up behind re-plans: a worker this placer already stopped (its
+            # device unplugged, the model moved) may still report that reopening failed.
+            # Acting on it would quarantine the model's new devices and re-plan again.
+            log.info(
+                "model %s: ignored %s from a worker already retired from %s: %s",
+                report.model,
+                report.kind,
+                device,
+                report.error or "-",
+            )
+            return
         # a pipelined model's worker runs on all its stages' devices ("usb:2-1+usb:2-2"):
         # what happens to it happens to each of them
         parts = device.split(pipeline.TARGET_SEPARATOR)

@@ -25,6 +25,7 @@ from typing import Any
 from tests.support.broker import Broker
 from tests.support.daemon import Daemon, config_toml
 from tests.support.fakelib import Control
+from tests.support.polling import wait_for
 
 PREFIX = "fleet"
 GROUP = "boxes"
@@ -123,7 +124,29 @@ class Fleet:
         node = Node(name, Daemon(workdir, text, env=env), control, tuple(ports))
         self.nodes[name] = node
         node.daemon.start()
+        self._wait_listening(node)
         return node
+
+    @staticmethod
+    def _wait_listening(node: Node, timeout: float = 60.0) -> None:
+        """Return once the node's udev monitor is bound, so the next node binds after it.
+
+        umockdev stands in for the udev netlink socket with a Unix socket named after the
+        socket's fd number, `$UMOCKDEV_DIR/event<fd>`, unlinking that name before it binds
+        (umockdev src/libumockdev-preload.c, netlink_bind). Two daemons started together get
+        the same fd, and one of them failed with EADDRINUSE when their unlink and bind
+        interleaved. Even one after the other, the later node takes the name over: only the
+        last node started hears uevents, so fleet tests do not hotplug."""
+
+        def listening() -> bool:
+            proc = node.daemon.proc
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(
+                    f"{node.name} exited with {proc.returncode}:\n{node.daemon.log()}"
+                )
+            return "watching udev for Edge TPUs" in node.daemon.log()
+
+        wait_for(listening, timeout, f"{node.name}'s udev monitor\n{node.daemon.log()[-2000:]}")
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         for node in self.nodes.values():

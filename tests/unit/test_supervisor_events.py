@@ -26,7 +26,7 @@ from edgetpud.daemon.state import Board
 from edgetpud.daemon.supervisor import Parts, Supervisor
 from edgetpud.devices.model import DeviceInfo
 from edgetpud.messages import Request, Result
-from edgetpud.workers import Session
+from edgetpud.workers import Session, WorkerReport
 from tests.support.placement import dev
 
 USB = "usb:2-1"
@@ -181,3 +181,25 @@ def test_a_request_for_an_unknown_model_is_refused_by_intake(tmp_path: Path) -> 
     sup, _ = started(tmp_path, [])
     refusal = sup.parts.intake.submit(Request(model="nope", payload=b""))
     assert refusal == 'unknown model "nope"'
+
+
+def test_a_late_report_from_a_retired_worker_quarantines_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pipeline's worker stopped by a re-plan (one stage's device unplugged) may still report
+    that reopening failed; its devices, one of them now serving the new pipeline, stay usable."""
+    second = dev("usb:2-2")
+    sup, link = started(tmp_path, [dev(USB), second])
+    late = WorkerReport(
+        "worker:ssd@usb:2-1+usb:2-2",
+        "ssd",
+        "usb:2-1+usb:2-2",
+        "open_failed",
+        "Edge TPU usb:2-1 could not be opened",
+        serial=7,
+    )
+    with caplog.at_level(logging.INFO):
+        sup.dispatch(late)
+    assert sup.placer.trust == {}, "a retired worker's report quarantined a device"
+    assert [e["event"] for e in link.published] == []
+    assert "ignored open_failed from a worker already retired" in caplog.text
