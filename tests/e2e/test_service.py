@@ -122,11 +122,20 @@ class Rig:
     def placement(self, model: str) -> list[str]:
         return list(self.health().get("models", {}).get(model, {}).get("devices", []))
 
-    def send(self, model: str, ids: list[str]) -> None:
-        for rid in ids:
+    def send(self, model: str, ids: list[str], *, burst: bool = False) -> None:
+        """One request per id, each waiting for its PUBACK; with `burst`, all published at
+        once and then waited for (a test that needs them queued together, whatever the load)."""
+        sent = [
             self.sub.publish(
-                f"{BASE}/models/{model}/infer", small_png(len(rid)), CorrelationData=rid.encode()
+                f"{BASE}/models/{model}/infer",
+                small_png(len(rid)),
+                wait=not burst,
+                CorrelationData=rid.encode(),
             )
+            for rid in ids
+        ]
+        for info in sent if burst else []:
+            info.wait_for_publish(30)
 
     def answered(self, model: str) -> dict[str, dict[str, Any]]:
         return {r["request_id"]: r for r in self.results(model)}

@@ -38,7 +38,8 @@ def outage(rig: Rig, ids: list[str], seconds: float) -> None:
     onlines = online_count(rig)
     before = len(rig.answered("alpha"))
     accepted = rig.health().get("mqtt", {}).get("requests_accepted", 0)
-    rig.send("alpha", ids)
+    rig.send("alpha", ids, burst=True)  # queued together: a slow sender under load let
+    # the queue drain before the kill, and a 25-message backlog then never overflowed
     # a request the broker has acked but not yet handed to the daemon dies with the broker:
     # that loss is the broker's, so kill only once the daemon has taken them all
     wait_for(

@@ -312,8 +312,11 @@ class Subscriber:
             )
         return got
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, **props: Any) -> None:
-        """Publish, with MQTT 5 properties by name (ResponseTopic=..., CorrelationData=...)."""
+    def publish(
+        self, topic: str, payload: bytes, qos: int = 1, *, wait: bool = True, **props: Any
+    ) -> Any:
+        """Publish, with MQTT 5 properties by name (ResponseTopic=..., CorrelationData=...).
+        With `wait=False`, return paho's MQTTMessageInfo instead of waiting for the PUBACK."""
         properties = None
         if props:
             from paho.mqtt.packettypes import PacketTypes
@@ -322,7 +325,10 @@ class Subscriber:
             properties = Properties(PacketTypes.PUBLISH)
             for key, value in props.items():
                 setattr(properties, key, value)
-        self.client.publish(topic, payload, qos=qos, properties=properties).wait_for_publish(30)
+        info = self.client.publish(topic, payload, qos=qos, properties=properties)
+        if wait:
+            info.wait_for_publish(30)
+        return info
 
     def __enter__(self) -> Subscriber:
         return self.start()
