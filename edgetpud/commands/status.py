@@ -13,7 +13,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from edgetpud.commands import load_config
@@ -93,6 +93,27 @@ def _once(cfg: Any, args: argparse.Namespace) -> tuple[str, int, bool]:
     return render(nodes, online, fleet=args.fleet), code, False
 
 
+NODE_HEADER = (
+    "NODE", "STATUS", "VERSION", "UPTIME", "CONFIG", "HEALTH", "BACKLOG", "LAST RELOAD ERROR"
+)  # fmt: skip
+DEVICE_HEADER = (
+    "NODE", "DEVICE", "KIND", "SPEED", "VERDICT", "STATE", "TEMP", "MODELS", "REASONS"
+)  # fmt: skip
+MODEL_HEADER = (
+    "NODE", "MODEL", "STATE", "PLACEMENT", "TIER", "RATE", "P50", "P99", "QUEUE", "DROPPED",
+    "ERRORS", "REASON",
+)  # fmt: skip
+FRIGATE_HEADER = (
+    "NODE", "FRIGATE CLIENT", "STATE", "MODEL", "REQUESTS", "ANSWERED", "EMPTY", "EXPIRED",
+    "LAST SEEN", "WHY EMPTY",
+)  # fmt: skip
+HOST_HEADER = ("NODE", "HOST FOR", "PID", "STATE", "RESTARTS", "DEATHS", "LAST EXIT")
+CUT_NOTE = (
+    f"\n(a REASON ending in … is cut to {REASON_WIDTH} characters; the node's log "
+    "has it whole: journalctl -u edgetpud)"
+)
+
+
 def render(
     nodes: Mapping[str, Mapping[str, Any]],
     online: Mapping[str, str],
@@ -100,158 +121,78 @@ def render(
     *,
     fleet: bool = False,
 ) -> str:
-    """Three tables (nodes, devices, models) with a NODE column, one row per item.
+    """Tables of nodes, devices and models (then Frigate clients and device hosts when a
+    node has them) with a NODE column, one row per item; a table with no rows is left
+    out, except the nodes'.
 
-    With `fleet`, a fourth table sums each model over the online nodes: how many
+    With `fleet`, a further table sums each model over the online nodes: how many
     serve it, on how many devices, the total rate, queue and results.
     """
     now = time.time() if now is None else now
-    node_rows = []
-    device_rows = []
-    model_rows = []
-    cut = False
-    for name in sorted(nodes):
-        h = nodes[name]
-        daemon = h.get("daemon") or {}
-        mq = h.get("mqtt") or {}
-        age = now - h["time"] if isinstance(h.get("time"), (int, float)) else None
-        node_rows.append(
-            [
-                name,
-                online.get(name, "?"),
-                daemon.get("version", ""),
-                _duration(daemon.get("uptime_s")),
-                str(daemon.get("config_generation", "")),
-                _duration(age) + " ago" if age is not None else "",
-                str(mq.get("backlog", "")),
-                reload_error(daemon.get("last_reload_error"), daemon.get("config")),
-            ]
-        )
-        for dev in _items(h.get("devices"), "identity"):
-            device_rows.append(
-                [
-                    name,
-                    str(dev.get("identity", "")),
-                    str(dev.get("kind", "")),
-                    _speed(dev),
-                    str(dev.get("verdict", "")),
-                    str(dev.get("state", "")),
-                    _num(dev.get("temperature"), "°C"),
-                    ", ".join(map(str, dev.get("models") or ())),
-                    "; ".join(map(str, dev.get("reasons") or ())),
-                ]
-            )
-        for model in _items(h.get("models"), "name"):
-            placement = ", ".join(map(str, model.get("devices") or ()))
-            why = model_reason(model)
-            cut = cut or len(why) > REASON_WIDTH
-            model_rows.append(
-                [
-                    name,
-                    str(model.get("name", "")),
-                    str(model.get("state", "")),
-                    str(placement),
-                    str(model.get("tier", "")),
-                    _num(model.get("rate"), "/s"),
-                    _num(model.get("p50_ms"), " ms"),
-                    _num(model.get("p99_ms"), " ms"),
-                    str(model.get("queue_depth", "")),
-                    str(model.get("dropped", "")),
-                    str(model.get("errors", "")),
-                    _cut(why, REASON_WIDTH),
-                ]
-            )
-    parts = [
-        _table(
-            [
-                "NODE",
-                "STATUS",
-                "VERSION",
-                "UPTIME",
-                "CONFIG",
-                "HEALTH",
-                "BACKLOG",
-                "LAST RELOAD ERROR",
-            ],
-            node_rows,
-        )
-    ]
+    names = sorted(nodes)
+    models = [(n, m) for n in names for m in _items(nodes[n].get("models"), "name")]
+    parts = [_table(NODE_HEADER, [_node_row(n, nodes[n], online, now) for n in names])]
+    device_rows = [row for n in names for row in _device_rows(n, nodes[n])]
     if device_rows:
-        parts.append(
-            _table(
-                [
-                    "NODE",
-                    "DEVICE",
-                    "KIND",
-                    "SPEED",
-                    "VERDICT",
-                    "STATE",
-                    "TEMP",
-                    "MODELS",
-                    "REASONS",
-                ],
-                device_rows,
-            )
-        )
-    if model_rows:
-        parts.append(
-            _table(
-                [
-                    "NODE",
-                    "MODEL",
-                    "STATE",
-                    "PLACEMENT",
-                    "TIER",
-                    "RATE",
-                    "P50",
-                    "P99",
-                    "QUEUE",
-                    "DROPPED",
-                    "ERRORS",
-                    "REASON",
-                ],
-                model_rows,
-            )
-            + (
-                f"\n(a REASON ending in … is cut to {REASON_WIDTH} characters; the node's log "
-                "has it whole: journalctl -u edgetpud)"
-                if cut
-                else ""
-            )
-        )
-    frigate_rows = [row for name in sorted(nodes) for row in _frigate_rows(name, nodes[name])]
-    if frigate_rows:
-        parts.append(
-            _table(
-                [
-                    "NODE",
-                    "FRIGATE CLIENT",
-                    "STATE",
-                    "MODEL",
-                    "REQUESTS",
-                    "ANSWERED",
-                    "EMPTY",
-                    "EXPIRED",
-                    "LAST SEEN",
-                    "WHY EMPTY",
-                ],
-                frigate_rows,
-            )
-        )
-    host_rows = [row for name in sorted(nodes) for row in _host_rows(name, nodes[name])]
-    if host_rows:
-        parts.append(
-            _table(
-                ["NODE", "HOST FOR", "PID", "STATE", "RESTARTS", "DEATHS", "LAST EXIT"],
-                host_rows,
-            )
-        )
-    if fleet and model_rows:
+        parts.append(_table(DEVICE_HEADER, device_rows))
+    if models:
+        cut = any(len(model_reason(m)) > REASON_WIDTH for _, m in models)
+        rows = [_model_row(n, m) for n, m in models]
+        parts.append(_table(MODEL_HEADER, rows) + (CUT_NOTE if cut else ""))
+    for header, rows_of in ((FRIGATE_HEADER, _frigate_rows), (HOST_HEADER, _host_rows)):
+        rows = [row for n in names for row in rows_of(n, nodes[n])]
+        if rows:
+            parts.append(_table(header, rows))
+    if fleet and models:
         parts.append(_fleet_table(nodes, online))
-    refused = [line for name in sorted(nodes) for line in _mqtt_refusals(name, nodes[name])]
+    refused = [line for n in names for line in _mqtt_refusals(n, nodes[n])]
     if refused:
         parts.append("\n".join(refused))
     return "\n\n".join(parts)
+
+
+def _node_row(
+    node: str, health: Mapping[str, Any], online: Mapping[str, str], now: float
+) -> list[str]:
+    """The daemon itself: online or not, version, uptime, config, age of this health."""
+    daemon = health.get("daemon") or {}
+    mq = health.get("mqtt") or {}
+    when = health.get("time")
+    age = now - when if isinstance(when, (int, float)) else None
+    return [
+        node,
+        online.get(node, "?"),
+        daemon.get("version", ""),
+        _duration(daemon.get("uptime_s")),
+        str(daemon.get("config_generation", "")),
+        _duration(age) + " ago" if age is not None else "",
+        str(mq.get("backlog", "")),
+        reload_error(daemon.get("last_reload_error"), daemon.get("config")),
+    ]
+
+
+def _device_rows(node: str, health: Mapping[str, Any]) -> list[list[str]]:
+    """One row per Edge TPU: its verdict and state, temperature, models, and why."""
+    return [
+        [node, str(dev.get("identity", "")), str(dev.get("kind", "")), _speed(dev),
+         str(dev.get("verdict", "")), str(dev.get("state", "")),
+         _num(dev.get("temperature"), "°C"), ", ".join(map(str, dev.get("models") or ())),
+         "; ".join(map(str, dev.get("reasons") or ()))]
+        for dev in _items(health.get("devices"), "identity")
+    ]  # fmt: skip
+
+
+def _model_row(node: str, model: Mapping[str, Any]) -> list[str]:
+    """One model: where it runs, its rate and latency, queue, losses, and why it does not
+    run on an Edge TPU (cut to REASON_WIDTH)."""
+    return [
+        node, str(model.get("name", "")), str(model.get("state", "")),
+        ", ".join(map(str, model.get("devices") or ())), str(model.get("tier", "")),
+        _num(model.get("rate"), "/s"), _num(model.get("p50_ms"), " ms"),
+        _num(model.get("p99_ms"), " ms"), str(model.get("queue_depth", "")),
+        str(model.get("dropped", "")), str(model.get("errors", "")),
+        _cut(model_reason(model), REASON_WIDTH),
+    ]  # fmt: skip
 
 
 def _mqtt_refusals(node: str, health: Mapping[str, Any]) -> list[str]:
@@ -424,7 +365,7 @@ def _duration(seconds: Any) -> str:
     return f"{s // 86400}d{s % 86400 // 3600}h"
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
     return "\n".join(lines)
