@@ -10,7 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from edgetpud import __version__
 from edgetpud.config import DEFAULT_PATH
@@ -31,23 +31,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     sub.required = True
+    for verb, text, add_options in _verbs():
+        add_options(sub.add_parser(verb, help=text))
+    return parser
 
-    def config_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
-        p.add_argument(
-            "--config",
-            "-c",
-            default=None if required else str(DEFAULT_PATH),
-            required=required,
-            metavar="PATH",
-            help=f"config file (default {DEFAULT_PATH})" if not required else "config file",
-        )
 
-    p = sub.add_parser("run", help="run the service in the foreground (what systemd starts)")
-    config_arg(p)
-
-    p = sub.add_parser(
-        "check-config", help="validate a config file; exit 0 valid, 1 invalid, 2 unreadable"
+def _config_arg(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument(
+        "--config",
+        "-c",
+        default=None if required else str(DEFAULT_PATH),
+        required=required,
+        metavar="PATH",
+        help=f"config file (default {DEFAULT_PATH})" if not required else "config file",
     )
+
+
+def _check_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "path",
         metavar="PATH",
@@ -56,21 +56,24 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"config file to check (default {DEFAULT_PATH})",
     )
 
-    p = sub.add_parser("devices", help="show every Edge TPU udev sees, with verdicts and reasons")
+
+def _devices_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--json", action="store_true", help="print device records (schema edgetpud.devices/1)"
     )
-    config_arg(p)
+    _config_arg(p)
 
-    p = sub.add_parser("plan", help="show where each model would run, and why")
-    config_arg(p)
+
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
     p.add_argument(
         "--devices",
         metavar="FILE",
         help="device records as printed by `edgetpud devices --json` (default: the devices present now)",
     )
 
-    p = sub.add_parser("infer", help="one-shot inference on images; JSON per image on stdout")
+
+def _infer_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="PATH", help=".tflite model")
     p.add_argument("--labels", metavar="PATH", help="label file")
     p.add_argument(
@@ -95,8 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("images", nargs="+", metavar="IMAGE")
 
-    p = sub.add_parser("status", help="print the daemon's retained health as a table")
-    config_arg(p)
+
+def _status_args(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
     p.add_argument("--fleet", action="store_true", help="every node under the topic prefix")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker")
     p.add_argument(
@@ -109,11 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="refresh the table in place every SECONDS (default 2) until Ctrl-C",
     )
 
-    p = sub.add_parser(
-        "doctor",
-        help="check everything edgetpud needs, in order; OK / WARN / FAIL with the fix",
-    )
-    config_arg(p)
+
+def _doctor_args(p: argparse.ArgumentParser) -> None:
+    _config_arg(p)
     p.add_argument(
         "--json", action="store_true", help="print the checks (schema edgetpud.doctor/1)"
     )
@@ -124,8 +126,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--open-model", metavar="SPEC", help=argparse.SUPPRESS)
 
-    sub.add_parser("version", help="print the version")
-    return parser
+
+def _no_options(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _verbs() -> list[tuple[str, str, Callable[[argparse.ArgumentParser], None]]]:
+    """Each verb, its line in `edgetpud --help` (in this order), and what adds its options."""
+    return [
+        ("run", "run the service in the foreground (what systemd starts)", _config_arg),
+        (
+            "check-config",
+            "validate a config file; exit 0 valid, 1 invalid, 2 unreadable",
+            _check_config_args,
+        ),
+        ("devices", "show every Edge TPU udev sees, with verdicts and reasons", _devices_args),
+        ("plan", "show where each model would run, and why", _plan_args),
+        ("infer", "one-shot inference on images; JSON per image on stdout", _infer_args),
+        ("status", "print the daemon's retained health as a table", _status_args),
+        (
+            "doctor",
+            "check everything edgetpud needs, in order; OK / WARN / FAIL with the fix",
+            _doctor_args,
+        ),
+        ("version", "print the version", _no_options),
+    ]
 
 
 def setup_logging(level: str) -> None:
