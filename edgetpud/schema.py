@@ -171,77 +171,113 @@ def _optional_inner(hint: Any) -> Any:
     return None
 
 
+_PATH_KINDS = ("path", "file", "dir")
+
+
 def convert(hint: Any, md: Mapping[str, Any], value: Any, path: str, ctx: Context) -> Any:
-    """Check and convert one TOML value against a field's type and metadata."""
+    """Check and convert one TOML value against a field's type and metadata.
+
+    Each problem is reported to `ctx` with its dotted key; the result is then `_INVALID`.
+    """
     inner = _optional_inner(hint)
     if inner is not None:
         hint = inner
     kind = md.get("kind", "")
-    result: Any
-    if typing.get_origin(hint) is tuple and kind in ("path", "file", "dir"):
-        if not isinstance(value, list):
-            ctx.error(path, f"must be an array of paths, got {show(value)}")
-            return _INVALID
-        paths = []
-        for i, item in enumerate(value):
-            converted = convert(str, {"kind": kind}, item, f"{path}[{i}]", ctx)
-            if converted is _INVALID:
-                return _INVALID
-            paths.append(converted)
-        return _checked(tuple(paths), md, path, ctx)
+    origin = typing.get_origin(hint)
+    if origin is tuple and kind in _PATH_KINDS:
+        return _convert_array(
+            md, value, path, ctx, item_type=str, item_md={"kind": kind}, noun="paths"
+        )
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         result = load_table(hint, value, path, ctx)
         return _INVALID if result is None else result
     if kind == "duration":
-        try:
-            result = parse_duration(value)
-        except ValueError:
-            ctx.error(path, f'must be a duration such as "250ms", "10s" or "2m", got {show(value)}')
-            return _INVALID
-        return _bounded(result, md, path, ctx, unit="s")
-    if kind in ("path", "file", "dir"):
-        if not isinstance(value, str) or not value:
-            ctx.error(path, f"must be a path (a non-empty string), got {show(value)}")
-            return _INVALID
-        p = Path(value).expanduser()
-        p = p if p.is_absolute() else ctx.base_dir / p
-        what = not_a_file(p) if kind == "file" else None
-        if what is not None:
-            if "permission denied" in what:
-                fix = "let the user running edgetpud into the folders above it"
-            elif what.startswith(("does not exist", "is a folder", "is a symbolic link to")):
-                fix = "fix the path or create the file"
-            else:
-                fix = "point it at a regular file"
-            ctx.error(path, f"{p} {what}; {fix}")
-            return _INVALID
-        if kind == "dir" and not p.is_dir():
-            ctx.error(path, f"{p} is not a folder; fix the path or create it")
-            return _INVALID
-        return _checked(p, md, path, ctx)
-    origin = typing.get_origin(hint)
+        return _convert_duration(md, value, path, ctx)
+    if kind in _PATH_KINDS:
+        return _convert_path(kind, md, value, path, ctx)
     if origin is Literal:
-        choices = typing.get_args(hint)
-        if value not in choices or isinstance(value, bool):
-            listed = ", ".join(show(c) for c in choices)
-            hint_text = (
-                did_you_mean(value, [str(c) for c in choices]) if isinstance(value, str) else ""
-            )
-            ctx.error(path, f"must be one of {listed}, got {show(value)}{hint_text}")
-            return _INVALID
-        return _checked(value, md, path, ctx)
+        return _convert_choice(typing.get_args(hint), md, value, path, ctx)
     if origin is tuple:
         item_type = typing.get_args(hint)[0]
-        if not isinstance(value, list):
-            ctx.error(path, f"must be an array of {_noun(item_type)}s, got {show(value)}")
+        noun = f"{_noun(item_type)}s"
+        return _convert_array(md, value, path, ctx, item_type=item_type, item_md={}, noun=noun)
+    return _convert_scalar(hint, md, value, path, ctx)
+
+
+def _convert_array(
+    md: Mapping[str, Any],
+    value: Any,
+    path: str,
+    ctx: Context,
+    *,
+    item_type: Any,
+    item_md: Mapping[str, Any],
+    noun: str,
+) -> Any:
+    """A TOML array as a tuple, each item converted as `item_type`; the first bad item
+    makes the whole array invalid."""
+    if not isinstance(value, list):
+        ctx.error(path, f"must be an array of {noun}, got {show(value)}")
+        return _INVALID
+    items = []
+    for i, item in enumerate(value):
+        converted = convert(item_type, item_md, item, f"{path}[{i}]", ctx)
+        if converted is _INVALID:
             return _INVALID
-        items = []
-        for i, item in enumerate(value):
-            converted = convert(item_type, {}, item, f"{path}[{i}]", ctx)
-            if converted is _INVALID:
-                return _INVALID
-            items.append(converted)
-        return _checked(tuple(items), md, path, ctx)
+        items.append(converted)
+    return _checked(tuple(items), md, path, ctx)
+
+
+def _convert_duration(md: Mapping[str, Any], value: Any, path: str, ctx: Context) -> Any:
+    try:
+        seconds = parse_duration(value)
+    except ValueError:
+        ctx.error(path, f'must be a duration such as "250ms", "10s" or "2m", got {show(value)}')
+        return _INVALID
+    return _bounded(seconds, md, path, ctx, unit="s")
+
+
+def _convert_path(kind: str, md: Mapping[str, Any], value: Any, path: str, ctx: Context) -> Any:
+    """A path, relative to the config file's folder; a `file` must be a regular file and a
+    `dir` a folder, now."""
+    if not isinstance(value, str) or not value:
+        ctx.error(path, f"must be a path (a non-empty string), got {show(value)}")
+        return _INVALID
+    p = Path(value).expanduser()
+    p = p if p.is_absolute() else ctx.base_dir / p
+    what = not_a_file(p) if kind == "file" else None
+    if what is not None:
+        ctx.error(path, f"{p} {what}; {_file_fix(what)}")
+        return _INVALID
+    if kind == "dir" and not p.is_dir():
+        ctx.error(path, f"{p} is not a folder; fix the path or create it")
+        return _INVALID
+    return _checked(p, md, path, ctx)
+
+
+def _file_fix(what: str) -> str:
+    """What to do about a `file` option whose path is `what` (pathcheck.not_a_file's words)."""
+    if "permission denied" in what:
+        return "let the user running edgetpud into the folders above it"
+    if what.startswith(("does not exist", "is a folder", "is a symbolic link to")):
+        return "fix the path or create the file"
+    return "point it at a regular file"
+
+
+def _convert_choice(
+    choices: tuple[Any, ...], md: Mapping[str, Any], value: Any, path: str, ctx: Context
+) -> Any:
+    if value not in choices or isinstance(value, bool):
+        listed = ", ".join(show(c) for c in choices)
+        hint_text = did_you_mean(value, [str(c) for c in choices]) if isinstance(value, str) else ""
+        ctx.error(path, f"must be one of {listed}, got {show(value)}{hint_text}")
+        return _INVALID
+    return _checked(value, md, path, ctx)
+
+
+def _convert_scalar(hint: Any, md: Mapping[str, Any], value: Any, path: str, ctx: Context) -> Any:
+    """A boolean, an integer, a number or a string; TOML's true and false are none of the
+    others."""
     if hint is bool:
         if not isinstance(value, bool):
             ctx.error(path, f"must be true or false, got {show(value)}")
