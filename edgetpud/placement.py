@@ -410,71 +410,101 @@ def _place_first_replicas(st: _State, todo: list[ModelSpec]) -> None:
         spec = heapq.heappop(queue)[1]
         if spec.device in demand:
             demand[spec.device] -= 1
-        cands = st.candidates(spec)
-        if not cands:
-            st.done[spec.name] = _fallback(spec, _no_device_problem(spec, st))
-            continue
-        free = st.free(spec)
-        if spec.device == "any":
-            free = _unreserved(st, free, demand) or free
-        if free:
-            st.put(spec, min(free, key=lambda d: st.free_key(spec, d)))
-            continue
-        # One model per TPU while devices last; then co-compiled models join their
-        # group where all stay cached, before anyone is displaced or shares.
-        partner = _cached_partners(st, spec, overflow)
-        if partner:
-            st.put(spec, min(partner, key=lambda d: st.share_key(spec, d)))
-            continue
-        spare = [d for d in cands if _extra_replica_only(st, d)]
-        if spare:
-            dev = min(spare, key=lambda d: st.free_key(spec, d))
-            owner = st.specs[st.residents[dev][0]]
-            st.take(owner, dev)
-            st.note(
-                owner.name,
-                f"gave up {dev} to {spec.name}: first replicas come before extra ones",
-                gave_up=dev,
-            )
-            st.put(spec, dev)
-            continue
-        if spec.device != "any":
-            relocatable = [d for d in cands if _can_relocate(st, d)]
-            if relocatable:
-                dev = min(
-                    relocatable,
-                    key=lambda d: (st.specs[st.residents[d][0]].priority, st.free_key(spec, d)),
-                )
-                owner = st.specs[st.residents[dev][0]]
-                new = min(st.free(owner), key=lambda d: st.free_key(owner, d))
-                st.move(owner, dev, new)
-                st.note(
-                    owner.name,
-                    f"moved from {dev} to free {new}: {spec.name} can only use {spec.device!r}",
-                )
-                st.put(spec, dev)
-                continue
-        held = [d for d in cands if _held_by_lower(st, spec, d)]
-        if held:
-            # The lowest priority first; an unrestricted one before one that can only
-            # run on that kind of device.
-            dev = min(held, key=lambda d: (*_victim_key(st, d), st.free_key(spec, d)))
-            owner = st.specs[st.residents[dev][0]]
-            st.take(owner, dev)
-            st.note(
-                owner.name,
-                f"gave up {dev} to {spec.name} (priority {spec.priority} > {owner.priority})",
-                gave_up=dev,
-            )
-            st.put(spec, dev)
-            if not st.targets[owner.name]:
-                if owner.device in demand:
-                    demand[owner.device] += 1
-                heapq.heappush(queue, (_rank(owner), owner))
-            continue
-        overflow.append(spec)
+        displaced = _place_first_replica(st, spec, demand, overflow)
+        if displaced is not None:
+            if displaced.device in demand:
+                demand[displaced.device] += 1
+            heapq.heappush(queue, (_rank(displaced), displaced))
     for spec in overflow:
         st.put(spec, min(st.candidates(spec), key=lambda d: st.share_key(spec, d)))
+
+
+def _place_first_replica(
+    st: _State, spec: ModelSpec, demand: dict[str, int], overflow: list[ModelSpec]
+) -> ModelSpec | None:
+    """Give `spec` a device by the first rule that applies (see _place_first_replicas), or
+    add it to `overflow` to share one at the end. Returns the model it displaced when
+    that model has no device left, to be placed again."""
+    cands = st.candidates(spec)
+    if not cands:
+        st.done[spec.name] = _fallback(spec, _no_device_problem(spec, st))
+        return None
+    free = st.free(spec)
+    if spec.device == "any":
+        free = _unreserved(st, free, demand) or free
+    if free:
+        st.put(spec, min(free, key=lambda d: st.free_key(spec, d)))
+        return None
+    # One model per TPU while devices last; then co-compiled models join their
+    # group where all stay cached, before anyone is displaced or shares.
+    partner = _cached_partners(st, spec, overflow)
+    if partner:
+        st.put(spec, min(partner, key=lambda d: st.share_key(spec, d)))
+        return None
+    if _take_from_extra_replica(st, spec, cands):
+        return None
+    if spec.device != "any" and _move_owner_to_free(st, spec, cands):
+        return None
+    held = [d for d in cands if _held_by_lower(st, spec, d)]
+    if held:
+        return _displace_lower(st, spec, held)
+    overflow.append(spec)
+    return None
+
+
+def _take_from_extra_replica(st: _State, spec: ModelSpec, cands: list[str]) -> bool:
+    """Put `spec` on a device held only by another model's extra replica, which gives it up."""
+    spare = [d for d in cands if _extra_replica_only(st, d)]
+    if not spare:
+        return False
+    dev = min(spare, key=lambda d: st.free_key(spec, d))
+    owner = st.specs[st.residents[dev][0]]
+    st.take(owner, dev)
+    st.note(
+        owner.name,
+        f"gave up {dev} to {spec.name}: first replicas come before extra ones",
+        gave_up=dev,
+    )
+    st.put(spec, dev)
+    return True
+
+
+def _move_owner_to_free(st: _State, spec: ModelSpec, cands: list[str]) -> bool:
+    """For a model restricted to a kind of device: take one whose model can move to a free
+    device it may use, the lowest priority first, and move that model there."""
+    relocatable = [d for d in cands if _can_relocate(st, d)]
+    if not relocatable:
+        return False
+    dev = min(
+        relocatable,
+        key=lambda d: (st.specs[st.residents[d][0]].priority, st.free_key(spec, d)),
+    )
+    owner = st.specs[st.residents[dev][0]]
+    new = min(st.free(owner), key=lambda d: st.free_key(owner, d))
+    st.move(owner, dev, new)
+    st.note(
+        owner.name,
+        f"moved from {dev} to free {new}: {spec.name} can only use {spec.device!r}",
+    )
+    st.put(spec, dev)
+    return True
+
+
+def _displace_lower(st: _State, spec: ModelSpec, held: list[str]) -> ModelSpec | None:
+    """Take one of `held` (each held alone by a lower-priority model) for `spec`; returns
+    the displaced model when it has no device left."""
+    # The lowest priority first; an unrestricted one before one that can only
+    # run on that kind of device.
+    dev = min(held, key=lambda d: (*_victim_key(st, d), st.free_key(spec, d)))
+    owner = st.specs[st.residents[dev][0]]
+    st.take(owner, dev)
+    st.note(
+        owner.name,
+        f"gave up {dev} to {spec.name} (priority {spec.priority} > {owner.priority})",
+        gave_up=dev,
+    )
+    st.put(spec, dev)
+    return None if st.targets[owner.name] else owner
 
 
 def _cached_partners(st: _State, spec: ModelSpec, overflow: list[ModelSpec]) -> list[str]:
