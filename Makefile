@@ -67,6 +67,7 @@ lint: $(STAMPS)/venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports  # module boundaries: [tool.importlinter] in pyproject.toml
+	$(BIN)/python tools/check_sizes.py  # no class over 400 lines, no function over 80
 
 typecheck: $(STAMPS)/venv
 	$(BIN)/mypy --strict edgetpud plugins/edgetpud_plugins
