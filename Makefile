@@ -21,7 +21,7 @@ APT_PACKAGES += debhelper dh-python pybuild-plugin-pyproject python3-all python3
 	python3-paho-mqtt python3-pil python3-flatbuffers mosquitto-clients
 # promtool (tests/integration/test_metrics.py) and a real Prometheus (tests/e2e/test_metrics_e2e.py)
 APT_PACKAGES += prometheus python3-prometheus-client
-# pyzmq for the Frigate endpoint (edgetpud/frigate.py); the venv takes PyPI's, the .deb Debian's
+# pyzmq for the Frigate endpoint (edgetpud/frigate/router.py); the venv takes PyPI's, the .deb Debian's
 APT_PACKAGES += python3-zmq
 # sd_notify for edgetpud/notify.py; the venv takes PyPI's, the .deb Debian's
 APT_PACKAGES += python3-sdnotify

@@ -315,7 +315,7 @@ def _frigate(f: Mapping[str, Any]) -> Iterator[Metric]:
         labels=["client", "outcome"],
     )
     for client, counts in sorted((f.get("clients") or {}).items()):
-        for outcome in ("answered", "empty", "expired"):  # edgetpud.frigate.OUTCOMES
+        for outcome in ("answered", "empty", "expired"):  # edgetpud.frigate.clients.OUTCOMES
             requests.add_metric([str(client), outcome], float((counts or {}).get(outcome) or 0))
     yield requests
 

@@ -202,7 +202,7 @@ def test_a_frame_of_the_wrong_shape_gets_no_detections_at_once_and_a_log_line(
         [line] = [
             r.getMessage()
             for r in caplog.records
-            if r.name == "edgetpud.frigate" and r.levelno >= logging.WARNING
+            if r.name.startswith("edgetpud.frigate") and r.levelno >= logging.WARNING
         ]
         assert "[1, 320, 320, 3]" in line and f"[1, {HEIGHT}, {WIDTH}, 3]" in line
         assert f"{WIDTH}x{HEIGHT}" in line  # what to set in Frigate
@@ -273,7 +273,7 @@ def test_negative_dimensions_get_no_detections_in_resize_mode_too(
 
 
 def test_a_message_over_the_size_limit_drops_only_its_own_connection(rig: Rig) -> None:
-    from edgetpud.frigate import MAX_MESSAGE_BYTES
+    from edgetpud.frigate.router import MAX_MESSAGE_BYTES
 
     rig.add_worker("cpu")
     rig.endpoint.start()
