@@ -63,13 +63,65 @@ AUTH_REFUSED = {4, 5, 134, 135}  # 3.1.1 and MQTT 5 codes for bad credentials / 
 
 
 class _Client(paho.Client):
-    """paho's client, reading every packet already in the socket before it writes.
+    """paho's client, reading every packet already in the socket before it writes, and
+    writing a publish from the thread that publishes it.
 
     paho reads one packet per turn of its loop when it holds no message of its own (an
     idle daemon), then writes that request's PUBACK. When the broker has died, the write
     fails and paho drops the connection with whatever is still unread: requests the broker
     delivered, and acknowledged to their senders, before it died. paho took 2 of 50 such
-    requests (tests/integration/test_mqtt_link.py); this takes all of them."""
+    requests (tests/integration/test_mqtt_link.py); this takes all of them.
+
+    paho's `publish()` from another thread only queues the packet and wakes paho's thread
+    (a byte through a socket pair), which wakes, selects and writes it: per result a
+    thread switch and four system calls in the daemon. With `direct_writes` (set while
+    connected over plain TCP) the publishing thread writes the queue itself when no other
+    thread is writing; whatever it cannot write (the socket full, another writer busy)
+    is left to paho's thread as before. One lock (`_writing`) serialises every write of
+    the queue, in either thread, and the closing of the socket, so packets leave in the
+    order they were queued and no thread writes to a socket being closed. Not over TLS
+    (one OpenSSL connection must not be written and read by two threads at once) nor
+    websockets (paho's framing state is not shared).
+    """
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._writing = threading.RLock()
+        self.direct_writes = False  # Transport sets it once connected over plain TCP
+
+    def _packet_write(self) -> Any:
+        with self._writing:
+            return super()._packet_write()
+
+    def _sock_close(self) -> None:
+        with self._writing:
+            self.direct_writes = False  # until the next connection is up
+            super()._sock_close()
+
+    def _packet_queue(self, command: int, packet: Any, mid: int, qos: int, info: Any = None) -> Any:
+        kind = command & 0xF0
+        if kind == paho.DISCONNECT:
+            with self._writing:  # nobody writes directly from here on: paho's thread ends it
+                self.direct_writes = False
+                return super()._packet_queue(command, packet, mid, qos, info)
+        if kind != paho.PUBLISH or not self.direct_writes:
+            return super()._packet_queue(command, packet, mid, qos, info)
+        self._out_packet.append(
+            {"command": command, "mid": mid, "qos": qos, "pos": 0,
+             "to_process": len(packet), "packet": packet, "info": info}
+        )  # fmt: skip
+        if self._writing.acquire(blocking=False):
+            try:
+                if self.direct_writes and self._sock is not None:
+                    super()._packet_write()  # what it cannot write stays queued, in order
+            finally:
+                self._writing.release()
+        if self._out_packet:  # left for paho's thread: wake it as paho's own queue does
+            wake = self._sockpairW
+            if wake is not None:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    wake.send(b"0")
+        return paho.MQTT_ERR_SUCCESS
 
     def loop_read(self, max_packets: int = 1) -> Any:
         rc = super().loop_read(max_packets)
@@ -927,6 +979,7 @@ class Transport:
                 "MQTT: at most %d results unacknowledged (broker: %s)", in_flight, receive_max
             )
         _no_delay(self.client)
+        self.client.direct_writes = self.cfg.transport == "tcp" and not self.cfg.tls
         # Requests first: the broker handles one connection's packets in order, so a
         # client that sends a request as soon as it sees "online" finds it subscribed.
         self.client.subscribe(self.topics.infer("+"), qos=1)

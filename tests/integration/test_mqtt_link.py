@@ -214,6 +214,71 @@ def test_qos0_results_across_a_broker_kill_are_each_written_once(broker: Broker)
 
 
 @pytest.mark.broker(max_queued_messages=0)
+def test_results_from_several_threads_across_a_broker_kill_arrive_whole_once_in_order(
+    broker: Broker,
+) -> None:
+    """Workers' lanes publish from their own threads, and each writes its result to the
+    socket itself when no other thread is writing (transport._Client.direct_writes). Four
+    threads publishing 40 KB results at once (more than the socket takes in one write),
+    across a broker kill: every result reaches a subscriber whole, at most once, each
+    thread's in its order; each is written exactly once; and the link carries on."""
+    link = link_for(broker, qos=0, backlog_limit=10_000)
+    threads, per_thread, pad = 4, 300, "x" * 40_000
+    stop = threading.Event()
+    sent: dict[int, int] = {}
+
+    def produce(lane: int) -> None:
+        for n in range(per_thread):
+            seq = lane * per_thread + n
+            req = Request(model="m", payload=b"", kind="tensor", id=str(seq), source="test")
+            link.publish_result(Result(req, "usb:2-1", {"pad": pad}, timing=Timing(0, 0, 1, 0)))
+            sent[lane] = n + 1
+            if stop.is_set():
+                stop.wait(0.001)
+
+    link.start()
+    try:
+        wait_for(lambda: link.stats().connected, what="connect")
+        with Subscriber(broker, [RESULTS], protocol="3.1.1") as sub:
+            workers = [threading.Thread(target=produce, args=(n,)) for n in range(threads)]
+            for w in workers:
+                w.start()
+            wait_for(lambda: sum(sent.values()) >= threads * per_thread // 3, what="load")
+            broker.kill()
+            stop.set()
+            for w in workers:
+                w.join(60)
+        broker.start()
+        with Subscriber(broker, [RESULTS], protocol="3.1.1") as after:
+            wait_for(lambda: link.stats().backlog == 0, timeout=60, what="the backlog to drain")
+            link.publish_result(result(10_000))
+            wait_for(
+                lambda: any(
+                    json.loads(m.payload)["request_id"] == "10000" for m in after.on(RESULTS)
+                ),
+                what="the marker result",
+            )
+            total = threads * per_thread + 1
+            wait_for(
+                lambda: link.stats().published >= total + link.stats().connects,
+                timeout=10,
+                what="paho to record every result as written",
+            )
+        stats = link.stats()
+    finally:
+        link.stop()
+    assert stats.published == total + stats.connects  # each written once, plus "online"s
+    assert stats.connects == 2 and stats.backlog_dropped == 0
+    docs = [json.loads(m.payload) for m in sub.on(RESULTS) + after.on(RESULTS)]
+    assert all(d["result"] == {"pad": pad} for d in docs if d["request_id"] != "10000")
+    seen = [int(d["request_id"]) for d in docs]
+    assert len(seen) == len(set(seen))
+    for lane in range(threads):
+        mine = [s for s in seen if lane * per_thread <= s < (lane + 1) * per_thread]
+        assert mine == sorted(mine)
+
+
+@pytest.mark.broker(max_queued_messages=0)
 def test_results_faster_than_the_broker_acknowledges_are_held_back_not_dropped(
     broker: Broker,
 ) -> None:
