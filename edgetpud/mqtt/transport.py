@@ -74,10 +74,11 @@ class _Client(paho.Client):
 
     paho's `publish()` from another thread only queues the packet and wakes paho's thread
     (a byte through a socket pair), which wakes, selects and writes it: per result a
-    thread switch and four system calls in the daemon. With `direct_writes` (set while
-    connected over plain TCP) the publishing thread writes the queue itself when no other
-    thread is writing; whatever it cannot write (the socket full, another writer busy)
-    is left to paho's thread as before. One lock (`_writing`) serialises every write of
+    thread switch and four system calls in the daemon; paho's own thread queues a
+    request's PUBACK the same way and turns its loop once more to write it. With
+    `direct_writes` (set while connected over plain TCP) the thread that queues a packet
+    writes the queue itself when no other thread is writing; whatever it cannot write
+    (the socket full, another writer busy) is left to paho's thread as before. One lock (`_writing`) serialises every write of
     the queue, in either thread, and the closing of the socket, so packets leave in the
     order they were queued and no thread writes to a socket being closed. Not over TLS
     (one OpenSSL connection must not be written and read by two threads at once) nor
@@ -104,7 +105,7 @@ class _Client(paho.Client):
             with self._writing:  # nobody writes directly from here on: paho's thread ends it
                 self.direct_writes = False
                 return super()._packet_queue(command, packet, mid, qos, info)
-        if kind != paho.PUBLISH or not self.direct_writes:
+        if kind == paho.CONNECT or not self.direct_writes:
             return super()._packet_queue(command, packet, mid, qos, info)
         self._out_packet.append(
             {"command": command, "mid": mid, "qos": qos, "pos": 0,
