@@ -561,6 +561,42 @@ def test_requests_the_broker_delivered_just_before_it_died_are_all_taken() -> No
     assert link.stats().requests_accepted == 50
 
 
+def test_requests_arriving_in_pieces_and_bursts_are_each_taken_at_once() -> None:
+    """The link reads the broker's socket in large chunks and hands paho its packets from
+    them (transport._Client._sock_recv): 60 requests written as one byte stream cut at
+    arbitrary places (inside headers, lengths and payloads) and in bursts of several
+    packets per write are each taken once, in order, while the connection stays up and
+    idle: none waits in the buffer for the next packet to arrive."""
+    taken: list[int] = []
+
+    def take(request: Request) -> str | None:
+        taken.append(int.from_bytes(request.payload[-2:], "big"))
+        return None
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, "PNG")
+    topic = f"edgetpud/{NODE}/models/m/infer".encode()
+    stream = b""
+    for n in range(1, 61):  # PUBLISH, QoS 1, packet id n; the payload ends with n
+        body = len(topic).to_bytes(2, "big") + topic + n.to_bytes(2, "big")
+        body += png.getvalue() + b"x" * (n * 37) + n.to_bytes(2, "big")
+        stream += b"\x32" + VariableByteIntegers.encode(len(body)) + body
+    cuts = [1, 2, 3, 5, 8, 13, 200, 1, 1, 4000, 7, 150_000]  # the last piece: the rest
+    with _stand_in_broker("3.1.1", on_request=take) as (link, conn):
+        link.set_models({"m": None})
+        wait_for(lambda: link.stats().connected, what="the link connected")
+        pos = 0
+        for size in cuts:
+            piece = stream[pos : pos + size]
+            pos += len(piece)
+            conn.sendall(piece)
+            time.sleep(0.02)  # separate reads
+        assert pos == len(stream)
+        wait_for(lambda: len(taken) >= 60, timeout=5, what="all 60 requests taken")
+        assert link.stats().connected
+    assert taken == list(range(1, 61))
+
+
 def test_a_broker_saying_the_session_was_taken_over_names_the_client_id(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
