@@ -47,6 +47,7 @@ RESTART_BACKOFF_MAX_S = 8.0
 # After giving up, every open for this long raises HostFailed (all the lanes that were
 # waiting to reopen, not just the first); the next open after it starts a fresh host.
 FAILED_HOLD_S = 2.0
+MAX_MODEL_INFOS = 64  # model files whose parsed facts are kept (a config names a few)
 
 Reset = Callable[[str], str]  # device identity -> what was done ("" when nothing could be)
 
@@ -141,6 +142,10 @@ class HostPool:
         self._slots: dict[str, _Slot] = {}
         self._closers: list[threading.Thread] = []  # closing idle hosts
         self._closed = False
+        # path -> (its stat key, ModelInfo): every lane of every host restart opens the
+        # same few files; reading and parsing one (up to MBs, in that lane's thread and
+        # malloc arena) each time cost CPU and left RSS high (docs/reliability.md "Soak")
+        self._infos: dict[Path, tuple[tuple[int, ...], Any]] = {}
 
     # -- sessions -----------------------------------------------------------------------
 
@@ -159,11 +164,9 @@ class HostPool:
 
         Raises what `edgetpud.runtime.open_session` raises, HostFailed when the device's
         host keeps dying, HostLost when it dies during the open."""
-        from edgetpud.modelfile import inspect_model
-
         model = Path(model)
         if info is None or getattr(info, "path", None) != model:
-            info = inspect_model(model)
+            info = self._model_info(model)
         options = {
             "library": library,
             "performance": performance,
@@ -174,6 +177,28 @@ class HostPool:
         session = host.open(model, info, options)
         session._on_close = lambda: self._session_closed(host)
         return session
+
+    def _model_info(self, model: Path) -> Any:
+        """The model's ModelInfo, read again only when the file changed (another inode,
+        size or mtime): a reload that replaces a model file gets the new one."""
+        from edgetpud.modelfile import inspect_model as inspect
+
+        try:
+            st = model.stat()
+        except OSError:
+            return inspect(model)  # it says what is wrong with the path
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        with self._lock:
+            cached = self._infos.get(model)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        info = inspect(model)
+        with self._lock:
+            self._infos.pop(model, None)
+            self._infos[model] = (key, info)
+            while len(self._infos) > MAX_MODEL_INFOS:  # paths a reload dropped: oldest first
+                del self._infos[next(iter(self._infos))]
+        return info
 
     def _host(self, device: str) -> DeviceHost:
         """The device's running host: started now, or once its restart backoff is over."""
