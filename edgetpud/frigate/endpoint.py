@@ -15,8 +15,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from edgetpud.config import FrigateConfig
 from edgetpud.frigate import protocol
 from edgetpud.frigate.clients import ClientStats, Ledger
@@ -33,6 +31,7 @@ log = logging.getLogger(__name__)
 # has just opened by up to its refresh interval (0.5 s); longer would keep taking
 # requests for a model that has just stopped, which then time out in Frigate.
 RECENTLY_SERVED_S = 0.5
+MAX_PLANS = 64  # request headers whose fit is remembered (Frigate sends one per detector)
 
 
 @dataclass(frozen=True)
@@ -72,6 +71,8 @@ class FrigateEndpoint:
             cfg, self._on_message, self.ledger.sent, context=context, poll_ms=poll_ms
         )
         self._served_at = -RECENTLY_SERVED_S  # time.monotonic() of the last detections sent
+        # (header bytes, model input) -> how such frames fit; the endpoint's thread only
+        self._plans: dict[tuple[bytes, Any], protocol.FramePlan] = {}
         self.state = "stopped"  # "listening", "failed", "stopped"
         self.error = ""
 
@@ -116,7 +117,7 @@ class FrigateEndpoint:
             )
             return
         try:
-            shape, dtype = protocol.read_header(body[0].bytes)
+            plan = self._plan(body[0].bytes)
         except (ValueError, KeyError, TypeError) as exc:
             self._empty(envelope, client, f"unreadable header ({exc})")
             return
@@ -129,7 +130,7 @@ class FrigateEndpoint:
             return
         if self.notices.unavailable:
             self.notices.set_unavailable("")
-        array, width, height = self._frame(body[1], shape, dtype, client)
+        array, width, height = self._frame(body[1], plan, client)
         if array is None:
             return self._empty(envelope, client, "", counted=True)
         request = Request(
@@ -146,22 +147,30 @@ class FrigateEndpoint:
         if why:
             self._empty(envelope, client, why)
 
+    def _plan(self, header: bytes) -> protocol.FramePlan:
+        """How frames with this header fit the model (ValueError, KeyError or TypeError
+        when it cannot be read), remembered per header and model input: Frigate sends
+        the same header with every frame."""
+        info = self.port.info()
+        spec = info.inputs[0] if info is not None and len(info.inputs) == 1 else None
+        key = (header, spec)
+        plan = self._plans.get(key)
+        if plan is None:
+            shape, dtype = protocol.read_header(header)
+            resize = self.cfg.on_mismatch == "resize"
+            plan = protocol.plan_frame(shape, dtype, spec, self.port.model, resize=resize)
+            if len(self._plans) >= MAX_PLANS:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
+
     def _frame(
-        self, data: Frame, shape: list[int], dtype: np.dtype[Any], client: ClientStats
+        self, data: Frame, plan: protocol.FramePlan, client: ClientStats
     ) -> tuple[Any, int, int]:
         """The tensor as an array the model takes, and the frame's width and height; (None, 0,
         0) after logging why when it does not fit (and is not resized)."""
-        info = self.port.info()
-        spec = info.inputs[0] if info is not None and len(info.inputs) == 1 else None
         try:
-            return protocol.fit_frame(
-                data.buffer,
-                shape,
-                dtype,
-                spec,
-                self.port.model,
-                resize=self.cfg.on_mismatch == "resize",
-            )
+            return plan.apply(data.buffer)
         except Mismatch as exc:
             why = str(exc)
             self.ledger.mismatch(client, why)
@@ -196,7 +205,7 @@ class FrigateEndpoint:
         else:
             self._empty(envelope, client, f"unknown one-frame message {list(control.keys)}")
             return
-        self.router.send_now(envelope, control.reply)
+        self.router.send(envelope, control.reply)
 
     def _empty(
         self, envelope: tuple[Any, ...], client: ClientStats, why: str, *, counted: bool = False
@@ -207,7 +216,7 @@ class FrigateEndpoint:
             self.notices.warn(
                 client.client, why[:40], f"Frigate client {client.client}: no detections: {why}"
             )
-        self.router.send_now(envelope, EMPTY_REPLY)
+        self.router.send(envelope, EMPTY_REPLY)
 
     def _client(self, routing: Any) -> ClientStats:
         client, new = self.ledger.client(routing.bytes, lambda: peer(routing))
@@ -229,13 +238,13 @@ class FrigateEndpoint:
             return
         if result.error:
             self.ledger.empty(client, result.error)
-            self.router.reply_later(pending.envelope, EMPTY_REPLY)
+            self.router.send(pending.envelope, EMPTY_REPLY)
             return
         payload = protocol.rows(result.output, pending.width, pending.height, request.meta)
         self._served_at = time.monotonic()
         timing = result.timing
         self.ledger.answered(client, timing.queue_ms if timing else 0.0)
-        self.router.reply_later(pending.envelope, payload.tobytes(), request.received_mono)
+        self.router.send(pending.envelope, payload.tobytes(), request.received_mono)
 
     # ---- health -----------------------------------------------------------------------
 

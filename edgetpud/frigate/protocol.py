@@ -56,6 +56,67 @@ def read_header(data: bytes) -> tuple[list[int], np.dtype[Any]]:
     return shape, dtype
 
 
+@dataclass(frozen=True)
+class FramePlan:
+    """How frames with one header become the model's input: worked out once per header
+    (Frigate sends the same header with every frame), applied to each frame's bytes."""
+
+    dtype: np.dtype[Any]
+    size: int  # the bytes the header promises
+    reshape: tuple[int, ...] = ()  # the array the model takes (or HxWx3 to resize)
+    width: int = 0
+    height: int = 0
+    refused: str = ""  # why no frame with this header fits (after the size check)
+    refused_first: str = ""  # why not, before even the size is looked at
+    reshape_from: tuple[int, ...] = ()  # the header's shape, for messages
+
+    def apply(self, buffer: memoryview) -> tuple[Any, int, int]:
+        """The frame as an array the model takes (no copy), its width and height; Mismatch
+        saying why when it does not fit."""
+        if self.refused_first:
+            raise Mismatch(self.refused_first)
+        if len(buffer) != self.size:
+            raise Mismatch(
+                f"the header says {self.dtype.name} {list(self.reshape_from)} ({self.size} "
+                f"bytes) but {len(buffer)} came"
+            )
+        if self.refused:
+            raise Mismatch(self.refused)
+        array = np.frombuffer(buffer, dtype=self.dtype).reshape(self.reshape)
+        return array, self.width, self.height
+
+
+def plan_frame(
+    shape: list[int], dtype: np.dtype[Any], spec: Any, model: str, *, resize: bool
+) -> FramePlan:
+    """How a frame of `shape` and `dtype` fits the model's one input `spec`
+    (modelfile.TensorSpec; None when it has not one image input). `resize` (on_mismatch =
+    "resize") lets an RGB uint8 frame of another size through as HxWx3 for the
+    preprocessor to stretch."""
+    size = math.prod(shape) * dtype.itemsize
+    header = tuple(shape)
+    if spec is None:
+        return FramePlan(dtype, size, refused_first="the model does not have one image input")
+    wanted = [max(int(d), 1) for d in spec.shape]
+    image_shape = shape[1:] if len(shape) == 4 and shape[0] == 1 else shape
+    if len(image_shape) != 3:
+        why = f"a {dtype.name} {shape} tensor is not one NHWC image"
+        return FramePlan(dtype, size, refused=why, reshape_from=header)
+    height, width = image_shape[0], image_shape[1]
+    if dtype.name == spec.dtype and image_shape == wanted[-3:]:
+        return FramePlan(dtype, size, tuple(wanted), width, height, reshape_from=header)
+    resizable = dtype == np.uint8 and image_shape[2] == 3 and spec.dtype == "uint8"
+    if resize and resizable:
+        return FramePlan(dtype, size, tuple(image_shape), width, height, reshape_from=header)
+    why = (
+        f"Frigate sends {dtype.name} {shape} but model {model} takes {spec.dtype} "
+        f"{wanted}; set Frigate's model width/height to {wanted[2]}x{wanted[1]} "
+        f"(input_tensor nhwc, input_pixel_format rgb, input_dtype int)"
+        + ("" if not resizable else ', or frigate.on_mismatch = "resize" in edgetpud')
+    )
+    return FramePlan(dtype, size, refused=why, reshape_from=header)
+
+
 def fit_frame(
     buffer: memoryview,
     shape: list[int],
@@ -65,36 +126,9 @@ def fit_frame(
     *,
     resize: bool,
 ) -> tuple[Any, int, int]:
-    """The tensor as an array the model takes (no copy), and the frame's width and height.
-
-    `spec` is the model's one input (modelfile.TensorSpec), None when it has not one
-    image input. `resize` (on_mismatch = "resize") lets an RGB uint8 frame of another
-    size through as HxWx3 for the preprocessor to stretch. Raises Mismatch saying why.
-    """
-    if spec is None:
-        raise Mismatch("the model does not have one image input")
-    wanted = [max(int(d), 1) for d in spec.shape]
-    size = math.prod(shape) * dtype.itemsize
-    if size != len(buffer) or not shape:
-        raise Mismatch(
-            f"the header says {dtype.name} {shape} ({size} bytes) but {len(buffer)} came"
-        )
-    image_shape = shape[1:] if len(shape) == 4 and shape[0] == 1 else shape
-    if len(image_shape) != 3:
-        raise Mismatch(f"a {dtype.name} {shape} tensor is not one NHWC image")
-    height, width = image_shape[0], image_shape[1]
-    array = np.frombuffer(buffer, dtype=dtype)
-    if dtype.name == spec.dtype and image_shape == wanted[-3:]:
-        return array.reshape(wanted), width, height
-    resizable = dtype == np.uint8 and image_shape[2] == 3 and spec.dtype == "uint8"
-    if resize and resizable:
-        return array.reshape(image_shape), width, height
-    raise Mismatch(
-        f"Frigate sends {dtype.name} {shape} but model {model} takes {spec.dtype} "
-        f"{wanted}; set Frigate's model width/height to {wanted[2]}x{wanted[1]} "
-        f"(input_tensor nhwc, input_pixel_format rgb, input_dtype int)"
-        + ("" if not resizable else ', or frigate.on_mismatch = "resize" in edgetpud')
-    )
+    """The tensor as an array the model takes (no copy), and the frame's width and height;
+    Mismatch saying why it does not fit (plan_frame, then FramePlan.apply)."""
+    return plan_frame(shape, dtype, spec, model, resize=resize).apply(buffer)
 
 
 @dataclass(frozen=True)

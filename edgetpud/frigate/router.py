@@ -1,17 +1,19 @@
 """The Frigate endpoint's ZeroMQ ROUTER socket and the thread that owns it.
 
-The only importer of zmq (pyzmq). The socket is used only by the thread
-`frigate:endpoint`: it takes messages in batches and hands each to `on_message`;
-replies from other threads (workers) come through `reply_later`, a deque and a wake-up
-pipe the thread polls beside the socket.
+The only importer of zmq (pyzmq). The thread `frigate:endpoint` takes messages in
+batches and hands each to `on_message`; answers are sent by whoever has them (`send`):
+the endpoint's thread for what it answers at once, a worker's thread for its result,
+so a result leaves without waking another thread. A lock serialises every use of the
+socket (a zmq socket may move between threads with a full memory barrier); the
+thread waits, without it, on zmq's FD and a wake-up pipe.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import os
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -58,11 +60,10 @@ class Router:
         self._socket: zmq.Socket[Any] | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        # (routing envelope, reply, when the request arrived, when its result came), monotonic
-        self._outbox: collections.deque[tuple[tuple[Any, ...], bytes, float, float]] = (
-            collections.deque()
-        )
-        self._woken = False
+        # guards the socket: its thread reads it, any thread sends on it (a zmq socket may
+        # move between threads with a full memory barrier; the lock is that barrier)
+        self._lock = threading.Lock()
+        self._ident = 0  # the socket thread's
         self._wake_r, self._wake_w = -1, -1
 
     # ---- lifecycle --------------------------------------------------------------------
@@ -93,9 +94,10 @@ class Router:
             self._wake()
             self._thread.join(timeout)
             self._thread = None
-        if self._socket is not None:
-            self._socket.close(0)
-            self._socket = None
+        with self._lock:
+            sock, self._socket = self._socket, None
+        if sock is not None:
+            sock.close(0)
             path = self.ipc_path()
             if path:
                 with contextlib.suppress(OSError):
@@ -146,30 +148,49 @@ class Router:
     # ---- the thread -------------------------------------------------------------------
 
     def _run(self) -> None:
+        self._ident = threading.get_ident()
         sock = self._socket
         assert sock is not None
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(self._wake_r, zmq.POLLIN)
-        recv, again, on_message = sock.recv_multipart, zmq.Again, self._on_message
+        with self._lock:
+            zmq_fd = int(sock.getsockopt(zmq.FD))
+        waiter = select.poll()
+        waiter.register(zmq_fd, select.POLLIN)
+        waiter.register(self._wake_r, select.POLLIN)
         while not self._stop.is_set():
             try:
-                ready = dict(poller.poll(self._poll_ms))
-                if self._wake_r in ready:
+                if not self._serve_batch(sock) and any(
+                    fd == self._wake_r for fd, _ in waiter.poll(self._poll_ms)
+                ):
                     self._drain_wake()
-                if sock in ready:
-                    for _ in range(BATCH):
-                        try:
-                            frames = recv(zmq.NOBLOCK, copy=False)
-                        except again:
-                            break
-                        on_message(frames)
-                self._send_replies(sock)
             except Exception:
                 if self._stop.is_set():
                     break
                 log.exception("Frigate endpoint: unexpected error; carrying on")
                 self._stop.wait(0.01)
+
+    def _serve_batch(self, sock: zmq.Socket[Any]) -> bool:
+        """Take up to BATCH messages and handle them; True when more may be waiting.
+
+        The socket is read under the lock and the messages handled outside it, so a
+        worker's reply never waits for a message being handled. zmq's FD, which the
+        thread waits on, only says the socket's state may have changed and is cleared by
+        any thread's use of the socket: so before waiting, EVENTS says whether a message
+        is there already (and a worker that finds one after its send wakes the thread).
+        """
+        recv, again = sock.recv_multipart, zmq.Again
+        batch = []
+        with self._lock:
+            for _ in range(BATCH):
+                try:
+                    batch.append(recv(zmq.NOBLOCK, copy=False))
+                except again:
+                    break
+        for frames in batch:
+            self._on_message(frames)
+        if len(batch) == BATCH:
+            return True
+        with self._lock:
+            return _readable(sock)
 
     def _wake(self) -> None:
         if self._wake_w >= 0:
@@ -177,44 +198,36 @@ class Router:
                 os.write(self._wake_w, b"\0")
 
     def _drain_wake(self) -> None:
-        """Empty the wake pipe, then clear the flag; the caller sends the outbox after.
-
-        In this order a reply is never stranded: one queued before the flag is cleared is
-        in the outbox the caller empties next; one queued after it writes a new byte.
-        (Clearing first lost replies: a byte written between the clear and the read was
-        read here, leaving the flag set with nothing in the pipe, so the next reply did
-        not wake the thread and waited for POLL_MS.)
-        """
         with contextlib.suppress(BlockingIOError):
             while os.read(self._wake_r, 512):
                 pass
-        self._woken = False
-
-    def _send_replies(self, sock: zmq.Socket[Any]) -> None:
-        outbox, send = self._outbox, sock.send_multipart
-        while outbox:
-            envelope, payload, arrived, done = outbox.popleft()
-            with contextlib.suppress(zmq.Again):
-                send([*envelope, payload], zmq.NOBLOCK, copy=False)
-            if arrived:  # an answered request (not an empty answer)
-                self._on_sent(arrived, done, time.monotonic())
 
     # ---- sending ----------------------------------------------------------------------
 
-    def reply_later(self, envelope: tuple[Any, ...], payload: bytes, arrived: float = 0.0) -> None:
-        """From any thread: queue a reply for the socket's thread to send; `arrived` (the
-        request's arrival, monotonic) makes `on_sent` see it leave."""
-        self._outbox.append((envelope, payload, arrived, time.monotonic()))
-        if not self._woken:
-            self._woken = True
-            self._wake()
-
-    def send_now(self, envelope: tuple[Any, ...], payload: bytes) -> None:
-        """From the socket's thread (inside `on_message`): send at once."""
-        sock = self._socket
-        if sock is not None:
+    def send(self, envelope: tuple[Any, ...], payload: bytes, arrived: float = 0.0) -> None:
+        """From any thread: send at once (a reply to a client gone or too slow to take it
+        is dropped); `arrived` (the request's arrival, monotonic) makes `on_sent` see it
+        leave."""
+        done = time.monotonic()
+        other = threading.get_ident() != self._ident
+        with self._lock:
+            sock = self._socket
+            if sock is None:
+                return
             with contextlib.suppress(zmq.Again):
                 sock.send_multipart([*envelope, payload], zmq.NOBLOCK, copy=False)
+            # the send may have taken the FD's signal of a message that came meanwhile (the
+            # socket's own thread looks at EVENTS before it waits again)
+            pending = other and _readable(sock)
+        if pending:
+            self._wake()
+        if arrived:  # an answered request (not an empty answer)
+            self._on_sent(arrived, done, time.monotonic())
+
+
+def _readable(sock: zmq.Socket[Any]) -> bool:
+    """A message waits (this also takes the socket's pending commands, clearing its FD)."""
+    return bool(int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
 
 
 def peer(routing: Any) -> str:

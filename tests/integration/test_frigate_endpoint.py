@@ -432,10 +432,12 @@ def test_requests_spread_over_every_replica(
 def test_every_reply_wakes_the_endpoint(
     tmp_path: Path, bed: Accelerators, lib: FakeLib, control: Control
 ) -> None:
-    """Replies come from worker threads while the endpoint's thread waits in poll(); each
-    must wake it. With its idle poll stretched to 60 s, a reply that did not would leave
-    its client waiting past its timeout (this found a lost wake-up: about one reply in
-    four waited for the idle poll with one lane per device and two clients)."""
+    """Replies leave from worker threads while the endpoint's thread waits on the socket;
+    neither may strand the other: a reply must leave at once, and a request that came
+    while a worker sent (its send can take the socket's signal) must still be read. With
+    the idle wait stretched to 60 s, either would leave a client waiting past its
+    timeout (this found a lost wake-up when replies still went through the endpoint's
+    thread: about one reply in four waited for the idle poll)."""
     model = tmp_path / "ssd_edgetpu.tflite"
     model.write_bytes(ssd_edgetpu_model(size=(WIDTH, HEIGHT)))
     rig = Rig(model, f"ipc://{tmp_path}/frigate.sock", poll_ms=60_000)
