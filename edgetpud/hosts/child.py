@@ -25,8 +25,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from edgetpud.hosts import wire
 from edgetpud.hosts.slots import Layout, Slot
 
@@ -82,15 +80,13 @@ class Lane:
 
     @staticmethod
     def _loop(session: Any, sock: socket.socket, slot: Slot) -> None:
-        inputs, outputs = slot.inputs, slot.outputs
-        invoke, recv, send = session.invoke, sock.recv, sock.send
-        done = wire.DONE
-        while recv(16) == wire.INVOKE:
+        # inputs read from the slot, outputs copied into it; this thread alone runs and
+        # closes the session (Session.invoker_into)
+        invoke = session.invoker_into(slot.inputs, slot.outputs)
+        recv, send, go, done = sock.recv, sock.send, wire.INVOKE, wire.DONE
+        while recv(16) == go:
             try:
-                results = invoke(inputs)
-                for view, result in zip(outputs, results):
-                    shaped = result if result.shape == view.shape else result.reshape(view.shape)
-                    np.copyto(view, shaped, casting="no")
+                invoke()
             except Exception as exc:
                 wire.send(sock, wire.ERROR, wire.exception_to_wire(exc))
                 continue

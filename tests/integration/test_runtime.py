@@ -133,6 +133,28 @@ def test_wrong_input_is_a_model_error_and_session_survives(models_dir: Path) -> 
     session.close()  # idempotent
 
 
+def test_an_invoker_into_given_arrays_classifies_as_invoke_does(models_dir: Path) -> None:
+    """Session.invoker_into (a device host's lane): the inputs are read from the given
+    arrays, the outputs land in the given arrays; same outputs as invoke, same errors."""
+    with open_session(models_dir / CPU_128, "cpu", cpu_threads=1) as session:
+        image = np.empty((1, 128, 128, 3), np.uint8)
+        scores = np.full((1, 1001), 7, np.uint8)
+        run = session.invoker_into([image], [scores])
+        for name in ("cat.bmp", "bird.bmp"):
+            image[...] = image_tensor(models_dir / name, session)
+            run()
+            (want,) = session.invoke([image])
+            assert np.array_equal(scores, want)
+        assert set(np.argsort(-scores.reshape(-1).astype(np.int32))[:3].tolist()) & BIRDS
+        with pytest.raises(ModelError, match=r"1 input\(s\) and 1 output\(s\), got 1 and 0"):
+            session.invoker_into([image], [])
+        wrong = session.invoker_into([np.zeros((1, 64, 64, 3), np.uint8)], [scores])
+        with pytest.raises(ModelError, match=r"wants uint8 \[1, 128, 128, 3\]"):
+            wrong()
+    with pytest.raises(ModelError, match="closed"):
+        run()
+
+
 def test_unknown_device_string(models_dir: Path) -> None:
     with pytest.raises(DeviceError, match=r"unknown device 'gpu:0'.*edgetpud devices"):
         open_session(models_dir / TPU_128, "gpu:0")
@@ -260,6 +282,8 @@ def test_invoke_error_leaves_the_session_usable(models_dir: Path, tpus: Tpus) ->
         tpus.control.set(fail_invoke="*")
         with pytest.raises(InvokeError, match=r"inference of .* on usb:0 failed"):
             session.invoke([zeros])
+        with pytest.raises(InvokeError, match=r"inference of .* on usb:0 failed"):
+            session.invoker_into([zeros], [np.zeros((1, 1001), np.uint8)])()
         tpus.control.set(fail_invoke=None)
         (out,) = session.invoke([zeros])
         assert out.shape == (1, 1001)
