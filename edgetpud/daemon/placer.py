@@ -25,6 +25,10 @@ from edgetpud.workers import Worker, WorkerReport
 
 log = logging.getLogger(__name__)
 
+# the worker reports that change a device's trust, its learned port or the plan: taken
+# only from the worker that runs on that device now
+JUDGED_REPORTS = frozenset({"opened", "open_failed", "invoke_error"})
+
 
 class Placer:
     """Device records, device trust and the plan (supervisor thread only)."""
@@ -112,10 +116,12 @@ class Placer:
         rt = self.models.by_name.get(report.model)
         device = report.device
         current = rt.workers.get(device) if rt is not None else None
-        if report.kind != "stopped" and (current is None or current.serial != report.serial):
+        retired = current is None or current.serial != report.serial
+        if retired and report.kind in JUDGED_REPORTS:
             # Reports queue up behind re-plans: a worker this placer already stopped (its
             # device unplugged, the model moved) may still report that reopening failed.
             # Acting on it would quarantine the model's new devices and re-plan again.
+            # (A host's death is still told: it happened, whoever's worker saw it.)
             log.info(
                 "model %s: ignored %s from a worker already retired from %s: %s",
                 report.model,

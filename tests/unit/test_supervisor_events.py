@@ -203,3 +203,12 @@ def test_a_late_report_from_a_retired_worker_quarantines_nothing(
     assert sup.placer.trust == {}, "a retired worker's report quarantined a device"
     assert [e["event"] for e in link.published] == []
     assert "ignored open_failed from a worker already retired" in caplog.text
+
+
+def test_a_retired_workers_host_death_is_still_told(tmp_path: Path) -> None:
+    """The host of a device unplugged mid-invoke aborts after the placer has moved the model:
+    the host_died event is a fact about the device, told whoever's worker saw it."""
+    sup, link = started(tmp_path, [dev(USB)])
+    sup.dispatch(WorkerReport("worker:beta@usb:2-1", "beta", USB, "host_lost", "aborted", serial=3))
+    assert [e["event"] for e in link.published] == ["host_died"]
+    assert sup.placer.trust == {}
