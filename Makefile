@@ -37,6 +37,7 @@ help:
 	@echo "make test   ruff check, ruff format --check, mypy --strict, pytest (installs what it needs)"
 	@echo "make bench  the benchmark suite (< 15 min); make bench-quick: its 60-second subset"
 	@echo "make deb    the Debian packages (amd64, arm64, armhf); make test-system: one in a booted container (root)"
+	@echo "make fuzz   property tests and fuzzers with new random examples (make test replays fixed ones)"
 
 # $(call apt-install,PACKAGES): install those of the Debian packages that are missing.
 define apt-install
@@ -86,6 +87,15 @@ $(STAMPS)/paho16: pyproject.toml | $(STAMPS)/apt
 	@[ -x $(PAHO16)/bin/python ] || $(PYTHON) -m venv $(PAHO16)
 	$(PAHO16)/bin/python -m pip install -q -e . 'paho-mqtt==1.6.1' pytest pytest-timeout
 	@mkdir -p $(STAMPS) && touch $@
+
+# Property tests and fuzzers with new random examples (make test replays the same ones each
+# run; tests/conftest.py). A failure found here goes into its test as an @example.
+.PHONY: fuzz
+fuzz: $(STAMPS)/venv $(FAKE_LIB)
+	EDGETPUD_HYPOTHESIS_RANDOM=1 umockdev-wrapper $(BIN)/pytest -q tests/unit/test_fuzz_config.py \
+		tests/unit/test_fuzz_reply_topics.py tests/unit/test_fuzz_requests.py \
+		tests/unit/test_modelfile.py tests/unit/test_placement_properties.py \
+		tests/integration/test_mqtt_hostile.py
 
 # The soak run (python -m bench.soak): the daemon under load through broker kills and replugs.
 # Not part of make test. SOAK_SECONDS=120 shortens it; writes bench/results/soak.json.
