@@ -67,6 +67,7 @@ class _Slot:
     failed: str = ""
     failed_until: float = 0.0
     reset_pending: str = ""  # why: set by recover(), the reset runs once the host is gone
+    closing: DeviceHost | None = None  # an idle host still exiting: it holds the device
     resetting: bool = False
     restarts: int = 0
     deaths_total: int = 0
@@ -173,8 +174,13 @@ class HostPool:
             "cpu_threads": cpu_threads,
             "prefer": prefer,
         }
-        host = self._host(device)
-        session = host.open(model, info, options)
+        host = self._host(device)  # counted in host.opening until the open ends
+        try:
+            session = host.open(model, info, options)
+        finally:
+            with self._lock:
+                host.opening -= 1
+            self._close_if_idle(host)
         session._on_close = lambda: self._session_closed(host)
         return session
 
@@ -212,10 +218,15 @@ class HostPool:
                         raise HostFailed(slot.failed)
                     slot.failed = ""
                 if slot.host is not None and slot.host.alive:
+                    slot.host.opening += 1
                     return slot.host
                 wait = slot.not_before - time.monotonic()
-                if slot.starting or slot.reset_pending or slot.resetting or wait > 0:
-                    self._changed.wait(wait if wait > 0 else None)
+                # a host closing for want of sessions still has the device open: a new one
+                # started now would find it busy ("in use by another process": our own)
+                closing = slot.closing is not None and not slot.closing.exited
+                if slot.starting or slot.reset_pending or slot.resetting or wait > 0 or closing:
+                    # (bounded while a host closes: its exit is polled too, not only told)
+                    self._changed.wait(wait if wait > 0 else (0.2 if closing else None))
                     continue
                 slot.starting = True
                 restart = slot.host is not None
@@ -236,6 +247,7 @@ class HostPool:
         with self._changed:
             slot.starting = False
             slot.host = host
+            host.opening += 1
             if restart:
                 slot.restarts += 1
             self._changed.notify_all()
@@ -244,10 +256,17 @@ class HostPool:
     def _session_closed(self, host: DeviceHost) -> None:
         with self._lock:
             host.sessions -= 1
-            idle = host.sessions <= 0 and host.alive
+        self._close_if_idle(host)
+
+    def _close_if_idle(self, host: DeviceHost) -> None:
+        """Close a host with no session left and none being opened (another model's lane
+        may be opening one in it right now: closing then would strand that open)."""
+        with self._lock:
+            idle = host.sessions <= 0 and host.opening <= 0 and host.alive
             slot = self._slots.get(host.device)
             if idle and slot is not None and slot.host is host:
                 slot.host = None
+                slot.closing = host
         if idle:
             log.debug("host for %s has no session left; closing it", host.device)
             closer = threading.Thread(
@@ -266,6 +285,8 @@ class HostPool:
             if slot is None:
                 return
             slot.last_exit = host.exit_reason
+            if slot.closing is host:
+                slot.closing = None
             if slot.reset_pending and not slot.resetting:
                 slot.resetting = True
                 threading.Thread(

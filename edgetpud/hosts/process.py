@@ -118,6 +118,7 @@ class DeviceHost:
         self.kill_reason = ""
         self.tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
         self.sessions = 0
+        self.opening = 0  # opens in progress: the pool keeps a host with one from closing
         self._spawn = spawn
         self._on_exit = on_exit
         self._runtime_pref = runtime
@@ -131,6 +132,11 @@ class DeviceHost:
 
     def __repr__(self) -> str:
         return f"<DeviceHost {self.device} pid {self.pid}>"
+
+    @property
+    def exited(self) -> bool:
+        """The process has ended and been reaped (its device is free again)."""
+        return self._exited.is_set()
 
     @property
     def alive(self) -> bool:

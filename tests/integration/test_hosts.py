@@ -375,3 +375,41 @@ def test_recover_kills_the_host_and_resets_the_device_before_reopening(
     finally:
         control.set(hang=None)
         pool.close()
+
+
+def test_closing_the_last_session_while_another_opens_keeps_the_host_for_it(
+    models_dir: Path, lib: FakeLib, bed: Accelerators, control: Control, pool: HostPool
+) -> None:
+    """Two models share an accelerator; one moves away (its last session closes) while the
+    other's lane is opening an interpreter in the same host: that host must stay for it,
+    not close under the open (the open was lost, and the next one started a second host
+    while the first still held the device: "in use by another process", our own)."""
+    bed.add_usb("2-1")
+    first = pool.open_session("usb:2-1", models_dir / EDGETPU_MODEL, library=str(lib.path))
+    control.set(open_ms=1500)  # the next create takes 1.5 s, like a firmware load
+    opened: list[Any] = []
+    failed: list[BaseException] = []
+
+    def open_second() -> None:
+        try:
+            opened.append(
+                pool.open_session("usb:2-1", models_dir / EDGETPU_MODEL, library=str(lib.path))
+            )
+        except BaseException as exc:  # reported by the assertion below
+            failed.append(exc)
+
+    opener = threading.Thread(target=open_second)
+    opener.start()
+    wait_for(lambda: pool.snapshot()[0].state == "running", 10, "the host")
+    time.sleep(0.3)  # the second open is in the host's create now
+    first.close()  # the host's last *open* session
+    opener.join(30)
+    assert not failed, failed
+    (second,) = opened
+    try:
+        time.sleep(1.0)  # long enough for a host closed under the open to have gone
+        assert second.pid == first.pid and alive(second.pid), "the host closed under the open"
+        spec = second.info.inputs[0]
+        second.invoke([np.zeros(spec.shape, dtype=spec.dtype)])
+    finally:
+        second.close()
