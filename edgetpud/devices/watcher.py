@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 
 IDLE_WAIT = 1.0  # longest sleep of the watcher thread between checks
 RECONCILE_AFTER = 0.5  # quiet seconds after udev activity before a full re-scan
+# Seconds between re-scans for Edge TPUs udev never reported: an add event lost (netlink
+# drops events when the daemon's receive queue overflows) would otherwise leave a plugged
+# accelerator unused until the next event. Additions only: removals are told by udev,
+# and by the device host of a vanished device, which aborts.
+RESCAN_EVERY = 10.0
 RECEIVE_BUFFER = 16 * 1024 * 1024  # udev monitor socket buffer: room for event bursts
 ADD_ACTIONS = frozenset({"add", "change", "bind", "move"})
 
@@ -93,6 +98,7 @@ class DeviceWatcher:
         self._closed = False
         self._draining: set[str] = set()  # PCIe modules out of service until they cool down
         self._next_thermal = 0.0  # time.monotonic() of the next temperature poll
+        self._next_rescan = 0.0  # time.monotonic() of the next re-scan for missed additions
 
     # -- the service's side -------------------------------------------------
 
@@ -118,6 +124,7 @@ class DeviceWatcher:
             self._observer.start()
             for facts in scan(ctx):
                 self._put(facts)
+            self._next_rescan = time.monotonic() + RESCAN_EVERY
             self._records = self._judge()
             self._thread = threading.Thread(target=self._run, name="devices:watch", daemon=True)
             self._thread.start()
@@ -195,6 +202,8 @@ class DeviceWatcher:
                 elif dirty:
                     dirty = False
                     self._reconcile()
+                else:
+                    self._rescan_for_missed()  # quiet: no event is on its way
                 self._expire()
                 self._poll_thermal()
             except Exception:
@@ -315,6 +324,30 @@ class DeviceWatcher:
                     self._put(facts)
                     self._pending.pop(ident, None)
             self._update()
+
+    def _rescan_for_missed(self) -> None:
+        """Every RESCAN_EVERY seconds, take in the Edge TPUs that are present though udev
+        never reported them."""
+        now = time.monotonic()
+        if now < self._next_rescan:
+            return
+        self._next_rescan = now + RESCAN_EVERY
+        found = scan(self._ctx)
+        with self._lock:
+            missed = [
+                f
+                for f in found
+                if f.identity not in self._facts and f.identity not in self._pending
+            ]
+            for facts in missed:
+                log.info(
+                    "%s is present though udev did not report it (its event was lost); "
+                    "found by the periodic re-scan",
+                    facts.identity,
+                )
+                self._put(facts)
+            if missed:
+                self._update()
 
     def _expire(self) -> None:
         with self._lock:

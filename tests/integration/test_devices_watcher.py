@@ -14,6 +14,7 @@ import pytest
 
 from edgetpud.config import Config, DevicesConfig, ModelConfig, clock_needed
 from edgetpud.devices import DeviceEvent, DeviceInfo, DeviceWatcher
+from edgetpud.devices import watcher as watcher_module
 from tests.support.umock import EVENT_WINDOW, Testbed, umock  # noqa: F401 - fixture
 
 DEADLINE = 30.0  # generous: a loaded 2-core machine
@@ -357,3 +358,23 @@ def test_apex_temperature_is_polled_and_drains_past_the_last_trip_point(
     )
     assert events.seen[-1].device.reasons[0].startswith("dead: reads -88.0 °C")
     assert all(e.action == "changed" for e in events.seen)
+
+
+def test_an_accelerator_whose_add_event_was_lost_is_found_by_the_periodic_rescan(
+    umock: Testbed,  # noqa: F811
+    watch: Callable[..., DeviceWatcher],
+    events: Events,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """netlink drops events when a listener's queue overflows: a plugged accelerator whose
+    add event never arrives is still taken into service, by the re-scan."""
+    monkeypatch.setattr(watcher_module, "RESCAN_EVERY", 0.5)
+    root = umock.add_root_hub(2, 5000)
+    watcher = watch()
+    lost: list[str] = []
+    monkeypatch.setattr(watcher, "_on_udev", lambda device: lost.append(device.sys_path))
+    watcher.start()
+    umock.add_accelerator(root, 1)
+    events.wait_for(has("added", "usb:2-1", state="ready", verdict="ok"), timeout=10)
+    assert any(p.endswith("/2-1") for p in lost), "the add event was not the one lost"
+    assert [d.identity for d in watcher.snapshot()] == ["usb:2-1"]
