@@ -34,10 +34,11 @@ log = logging.getLogger(__name__)
 
 IDLE_WAIT = 1.0  # longest sleep of the watcher thread between checks
 RECONCILE_AFTER = 0.5  # quiet seconds after udev activity before a full re-scan
-# Seconds between re-scans for Edge TPUs udev never reported: an add event lost (netlink
-# drops events when the daemon's receive queue overflows) would otherwise leave a plugged
-# accelerator unused until the next event. Additions only: removals are told by udev,
-# and by the device host of a vanished device, which aborts.
+# Seconds between re-scans, while udev is quiet, for what udev never reported: an event
+# lost (netlink drops events when the daemon's receive queue overflows) would otherwise
+# leave a plugged accelerator unused, or an unplugged one listed, until the next event.
+# A listed device is dropped only when two re-scans in a row miss it (a firmware load
+# re-enumerates within seconds).
 RESCAN_EVERY = 10.0
 RECEIVE_BUFFER = 16 * 1024 * 1024  # udev monitor socket buffer: room for event bursts
 ADD_ACTIONS = frozenset({"add", "change", "bind", "move"})
@@ -98,7 +99,8 @@ class DeviceWatcher:
         self._closed = False
         self._draining: set[str] = set()  # PCIe modules out of service until they cool down
         self._next_thermal = 0.0  # time.monotonic() of the next temperature poll
-        self._next_rescan = 0.0  # time.monotonic() of the next re-scan for missed additions
+        self._next_rescan = 0.0  # time.monotonic() of the next re-scan for missed events
+        self._missing: set[str] = set()  # listed devices the last re-scan did not find
 
     # -- the service's side -------------------------------------------------
 
@@ -327,26 +329,35 @@ class DeviceWatcher:
 
     def _rescan_for_missed(self) -> None:
         """Every RESCAN_EVERY seconds, take in the Edge TPUs that are present though udev
-        never reported them."""
+        never reported them, and drop those two re-scans in a row did not find."""
         now = time.monotonic()
         if now < self._next_rescan:
             return
         self._next_rescan = now + RESCAN_EVERY
-        found = scan(self._ctx)
+        found = {f.identity: f for f in scan(self._ctx)}
         with self._lock:
-            missed = [
-                f
-                for f in found
-                if f.identity not in self._facts and f.identity not in self._pending
-            ]
-            for facts in missed:
+            changed = False
+            for ident, facts in found.items():
+                if ident not in self._facts and ident not in self._pending:
+                    log.info(
+                        "%s is present though udev did not report it (its event was lost); "
+                        "found by the periodic re-scan",
+                        ident,
+                    )
+                    self._put(facts)
+                    changed = True
+            absent = {i for i in self._facts if i not in found and i not in self._pending}
+            for ident in absent & self._missing:
                 log.info(
-                    "%s is present though udev did not report it (its event was lost); "
-                    "found by the periodic re-scan",
-                    facts.identity,
+                    "%s is gone though udev did not report it (its event was lost); "
+                    "two re-scans %.0f s apart did not find it",
+                    ident,
+                    RESCAN_EVERY,
                 )
-                self._put(facts)
-            if missed:
+                self._drop(ident)
+                changed = True
+            self._missing = absent - self._missing
+            if changed:
                 self._update()
 
     def _expire(self) -> None:

@@ -360,21 +360,26 @@ def test_apex_temperature_is_polled_and_drains_past_the_last_trip_point(
     assert all(e.action == "changed" for e in events.seen)
 
 
-def test_an_accelerator_whose_add_event_was_lost_is_found_by_the_periodic_rescan(
+def test_an_accelerator_whose_events_were_lost_is_found_and_dropped_by_the_periodic_rescan(
     umock: Testbed,  # noqa: F811
     watch: Callable[..., DeviceWatcher],
     events: Events,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """netlink drops events when a listener's queue overflows: a plugged accelerator whose
-    add event never arrives is still taken into service, by the re-scan."""
+    add event never arrives is still taken into service, and one whose remove event never
+    arrives is still dropped, by the re-scan."""
     monkeypatch.setattr(watcher_module, "RESCAN_EVERY", 0.5)
     root = umock.add_root_hub(2, 5000)
     watcher = watch()
     lost: list[str] = []
     monkeypatch.setattr(watcher, "_on_udev", lambda device: lost.append(device.sys_path))
     watcher.start()
-    umock.add_accelerator(root, 1)
+    plugged = umock.add_accelerator(root, 1)
     events.wait_for(has("added", "usb:2-1", state="ready", verdict="ok"), timeout=10)
     assert any(p.endswith("/2-1") for p in lost), "the add event was not the one lost"
     assert [d.identity for d in watcher.snapshot()] == ["usb:2-1"]
+    umock.unplug(plugged)
+    events.wait_for(has("removed", "usb:2-1", state="gone"), timeout=10)
+    assert watcher.snapshot() == []
+    assert [e.action for e in events.settle()] == ["added", "removed"]
