@@ -219,13 +219,7 @@ class Session:
                 f"{self.info.path.name} takes {len(self._inputs)} input(s), got {len(inputs)}"
             )
         for spec, index, array in zip(self.info.inputs, self._inputs, inputs):
-            try:
-                interpreter.set_tensor(index, array)
-            except ValueError as exc:
-                raise ModelError(
-                    f"input {spec.name!r} of {self.info.path.name} wants {spec.dtype} "
-                    f"{list(spec.shape)}, got {array.dtype} {list(array.shape)}: {exc}"
-                ) from None
+            self._set_input(interpreter, index, array, spec)
         with self._lock:
             self._busy = True
         try:
@@ -242,11 +236,7 @@ class Session:
                 # after close(); libedgetpu hands that open context out again to the next open
                 # of the same device path (edgetpu_manager_direct.cc, TryMatchDriverWrapper).
                 del interpreter
-                raise InvokeError(
-                    f"inference of {self.info.path.name} on {self.device} failed: "
-                    f"{failure}; the next request is tried as usual, and repeated "
-                    "failures mark the device suspect"
-                )
+                raise self._invoke_failed(failure)
             self.last_invoke_ms = (time.perf_counter() - started) * 1000.0
             self.invocations += 1
             # get_tensor() already returns a copy in both runtimes (never a view of the arena).
@@ -257,6 +247,21 @@ class Session:
                 release = self._close_pending
             if release:
                 self._release()
+
+    def _set_input(self, interpreter: Any, index: int, array: Any, spec: Any) -> None:
+        try:
+            interpreter.set_tensor(index, array)
+        except ValueError as exc:
+            raise ModelError(
+                f"input {spec.name!r} of {self.info.path.name} wants {spec.dtype} "
+                f"{list(spec.shape)}, got {array.dtype} {list(array.shape)}: {exc}"
+            ) from None
+
+    def _invoke_failed(self, failure: str) -> InvokeError:
+        return InvokeError(
+            f"inference of {self.info.path.name} on {self.device} failed: {failure}; "
+            "the next request is tried as usual, and repeated failures mark the device suspect"
+        )
 
     def invoker_into(
         self, inputs: Sequence[npt.NDArray[Any]], outputs: Sequence[npt.NDArray[Any]]
@@ -282,13 +287,7 @@ class Session:
             if interpreter is None:
                 raise ModelError(f"{self!r} is closed: open a new session to run the model")
             for index, array, spec in feed:
-                try:
-                    interpreter.set_tensor(index, array)
-                except ValueError as exc:
-                    raise ModelError(
-                        f"input {spec.name!r} of {self.info.path.name} wants {spec.dtype} "
-                        f"{list(spec.shape)}, got {array.dtype} {list(array.shape)}: {exc}"
-                    ) from None
+                self._set_input(interpreter, index, array, spec)
             failure = ""
             try:
                 interpreter.invoke()
@@ -296,11 +295,7 @@ class Session:
                 failure = _first_line(exc)
             if failure:
                 del interpreter  # as in invoke: the error must not keep it alive
-                raise InvokeError(
-                    f"inference of {self.info.path.name} on {self.device} failed: {failure}; "
-                    "the next request is tried as usual, and repeated failures mark the "
-                    "device suspect"
-                )
+                raise self._invoke_failed(failure)
             for index, out in take:
                 value = interpreter.get_tensor(index)
                 shaped = value if value.shape == out.shape else value.reshape(out.shape)
