@@ -313,18 +313,8 @@ class DeviceWatcher:
         present devices are checked against what the events said."""
         found = {f.identity: f for f in scan(self._ctx)}
         with self._lock:
-            for ident in list(self._facts):
-                if ident not in found and ident not in self._pending:
-                    log.info("%s is gone though udev did not report it (events were lost)", ident)
-                    self._drop(ident)
-            for ident, facts in found.items():
-                if self._facts.get(ident) != facts:
-                    if ident not in self._facts:
-                        log.info(
-                            "%s is present though udev did not report it (events were lost)", ident
-                        )
-                    self._put(facts)
-                    self._pending.pop(ident, None)
+            lost = "events were lost"
+            self._correct(found, self._absent(found), present=lost, gone=lost, refresh=True)
             self._update()
 
     def _rescan_for_missed(self) -> None:
@@ -336,29 +326,47 @@ class DeviceWatcher:
         self._next_rescan = now + RESCAN_EVERY
         found = {f.identity: f for f in scan(self._ctx)}
         with self._lock:
-            changed = False
-            for ident, facts in found.items():
-                if ident not in self._facts and ident not in self._pending:
-                    log.info(
-                        "%s is present though udev did not report it (its event was lost); "
-                        "found by the periodic re-scan",
-                        ident,
-                    )
-                    self._put(facts)
-                    changed = True
-            absent = {i for i in self._facts if i not in found and i not in self._pending}
-            for ident in absent & self._missing:
-                log.info(
-                    "%s is gone though udev did not report it (its event was lost); "
-                    "two re-scans %.0f s apart did not find it",
-                    ident,
-                    RESCAN_EVERY,
-                )
-                self._drop(ident)
-                changed = True
-            self._missing = absent - self._missing
-            if changed:
+            absent = self._absent(found)
+            confirmed, self._missing = absent & self._missing, absent - self._missing
+            if self._correct(
+                found,
+                confirmed,
+                present="its event was lost; found by the periodic re-scan",
+                gone=f"its event was lost; two re-scans {RESCAN_EVERY:.0f} s apart did not find it",
+                refresh=False,
+            ):
                 self._update()
+
+    def _absent(self, found: dict[str, Facts]) -> set[str]:
+        """Listed devices a scan did not find (a debounced firmware load aside)."""
+        return {i for i in self._facts if i not in found and i not in self._pending}
+
+    def _correct(
+        self,
+        found: dict[str, Facts],
+        drop: set[str],
+        *,
+        present: str,
+        gone: str,
+        refresh: bool,
+    ) -> bool:
+        """Drop `drop`, take in what `found` has that is not listed (and, with `refresh`,
+        what changed), logging each device udev did not report with why; True when the
+        list changed. Callers hold the lock."""
+        for ident in sorted(drop):
+            log.info("%s is gone though udev did not report it (%s)", ident, gone)
+            self._drop(ident)
+        changed = bool(drop)
+        for ident, facts in found.items():
+            known = self._facts.get(ident)
+            if known is not None and (not refresh or known == facts):
+                continue
+            if known is None:
+                log.info("%s is present though udev did not report it (%s)", ident, present)
+            self._put(facts)
+            self._pending.pop(ident, None)
+            changed = True
+        return changed
 
     def _expire(self) -> None:
         with self._lock:
