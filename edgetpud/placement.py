@@ -458,14 +458,7 @@ def _take_from_extra_replica(st: _State, spec: ModelSpec, cands: list[str]) -> b
     if not spare:
         return False
     dev = min(spare, key=lambda d: st.free_key(spec, d))
-    owner = st.specs[st.residents[dev][0]]
-    st.take(owner, dev)
-    st.note(
-        owner.name,
-        f"gave up {dev} to {spec.name}: first replicas come before extra ones",
-        gave_up=dev,
-    )
-    st.put(spec, dev)
+    _hand_over(st, dev, spec, ": first replicas come before extra ones")
     return True
 
 
@@ -497,14 +490,16 @@ def _displace_lower(st: _State, spec: ModelSpec, held: list[str]) -> ModelSpec |
     # run on that kind of device.
     dev = min(held, key=lambda d: (*_victim_key(st, d), st.free_key(spec, d)))
     owner = st.specs[st.residents[dev][0]]
-    st.take(owner, dev)
-    st.note(
-        owner.name,
-        f"gave up {dev} to {spec.name} (priority {spec.priority} > {owner.priority})",
-        gave_up=dev,
-    )
-    st.put(spec, dev)
+    _hand_over(st, dev, spec, f" (priority {spec.priority} > {owner.priority})")
     return None if st.targets[owner.name] else owner
+
+
+def _hand_over(st: _State, dev: str, spec: ModelSpec, why: str) -> None:
+    """The model alone on `dev` gives it up to `spec`; `why` ends its note."""
+    owner = st.specs[st.residents[dev][0]]
+    st.take(owner, dev)
+    st.note(owner.name, f"gave up {dev} to {spec.name}{why}", gave_up=dev)
+    st.put(spec, dev)
 
 
 def _cached_partners(st: _State, spec: ModelSpec, overflow: list[ModelSpec]) -> list[str]:
