@@ -12,6 +12,7 @@ the configured credentials and TLS. Exit 0 when nothing FAILs, 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import datetime
 import glob
 import grp
 import json
@@ -456,7 +457,7 @@ def _unit_property(name: str) -> str:
     try:
         proc = subprocess.run(
             ["systemctl", "show", "edgetpud.service", f"--property={name}", "--value",
-             "--timestamp=unix"],
+             "--timestamp=us+utc"],
             capture_output=True, text=True, timeout=30, check=False,
         )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired):
@@ -469,11 +470,16 @@ def _service_started() -> float | None:
     """When the running service's main process started (Unix time), or None if not running."""
     if _unit_property("ActiveState") != "active":
         return None
-    stamp = _unit_property("ExecMainStartTimestamp")  # "@1796450673" with --timestamp=unix
-    try:
-        return float(stamp.lstrip("@"))
-    except ValueError:
+    # "Sat 2026-12-05 11:41:29.123456 UTC" with --timestamp=us+utc: microseconds, because a
+    # node made in the second before a restart must not read as made after it
+    found = _STAMP.search(_unit_property("ExecMainStartTimestamp"))
+    if found is None:
         return None
+    when = datetime.datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S")
+    return when.replace(tzinfo=datetime.timezone.utc).timestamp() + float(f"0.{found[2] or 0}")
+
+
+_STAMP = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:\.(\d+))? UTC")
 
 
 def _ctime(path: str) -> float:
