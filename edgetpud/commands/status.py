@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 from edgetpud.commands import load_config
 from edgetpud.errors import ConfigUnreadableError
@@ -155,14 +156,14 @@ def _node_row(
     node: str, health: Mapping[str, Any], online: Mapping[str, str], now: float
 ) -> list[str]:
     """The daemon itself: online or not, version, uptime, config, age of this health."""
-    daemon = health.get("daemon") or {}
-    mq = health.get("mqtt") or {}
+    daemon = _mapping(health.get("daemon"))
+    mq = _mapping(health.get("mqtt"))
     when = health.get("time")
     age = now - when if isinstance(when, (int, float)) else None
     return [
         node,
         online.get(node, "?"),
-        daemon.get("version", ""),
+        str(daemon.get("version", "")),
         _duration(daemon.get("uptime_s")),
         str(daemon.get("config_generation", "")),
         _duration(age) + " ago" if age is not None else "",
@@ -176,8 +177,8 @@ def _device_rows(node: str, health: Mapping[str, Any]) -> list[list[str]]:
     return [
         [node, str(dev.get("identity", "")), str(dev.get("kind", "")), _speed(dev),
          str(dev.get("verdict", "")), str(dev.get("state", "")),
-         _num(dev.get("temperature"), "°C"), ", ".join(map(str, dev.get("models") or ())),
-         "; ".join(map(str, dev.get("reasons") or ()))]
+         _num(dev.get("temperature"), "°C"), _joined(dev.get("models"), ", "),
+         _joined(dev.get("reasons"), "; ")]
         for dev in _items(health.get("devices"), "identity")
     ]  # fmt: skip
 
@@ -187,7 +188,7 @@ def _model_row(node: str, model: Mapping[str, Any]) -> list[str]:
     run on an Edge TPU (cut to REASON_WIDTH)."""
     return [
         node, str(model.get("name", "")), str(model.get("state", "")),
-        ", ".join(map(str, model.get("devices") or ())), str(model.get("tier", "")),
+        _joined(model.get("devices"), ", "), str(model.get("tier", "")),
         _num(model.get("rate"), "/s"), _num(model.get("p50_ms"), " ms"),
         _num(model.get("p99_ms"), " ms"), str(model.get("queue_depth", "")),
         str(model.get("dropped", "")), str(model.get("errors", "")),
@@ -197,7 +198,7 @@ def _model_row(node: str, model: Mapping[str, Any]) -> list[str]:
 
 def _mqtt_refusals(node: str, health: Mapping[str, Any]) -> list[str]:
     """Lines for publishes the broker refused and response topics the node refused."""
-    mq = health.get("mqtt") or {}
+    mq = _mapping(health.get("mqtt"))
     out = []
     denied = mq.get("publish_denied") or {}
     if isinstance(denied, Mapping) and denied:
@@ -304,7 +305,8 @@ def _fleet_table(nodes: Mapping[str, Mapping[str, Any]], online: Mapping[str, st
                 {"nodes": 0, "devices": 0, "rate": 0.0, "queue": 0, "results": 0, "errors": 0},
             )
             t["nodes"] += 1 if model.get("state") == "running" else 0
-            t["devices"] += len(model.get("devices") or ())
+            devices = model.get("devices")
+            t["devices"] += len(devices) if isinstance(devices, list) else 0
             for key, field in (
                 ("rate", "rate"),
                 ("queue", "queue_depth"),
@@ -312,7 +314,7 @@ def _fleet_table(nodes: Mapping[str, Mapping[str, Any]], online: Mapping[str, st
                 ("errors", "errors"),
             ):
                 value = model.get(field)
-                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if _finite(value):
                     t[key] += value
     rows = [
         [
@@ -328,6 +330,23 @@ def _fleet_table(nodes: Mapping[str, Mapping[str, Any]], online: Mapping[str, st
     ]
     header = ["FLEET MODEL", "NODES", "DEVICES", "RATE", "QUEUE", "RESULTS", "ERRORS"]
     return _table(header, rows)
+
+
+def _mapping(section: Any) -> Mapping[str, Any]:
+    """A health section that should be an object, or {} when a node sent something else."""
+    return section if isinstance(section, Mapping) else {}
+
+
+def _joined(values: Any, sep: str) -> str:
+    """A list field as text; a field of another type as it came."""
+    if isinstance(values, list):
+        return sep.join(map(str, values))
+    return "" if values is None else str(values)
+
+
+def _finite(value: Any) -> TypeGuard[float]:
+    """A number a table can show: not a bool, not infinite, not NaN."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _items(section: Any, key: str) -> Iterable[Mapping[str, Any]]:
@@ -347,13 +366,13 @@ def _speed(dev: Mapping[str, Any]) -> str:
 
 
 def _num(value: Any, unit: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not _finite(value):
         return ""
     return f"{value:.1f}{unit}"
 
 
 def _duration(seconds: Any) -> str:
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+    if not _finite(seconds):
         return ""
     s = int(max(0, seconds))
     if s < 120:
