@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import ensure_umockdev
+
 ROOT = Path(__file__).resolve().parent.parent
 
 MODELS = Path(os.environ.get("EDGETPUD_SHARED_MODELS", ROOT.parent / "shared" / "models"))
@@ -49,15 +51,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--window-per-node", type=int, default=24)
     p.add_argument("--runs", type=int, default=2, help="runs per point; the best is kept")
     return p.parse_args()
-
-
-def ensure_umockdev() -> None:
-    if "umockdev" in os.environ.get("LD_PRELOAD", ""):
-        return
-    wrapper = shutil.which("umockdev-wrapper")
-    if wrapper is None:
-        sys.exit("umockdev-wrapper not found: install the Debian package umockdev")
-    os.execv(wrapper, [wrapper, sys.executable, *sys.argv])
 
 
 def one_run(nodes: int, invoke_ms: float, requests: int, window: int) -> dict[str, Any]:

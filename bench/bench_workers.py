@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import ensure_umockdev
 from edgetpud.config import RuntimeConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -90,17 +91,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--library", type=Path, default=ROOT / "build" / "libfake_edgetpu.so")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "workers.json")
     return p.parse_args()
-
-
-def ensure_umockdev() -> None:
-    from tests.support.fakelib import umockdev_active
-
-    if umockdev_active():
-        return
-    wrapper = shutil.which("umockdev-wrapper")
-    if wrapper is None:
-        sys.exit("umockdev-wrapper not found: install the Debian package umockdev (make test does)")
-    os.execv(wrapper, [wrapper, sys.executable, *sys.argv])
 
 
 def one_run(args: argparse.Namespace, devices: list[str], payload: Any) -> dict[str, Any]:

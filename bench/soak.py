@@ -35,12 +35,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import processes
+from bench.common import ensure_umockdev, processes
 from tests.conftest import FAKE_LIB, SHARED_MODELS
 from tests.e2e.test_service import BASE, Rig, usb_root
 from tests.support.faults import fault_rig, open_fds, rss_kb, threads
 from tests.support.polling import wait_for
-from tests.support.umock import in_mock_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,8 +60,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "soak.json")
     args = ap.parse_args()
-    if not in_mock_environment():
-        os.execvp("umockdev-wrapper", ["umockdev-wrapper", sys.executable, *sys.argv])
+    ensure_umockdev()
     if not FAKE_LIB.is_file():
         sys.exit(f"{FAKE_LIB} is missing: run `make build/libfake_edgetpu.so`")
     with (
