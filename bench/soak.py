@@ -112,6 +112,10 @@ def soak(rig: Rig, args: argparse.Namespace) -> dict[str, Any]:
     def answered_count() -> int:
         return sum(len(rig.answered(m)) for m in MODELS)
 
+    def serving() -> list[str]:
+        """The USB accelerators a model is placed on, as health last said."""
+        return sorted({d for m in MODELS for d in rig.placement(m) if d.startswith("usb:2-")})
+
     def onlines() -> int:
         return sum(1 for m in rig.sub.on(f"{BASE}/status") if m.payload == b"online")
 
@@ -147,11 +151,14 @@ def soak(rig: Rig, args: argparse.Namespace) -> dict[str, Any]:
             restarts += 1
             next_broker = time.monotonic() + args.broker_every
             print(f"{now - began:6.0f} s: broker restart {restarts} survived", flush=True)
-        elif now >= next_abort or now >= next_wedge:
+        elif (now >= next_abort or now >= next_wedge) and serving():
             # one fault armed at a time: rearm() lets a once-only fault fire again, so the
-            # other key is cleared first (it fires at most once per arming)
+            # other key is cleared first (it fires at most once per arming). It goes on an
+            # accelerator that serves a model (health's placements): armed on an idle one,
+            # no invoke would reach it before the next arming cleared it. While none serves
+            # (after a replug, say), the fault waits.
             wedge = now >= next_wedge
-            port = f"2-{rng.choice([1, 2])}"
+            port = rng.choice(serving()).removeprefix("usb:")
             rig.control.set(abort_invoke=None, wedge=None)
             rig.control.rearm()
             if wedge:
