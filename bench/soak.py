@@ -134,8 +134,12 @@ def soak(rig: Rig, args: argparse.Namespace) -> dict[str, Any]:
     restarts = replugs = armed_aborts = armed_wedges = 0
     samples: list[tuple[int, int]] = []  # (seconds, RSS KiB): a step or a slope?
     next_sample = began
+    placed: dict[str, list[str]] = {}
     while time.monotonic() < deadline:
         now = time.monotonic()
+        if (now_placed := {m: rig.placement(m) for m in MODELS}) != placed:
+            placed = now_placed
+            print(f"{now - began:6.0f} s: placed {placed}", flush=True)
         if now >= next_sample:
             samples.append((round(now - began), rss_kb(pid)))
             next_sample += 60
@@ -169,6 +173,9 @@ def soak(rig: Rig, args: argparse.Namespace) -> dict[str, Any]:
                 rig.control.set(abort_invoke=port, once=1)
                 armed_aborts += 1
                 next_abort = time.monotonic() + args.abort_every
+            # the other fault waits too: armed at once, it would clear this one, or find its
+            # accelerator in the quarantine this one puts it in
+            next_abort, next_wedge = max(next_abort, now + 20), max(next_wedge, now + 20)
             what = "wedge" if wedge else "abort"
             print(f"{now - began:6.0f} s: {what} armed on usb:{port}", flush=True)
         elif now >= next_replug:
