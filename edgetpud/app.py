@@ -67,6 +67,9 @@ class RuntimeAdapter:
         """A wedged invoke: kill the device's host, reset the device once it is gone."""
         return self.pool.recover(device, why)
 
+    def replugged(self, device: str) -> None:
+        self.pool.replugged(device)
+
     def is_device_fault(self, exc: BaseException | None) -> bool:
         """Whether the device itself refused (a port worth remembering as bad).
 

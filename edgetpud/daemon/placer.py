@@ -99,6 +99,7 @@ class Placer:
             self.devices[dev.identity] = dev
         if trust.on_device_change(event.action):  # a replug clears hung/quarantine
             self.trust.pop(dev.identity, None)
+            self.runtime.replugged(dev.identity)  # and its hosts' deaths
         self._publish(
             "device_" + event.action,
             device=dev.identity,

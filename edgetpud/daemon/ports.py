@@ -114,6 +114,11 @@ class Runtime(Protocol):
         """Whether an open failure was the device refusing (a port worth learning as bad)."""
         ...
 
+    def replugged(self, device: str) -> None:
+        """`device` was removed or added: what its earlier runtime failures taught no
+        longer applies (the device host's death count, edgetpud/hosts)."""
+        ...
+
 
 class Notifier(Protocol):
     """systemd notification (sd_notify)."""

@@ -356,6 +356,21 @@ class HostPool:
         host.kill(why)
         return True
 
+    def replugged(self, device: str) -> None:
+        """`device` was unplugged or plugged in: a new device on that port. Forget how often
+        its hosts died (a host dies when its device is pulled during an invoke, as
+        libedgetpu aborts), so that those deaths do not count towards giving up on the
+        device that comes next."""
+        with self._changed:
+            slot = self._slots.get(device)
+            if slot is None:
+                return
+            slot.deaths.clear()
+            slot.not_before = 0.0
+            slot.failed = ""
+            slot.failed_until = 0.0
+            self._changed.notify_all()
+
     def snapshot(self) -> list[HostStatus]:
         out = []
         with self._lock:

@@ -150,6 +150,28 @@ def test_a_host_that_keeps_dying_is_given_up_with_the_reason(
     session.close()
 
 
+def test_deaths_before_a_replug_do_not_count_towards_giving_up(
+    models_dir: Path, pool: HostPool
+) -> None:
+    """libedgetpu aborts a host whose device is pulled during an invoke: those deaths are
+    the old device's. After the replug, the new device gets the full allowance again."""
+
+    def open_and_kill(n: int) -> int:
+        session = pool.open_session("cpu", models_dir / CPU_MODEL, cpu_threads=1)
+        os.kill(session.pid, signal.SIGKILL)
+        wait_for(lambda: pool.snapshot()[0].deaths == n, what="its death noted")
+        session.close()
+        return session.pid
+
+    open_and_kill(1)
+    open_and_kill(2)
+    pool.replugged("cpu")
+    open_and_kill(3)  # without the replug, the third death gives the device up
+    session = pool.open_session("cpu", models_dir / CPU_MODEL, cpu_threads=1)
+    assert pool.snapshot()[0].state == "running"
+    session.close()
+
+
 def test_a_host_dies_with_the_daemon(models_dir: Path, tmp_path: Path) -> None:
     script = (
         "import sys, time\n"

@@ -82,6 +82,9 @@ class FixedWatcher:
 
 
 class NoRuntime:
+    def __init__(self) -> None:
+        self.replugs: list[str] = []  # devices whose runtime failures were forgotten
+
     def name(self, prefer: str) -> str:
         return "none (test)"
 
@@ -93,6 +96,9 @@ class NoRuntime:
 
     def recover(self, device: str, why: str) -> bool:
         return False
+
+    def replugged(self, device: str) -> None:
+        self.replugs.append(device)
 
 
 class SilentNotifier:
@@ -144,6 +150,22 @@ def test_a_device_change_event_changes_the_devices(tmp_path: Path) -> None:
     sup.dispatch(events.DeviceChanged("removed", gone))
     assert USB not in sup.placer.devices
     assert [e["event"] for e in link.published] == ["device_removed"]
+
+
+def test_a_replug_forgets_the_old_devices_host_deaths_and_a_change_does_not(
+    tmp_path: Path,
+) -> None:
+    """A host aborts when its device is pulled during an invoke (libedgetpu's failed USB
+    transfer); after the replug those deaths must not count against the new device."""
+    accel = dev(USB)
+    sup, _ = started(tmp_path, [accel])
+    runtime = sup.placer.runtime
+    assert isinstance(runtime, NoRuntime)
+    sup.dispatch(events.DeviceChanged("changed", accel))
+    assert runtime.replugs == []
+    sup.dispatch(events.DeviceChanged("removed", accel))
+    sup.dispatch(events.DeviceChanged("added", accel))
+    assert runtime.replugs == [USB, USB]
 
 
 def test_an_object_that_only_looks_like_a_device_event_changes_nothing(
