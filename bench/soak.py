@@ -59,6 +59,7 @@ def main() -> int:
     ap.add_argument("--wedge-every", type=float, default=100.0)
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "soak.json")
+    ap.add_argument("--daemon-log", type=Path, help="also keep the daemon's log there")
     args = ap.parse_args()
     ensure_umockdev()
     if not FAKE_LIB.is_file():
@@ -210,6 +211,8 @@ def soak(rig: Rig, args: argparse.Namespace) -> dict[str, Any]:
     health = rig.health()
     fired = [key for key, _, _ in rig.control.events()]
     exit_code = d.stop(60)
+    if args.daemon_log:
+        args.daemon_log.write_text(d.log())
     hosts_left = daemon_children(pid)
     return {
         "seconds": round(time.monotonic() - began, 1),
@@ -229,6 +232,12 @@ def soak(rig: Rig, args: argparse.Namespace) -> dict[str, Any]:
         "wedges_fired": fired.count("wedge"),
         "host_restarts": {d: h.get("restarts", 0) for d, h in health.get("hosts", {}).items()},
         "host_processes_left_after_stop": hosts_left,
+        "devices_at_end": {
+            dev.get("identity", ""): {
+                k: dev.get(k) for k in ("state", "verdict", "reasons", "health")
+            }
+            for dev in health.get("devices", [])
+        },
         "rss_kb_start": start["rss_kb"],
         "rss_kb_end": end["rss_kb"],
         "rss_growth_pct": round(100 * (end["rss_kb"] - start["rss_kb"]) / start["rss_kb"], 2),
