@@ -20,6 +20,8 @@ daemon has stopped no device host may be left running.
 Writes bench/results/soak.json: requests sent, results received, lost, errors, broker
 restarts survived, replug cycles, and the daemon's RSS and open file descriptors at
 start (after `--warmup` seconds of load, default 60) and end, read from /proc/<pid>/status and /proc/<pid>/fd.
+Faults are armed only on an accelerator a model is placed on; each placement change is
+printed, and `--daemon-log PATH` keeps the daemon's log to explain them.
 """
 
 from __future__ import annotations
