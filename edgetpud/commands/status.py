@@ -159,7 +159,7 @@ def _node_row(
     daemon = _mapping(health.get("daemon"))
     mq = _mapping(health.get("mqtt"))
     when = health.get("time")
-    age = now - when if isinstance(when, (int, float)) else None
+    age = now - when if _finite(when) else None
     return [
         node,
         online.get(node, "?"),
@@ -249,7 +249,7 @@ def _frigate_rows(node: str, health: Mapping[str, Any]) -> list[list[str]]:
         rows.append(
             [node, str(client), "", str(c.get("detector_model", "")),
              *(str(c.get(k, 0)) for k in ("requests", "answered", "empty", "expired")),
-             _duration(now - seen) + " ago" if isinstance(seen, (int, float)) else "",
+             _duration(now - seen) + " ago" if _finite(seen) else "",
              _cut(str(c.get("last_empty", "")), REASON_WIDTH)]
         )  # fmt: skip
     return rows
@@ -360,7 +360,7 @@ def _items(section: Any, key: str) -> Iterable[Mapping[str, Any]]:
 
 def _speed(dev: Mapping[str, Any]) -> str:
     mbps = dev.get("speed_mbps")
-    if isinstance(mbps, (int, float)) and not isinstance(mbps, bool) and mbps:
+    if _finite(mbps) and mbps:
         return f"{mbps:g}M"
     return ""
 
