@@ -115,10 +115,6 @@ def soak(rig: Rig, args: argparse.Namespace) -> dict[str, Any]:
     def answered_count() -> int:
         return sum(len(rig.answered(m)) for m in MODELS)
 
-    def serving() -> list[str]:
-        """The USB accelerators a model is placed on, as health last said."""
-        return sorted({d for m in MODELS for d in rig.placement(m) if d.startswith("usb:2-")})
-
     def onlines() -> int:
         return sum(1 for m in rig.sub.on(f"{BASE}/status") if m.payload == b"online")
 
@@ -143,6 +139,8 @@ def soak(rig: Rig, args: argparse.Namespace) -> dict[str, Any]:
         if (now_placed := {m: rig.placement(m) for m in MODELS}) != placed:
             placed = now_placed
             print(f"{now - began:6.0f} s: placed {placed}", flush=True)
+        # the USB accelerators a model is placed on, as health last said
+        serving = sorted({d for ds in placed.values() for d in ds if d.startswith("usb:2-")})
         if now >= next_sample:
             samples.append((round(now - began), rss_kb(pid)))
             next_sample += 60
@@ -158,14 +156,14 @@ def soak(rig: Rig, args: argparse.Namespace) -> dict[str, Any]:
             restarts += 1
             next_broker = time.monotonic() + args.broker_every
             print(f"{now - began:6.0f} s: broker restart {restarts} survived", flush=True)
-        elif (now >= next_abort or now >= next_wedge) and serving():
+        elif (now >= next_abort or now >= next_wedge) and serving:
             # one fault armed at a time: rearm() lets a once-only fault fire again, so the
             # other key is cleared first (it fires at most once per arming). It goes on an
             # accelerator that serves a model (health's placements): armed on an idle one,
             # no invoke would reach it before the next arming cleared it. While none serves
             # (after a replug, say), the fault waits.
             wedge = now >= next_wedge
-            port = rng.choice(serving()).removeprefix("usb:")
+            port = rng.choice(serving).removeprefix("usb:")
             rig.control.set(abort_invoke=None, wedge=None)
             rig.control.rearm()
             if wedge:
