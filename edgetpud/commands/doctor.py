@@ -466,20 +466,20 @@ def _unit_property(name: str) -> str:
     return ", ".join(proc.stdout.split("\n")).strip(", ") if proc.returncode == 0 else ""
 
 
+# ExecMainStartTimestamp with --timestamp=us+utc: "Sat 2026-12-05 11:41:29.123456 UTC"
+_STAMP = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:\.(\d+))? UTC")
+
+
 def _service_started() -> float | None:
     """When the running service's main process started (Unix time), or None if not running."""
     if _unit_property("ActiveState") != "active":
         return None
-    # "Sat 2026-12-05 11:41:29.123456 UTC" with --timestamp=us+utc: microseconds, because a
-    # node made in the second before a restart must not read as made after it
+    # to the microsecond: a node made in the second before a restart is not made after it
     found = _STAMP.search(_unit_property("ExecMainStartTimestamp"))
     if found is None:
         return None
     when = datetime.datetime.strptime(found[1], "%Y-%m-%d %H:%M:%S")
     return when.replace(tzinfo=datetime.timezone.utc).timestamp() + float(f"0.{found[2] or 0}")
-
-
-_STAMP = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:\.(\d+))? UTC")
 
 
 def _ctime(path: str) -> float:
